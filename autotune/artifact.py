@@ -1,0 +1,119 @@
+"""Artifact: the deployable ONNX file of one candidate, content-hashed.
+
+candidate -> (width, sparsity, optional fine-tuning on a copy of the torch model) -> ONNX
+export -> per-layer quantization -> ``artifacts/<sha256>.onnx``. Every stage is timed; a stage
+that fails raises :class:`CandidateError` naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from autotune.compress import apply_sparsity, make_permanent, prune_width
+from autotune.errors import CandidateError
+from autotune.onnx_export import export_onnx
+from autotune.quantize import quantize_model
+from autotune.space import Candidate, SearchSpace
+from autotune.task import Task
+
+T = TypeVar("T")
+
+
+@dataclass
+class Artifact:
+    path: Path
+    sha256: str
+    size_bytes: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "size_bytes": self.size_bytes}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ArtifactBuilder:
+    """Builds candidates of one task into a content-addressed artifact folder."""
+
+    def __init__(self, task: Task, space: SearchSpace, artifact_dir: Path) -> None:
+        self.task = task
+        self.space = space
+        self.artifact_dir = artifact_dir
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+
+    def build(self, candidate: Candidate) -> Artifact:
+        timings: dict[str, float] = {}
+
+        @contextmanager
+        def stage(name: str) -> Iterator[None]:
+            t0 = time.perf_counter()
+            try:
+                yield
+            except CandidateError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the failure becomes trial data
+                msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+                raise CandidateError(name, msg) from exc
+            finally:
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "model.onnx"
+            if self.task.onnx_path is not None:
+                shutil.copyfile(self.task.onnx_path, fp32)
+            else:
+                model = self._compress(candidate, stage)
+                with stage("export"):
+                    export_onnx(model, self.task.example_inputs, fp32)
+            bits = {
+                layer.onnx_node: int(candidate.value(layer.name, "bits"))
+                for layer in self.space.layers
+                if candidate.value(layer.name, "bits") != 32
+            }
+            final = Path(tmp) / "final.onnx"
+            with stage("quantize"):
+                if bits:
+                    quantize_model(fp32, final, bits, self.task.calibration)
+                else:
+                    shutil.copyfile(fp32, final)
+            digest = sha256_file(final)
+            target = self.artifact_dir / f"{digest}.onnx"
+            if not target.exists():
+                tmp_target = target.with_suffix(f".tmp{os.getpid()}")
+                shutil.copyfile(final, tmp_target)
+                os.replace(tmp_target, target)  # atomic: parallel workers may build the same one
+        return Artifact(path=target, sha256=digest, size_bytes=target.stat().st_size, timings=timings)
+
+    def _compress(self, candidate: Candidate, stage: Callable[[str], Any]) -> torch.nn.Module:
+        teacher = self.task.model.eval()
+        widths = {name: float(cfg["width"]) for name, cfg in candidate.layers.items() if "width" in cfg}
+        sparsity = {name: cfg["sparsity"] for name, cfg in candidate.layers.items() if "sparsity" in cfg}
+        with stage("compress"):
+            model = copy.deepcopy(teacher)
+            prune_width(model, self.task.example_inputs, widths, self.space.ignored)
+            masked = apply_sparsity(model, sparsity)
+        if (widths or masked) and self.task.finetune is not None:
+            with stage("finetune"):
+                self.task.finetune(model, teacher)
+        with stage("compress"):
+            make_permanent(masked)
+            model.eval()
+        return model

@@ -1,0 +1,75 @@
+"""Search compressed variants of a model for the best accuracy under a latency budget."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autotune.budget import ACCEPTED
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", required=True, help=f"latency budget on the device: {ACCEPTED}")
+    p.add_argument("--device", default="cpu", help="device profile name or profile .yaml (default: cpu; see 'autotune devices')")
+    p.add_argument("--model", help="'package.module:function' returning an autotune.Task, or a .onnx file (default: the built-in digits demo)")
+    p.add_argument("--space", help="search space preset name or .yaml (default: search_spaces/default.yaml)")
+    p.add_argument("--trials", type=int, default=30, help="trials in total, baselines included; a resumed study continues to it (default: 30)")
+    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in OUT/STUDY/study.db); postgresql://... for distributed workers")
+    p.add_argument("--study", help="study name (default: TASK-DEVICE-BUDGET); the same name resumes")
+    p.add_argument("--out", default="runs", type=Path, help="runs directory (default: runs)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    p.add_argument("--threads", type=int, help="fix the runtime thread count instead of the profile's choices")
+    p.add_argument("--agent", help="remote device: agent URL overriding the profile's agents")
+    p.add_argument("--remeasure", action="store_true", help="ignore cached measurements and measure again")
+    p.add_argument("--report", type=Path, help="HTML report path (default: reports/STUDY.html)")
+    p.add_argument("--quick", action="store_true", help="short measurement protocol (smoke tests; numbers are noisier)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    # parse cheap arguments before importing torch, so bad input fails fast
+    from autotune.budget import parse_budget
+    from autotune.errors import UserError
+    from autotune.profiles import load_profile
+    from autotune.space import load_preset
+
+    parse_budget(args.budget)
+    load_profile(args.device)
+    load_preset(args.space)
+    if args.trials < 1:
+        raise UserError(f"--trials {args.trials}: must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: must be at least 1")
+
+    from autotune.devices import Protocol
+    from autotune.study import SearchConfig, run_search
+    from autotune.task import load_task
+
+    task = load_task(args.model)
+    cfg = SearchConfig(
+        budget=args.budget,
+        device=args.device,
+        trials=args.trials,
+        space=args.space,
+        storage=args.storage,
+        study_name=args.study,
+        out_dir=args.out,
+        seed=args.seed,
+        threads=args.threads,
+        protocol=Protocol.quick() if args.quick else Protocol(),
+        agent=args.agent,
+        remeasure=args.remeasure,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        report=args.report,
+    )
+    result = run_search(task, cfg)
+    for note in result.meta.get("space", {}).get("notes", []):
+        print(f"note: {note}")
+    print(result.summary())
+    report = result.meta.get("report_path")
+    if report:
+        print(f"report: {report}")
+    if result.best is not None:
+        print(f"export the best: autotune export {result.run_dir} --trial {result.best.number} -o best.onnx")
+    return 0

@@ -1,0 +1,270 @@
+"""The built-in demo task: ``DigitsNet`` on scikit-learn's 8x8 digits, upsampled to 32x32.
+
+Training is deterministic and cached, so the first ``autotune`` run pays a few seconds once and
+every later run (and every parallel test process) loads the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autotune.task import Runner, Task
+from autotune.zoo import DigitsNet
+
+#: Bump whenever DigitsNet, the data pipeline or the training recipe changes.
+DEMO_VERSION = "v1"
+DEMO_WIDTH = 32
+IMAGE_SIZE = 32
+_MEAN, _STD = 0.30, 0.32  # of the upsampled digits scaled to [0, 1] (rounded)
+
+#: How many times this process trained / loaded the demo model (lets tests check the cache).
+CACHE_STATS = {"trained": 0, "loaded": 0}
+
+
+class DigitsSplits(NamedTuple):
+    """Train / held-out test split; images (N, 1, 32, 32) float32, labels (N,) int64."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_digits_splits(seed: int = 0) -> DigitsSplits:
+    """scikit-learn digits, bilinearly upsampled to 32x32, normalised, stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = torch.from_numpy(data.images.astype(np.float32) / 16.0).unsqueeze(1)
+    images = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+    x = ((images - _MEAN) / _STD).numpy().astype(np.float32)
+    y = data.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, stratify=y, random_state=seed
+    )
+    return DigitsSplits(
+        np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(x_test), y_test
+    )
+
+
+def cache_path(seed: int = 0) -> Path:
+    """Where the trained demo checkpoint lives: ``$AUTOTUNE_CACHE`` (a directory) or
+    ``~/.cache/autotune``, file ``demo-digitsnet-<version>[-seed<n>].pt``."""
+    root = os.environ.get("AUTOTUNE_CACHE") or Path.home() / ".cache" / "autotune"
+    suffix = "" if seed == 0 else f"-seed{seed}"
+    return Path(root) / f"demo-digitsnet-{DEMO_VERSION}{suffix}.pt"
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels (zero-padded: background is 0 -> -_MEAN)."""
+    pad = max_shift
+    padded = F.pad(x, (pad, pad, pad, pad), value=-_MEAN / _STD)
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    return padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
+
+
+def _train(seed: int, epochs: int = 3, lr: float = 3e-3, shift: int = 0) -> DigitsNet:
+    splits = load_digits_splits(seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = DigitsNet(DEMO_WIDTH)
+    x = torch.from_numpy(splits.x_train)
+    y = torch.from_numpy(splits.y_train)
+    batch_size = 64
+    steps_per_epoch = (len(x) + batch_size - 1) // batch_size
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25
+    )
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            loss = F.cross_entropy(model(_shift(x[idx], gen, shift) if shift else x[idx]), y[idx], label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def train_demo_model(seed: int = 0) -> DigitsNet:
+    """The trained FP32 demo ``DigitsNet`` (eval mode), loaded from the cache or trained once.
+
+    Training is deterministic (fixed seeds, 2 torch threads) and takes ~30 s on 2 cores; the
+    checkpoint is written atomically so concurrent processes never read a partial file.
+    """
+    path = cache_path(seed)
+    model = DigitsNet(DEMO_WIDTH)
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception:  # corrupt or stale file: retrain and overwrite it
+            pass
+        else:
+            CACHE_STATS["loaded"] += 1
+            return model.eval()
+    with _torch_threads(2):
+        model = _train(seed)
+    CACHE_STATS["trained"] += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(model.state_dict(), f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return model
+
+
+def accuracy(runner: Runner, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent of ``runner`` (logits out) over ``x`` / ``y``."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = np.asarray(runner(x[i : i + batch_size]))
+        correct += int((logits.argmax(axis=-1) == y[i : i + batch_size]).sum())
+    return 100.0 * correct / len(x)
+
+
+def teacher_logits(teacher: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The teacher's logits on ``x`` (eval mode, no grad), for reuse across ``distill`` calls."""
+    was_training = teacher.training
+    teacher.eval()
+    with torch.no_grad():
+        out = [teacher(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    teacher.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    x_train: np.ndarray,
+    steps: int = 12,
+    lr: float = 2e-3,
+    temperature: float = 4.0,
+    *,
+    y_train: np.ndarray | None = None,
+    batch_size: int = 64,
+    alpha: float = 0.7,
+    seed: int = 0,
+    logits: np.ndarray | None = None,
+) -> None:
+    """Knowledge-distillation finetune of ``student`` in place; leaves it in eval mode.
+
+    Loss = ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)`` (CE
+    only when ``y_train`` is given). Training runs through the student's ``forward``, so
+    pruning masks installed as forward pre-hooks (``torch.nn.utils.prune``) stay applied.
+    ``logits`` may hold precomputed :func:`teacher_logits` for ``x_train`` to skip the
+    teacher's forward passes. Deterministic for a given ``seed``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if logits is None:
+        idx_all = torch.randint(0, len(x_train), (steps, batch_size), generator=gen)
+        used = torch.unique(idx_all)
+        t_logits = torch.zeros(len(x_train), _num_outputs(teacher, x_train))
+        t_logits[used] = torch.from_numpy(teacher_logits(teacher, x_train[used.numpy()]))
+    else:
+        idx_all = torch.randint(0, len(x_train), (steps, batch_size), generator=gen)
+        t_logits = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
+    y = None if y_train is None else torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    student.train()
+    try:
+        for step in range(steps):
+            idx = idx_all[step]
+            out = student(x[idx])
+            kl = F.kl_div(
+                F.log_softmax(out / temperature, dim=1),
+                F.softmax(t_logits[idx] / temperature, dim=1),
+                reduction="batchmean",
+            )
+            loss = kl * temperature**2
+            if y is not None:
+                loss = alpha * loss + (1 - alpha) * F.cross_entropy(out, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        student.eval()
+        torch.random.set_rng_state(state)
+
+
+def _num_outputs(teacher: nn.Module, x: np.ndarray) -> int:
+    was_training = teacher.training
+    teacher.eval()
+    with torch.no_grad():
+        n = teacher(torch.from_numpy(x[:1])).shape[-1]
+    teacher.train(was_training)
+    return int(n)
+
+
+def _fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def demo_task() -> Task:
+    """The ``demo-digits`` task: trained DigitsNet, accuracy on the held-out digits."""
+    splits = load_digits_splits()
+    model = train_demo_model()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(splits.x_train))
+    calibration = [(splits.x_train[order[i * 32 : (i + 1) * 32]],) for i in range(8)]
+    cached: dict[str, np.ndarray] = {}
+
+    def evaluate(runner: Runner) -> float:
+        return accuracy(runner, splits.x_test, splits.y_test)
+
+    def finetune(student: nn.Module, teacher: nn.Module) -> None:
+        key = _fingerprint(teacher)
+        if key not in cached:
+            cached.clear()
+            cached[key] = teacher_logits(teacher, splits.x_train)
+        with _torch_threads(2):
+            distill(
+                student, teacher, splits.x_train, y_train=splits.y_train, logits=cached[key]
+            )
+
+    return Task(
+        model=model,
+        example_inputs=(torch.from_numpy(splits.x_test[:1]),),
+        evaluate=evaluate,
+        calibration=calibration,
+        finetune=finetune,
+        name="demo-digits",
+        metric="accuracy",
+    )

@@ -1,0 +1,91 @@
+"""torch -> ONNX export, and the map from torch layer names to ONNX nodes.
+
+The legacy (TorchScript) exporter names nodes after module scopes
+(``/layer1/layer1.0/conv1/Conv``), which gives an exact per-layer mapping.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from pathlib import Path
+
+import onnx
+import torch
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def input_names(n: int) -> list[str]:
+    return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
+
+
+def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Export with a dynamic batch axis so ``evaluate`` can run any batch size."""
+    names = input_names(len(example_inputs))
+    axes = {name: {0: "batch"} for name in [*names, "output"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            model,
+            example_inputs,
+            str(path),
+            dynamo=False,
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes=axes,
+            opset_version=17,
+            do_constant_folding=True,
+        )
+
+
+def scope_to_module(node_name: str) -> str:
+    """``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``."""
+    parts = node_name.strip("/").split("/")[:-1]
+    name = ""
+    for part in parts:
+        name = part if (not name or part.startswith(name + ".")) else f"{name}.{part}"
+    return name
+
+
+def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Conv / Gemm / MatMul nodes whose weight is a constant initializer."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and (n.input[1] in inits or n.input[1] in consts)
+    ]
+
+
+def layer_nodes(model: onnx.ModelProto, module_names: set[str]) -> dict[str, onnx.NodeProto]:
+    """Module name -> its weighted ONNX node (first one if a module is called twice)."""
+    mapping: dict[str, onnx.NodeProto] = {}
+    for node in weighted_nodes(model):
+        name = scope_to_module(node.name)
+        if name in module_names and name not in mapping:
+            mapping[name] = node
+    return mapping
+
+
+def output_nodes(model: onnx.ModelProto) -> set[str]:
+    """Weighted nodes that produce a graph output without another weighted node in between.
+
+    Their output channels are the model's interface (class logits, say): never prune them.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found: set[str] = set()
+    seen: set[str] = set()
+    queue = deque(o.name for o in model.graph.output)
+    while queue:
+        tensor = queue.popleft()
+        node = producer.get(tensor)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in WEIGHTED_OPS:
+            found.add(node.name)
+            continue
+        queue.extend(node.input)
+    return found

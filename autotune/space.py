@@ -1,0 +1,308 @@
+"""Search space: per-layer knobs discovered from the model, narrowed by a preset and a profile.
+
+Discovery exports the FP32 model once to learn how each layer lands in ONNX (Conv, Gemm or
+MatMul) and which layers produce the model's outputs; torch-pruning tells which layers root a
+coupled channel group. A preset (search_spaces/*.yaml) narrows the values and layers; the
+device profile removes what cannot pay on that hardware. Each (layer, knob) with more than one
+value left becomes one categorical Optuna parameter named ``layer:knob``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import optuna
+
+from autotune._yaml import check_keys, load_mapping
+from autotune.compress import check_width_roots, prunable_layers, supports_two_four, width_groups
+from autotune.devices import RuntimeOptions
+from autotune.errors import UserError
+from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue
+from autotune.onnx_export import export_onnx, layer_nodes, output_nodes, weighted_nodes
+from autotune.profiles import DeviceProfile, data_dir
+from autotune.task import Task
+
+
+@dataclass
+class Layer:
+    """One Conv2d / Linear layer (or, for an ONNX task, one weighted ONNX node)."""
+
+    name: str
+    op: str  # ONNX op it exports to: Conv, Gemm or MatMul
+    onnx_node: str
+    knobs: dict[str, list[KnobValue]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration: knob values per layer, plus runtime options."""
+
+    layers: dict[str, dict[str, KnobValue]]
+    runtime: RuntimeOptions = RuntimeOptions()
+
+    def value(self, layer: str, knob: str) -> KnobValue:
+        return self.layers.get(layer, {}).get(knob, KNOBS[knob].default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "runtime": self.runtime.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        return cls(layers=d["layers"], runtime=RuntimeOptions.from_dict(d.get("runtime", {})))
+
+    def describe(self) -> str:
+        """Short human summary, e.g. ``width 0.5x3 0.75x2 | int8x9 | threads 1``."""
+        parts = []
+        for knob in ("width", "sparsity", "bits"):
+            counts: dict[KnobValue, int] = {}
+            for cfg in self.layers.values():
+                v = cfg.get(knob, KNOBS[knob].default)
+                if v != KNOBS[knob].default:
+                    counts[v] = counts.get(v, 0) + 1
+            if counts:
+                label = {"bits": "int", "width": "w", "sparsity": "s"}[knob]
+                parts.append(" ".join(f"{label}{v}x{c}" for v, c in counts.items()))
+        parts.append(f"threads {self.runtime.threads}")
+        return " | ".join(parts) if len(parts) > 1 else f"fp32 | {parts[0]}"
+
+
+@dataclass
+class Preset:
+    """A search_spaces/*.yaml file, validated."""
+
+    knobs: dict[str, list[KnobValue]] = field(default_factory=dict)
+    include: list[str] = field(default_factory=lambda: ["*"])
+    keep: list[str] = field(default_factory=list)
+    overrides: dict[str, dict[str, list[KnobValue]]] = field(default_factory=dict)
+    threads: list[int] | None = None
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in data_dir("search_spaces").glob("*.yaml"))
+
+
+def load_preset(name_or_path: str | None) -> Preset:
+    if name_or_path is None:
+        name_or_path = "default"
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = data_dir("search_spaces") / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UserError(
+                f"--space {name_or_path!r}: unknown preset; choose one of "
+                f"{', '.join(available_presets())}, or give a .yaml path"
+            )
+    data = load_mapping(path)
+    check_keys(data, ("knobs", "layers", "runtime"), str(path))
+
+    def knob_lists(d: Any, where: str) -> dict[str, list[KnobValue]]:
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: expected a mapping of knob -> list of values")
+        check_keys(d, KNOBS, where)
+        out = {}
+        for k, vals in d.items():
+            if not isinstance(vals, list) or not vals:
+                raise UserError(f"{where}.{k}: expected a non-empty list, got {vals!r}")
+            out[k] = [KNOBS[k].parse(v, f"{where}.{k}") for v in vals]
+        return out
+
+    layers = data.get("layers") or {}
+    check_keys(layers, ("include", "keep", "overrides"), f"{path}: layers")
+    runtime = data.get("runtime") or {}
+    check_keys(runtime, RUNTIME_KNOBS, f"{path}: runtime")
+    threads = runtime.get("threads")
+    if threads is not None and (
+        not isinstance(threads, list) or not all(isinstance(t, int) and t > 0 for t in threads)
+    ):
+        raise UserError(f"{path}: runtime.threads must be a list of positive integers")
+    return Preset(
+        knobs=knob_lists(data.get("knobs") or {}, f"{path}: knobs"),
+        include=[str(p) for p in layers.get("include", ["*"])],
+        keep=[str(p) for p in layers.get("keep", [])],
+        overrides={
+            str(pat): knob_lists(d, f"{path}: layers.overrides[{pat!r}]")
+            for pat, d in (layers.get("overrides") or {}).items()
+        },
+        threads=threads,
+    )
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+@dataclass
+class SearchSpace:
+    layers: list[Layer]
+    threads: list[int]
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
+    ignored: list[str] = field(default_factory=list)  # layers torch-pruning must not narrow
+
+    # -- Optuna ---------------------------------------------------------------------------
+    def parameters(self) -> dict[str, list[KnobValue]]:
+        """Optuna parameter name -> choices, for every knob with a real choice."""
+        params = {
+            f"{layer.name}:{knob}": values
+            for layer in self.layers
+            for knob, values in layer.knobs.items()
+            if len(values) > 1
+        }
+        if len(self.threads) > 1:
+            params["runtime:threads"] = list(self.threads)
+        return params
+
+    def sample(self, trial: optuna.Trial) -> Candidate:
+        chosen = {name: trial.suggest_categorical(name, choices) for name, choices in self.parameters().items()}
+        return self.candidate(chosen)
+
+    def candidate(self, params: dict[str, Any]) -> Candidate:
+        """Build a Candidate from Optuna params; fixed knobs take their single value."""
+        layers: dict[str, dict[str, KnobValue]] = {}
+        for layer in self.layers:
+            cfg = {}
+            for knob, values in layer.knobs.items():
+                value = params.get(f"{layer.name}:{knob}", values[0])
+                if value != KNOBS[knob].default:
+                    cfg[knob] = value
+            if cfg:
+                layers[layer.name] = cfg
+        threads = int(params.get("runtime:threads", self.threads[0]))
+        return Candidate(layers=layers, runtime=RuntimeOptions(threads=threads))
+
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """Uniform configurations enqueued first, so the result never loses to them."""
+        params = self.parameters()
+        recipes = {
+            "fp32": {},
+            "int8": {"bits": 8},
+            "w0.75": {"width": 0.75},
+            "w0.5": {"width": 0.5},
+            "w0.75+int8": {"width": 0.75, "bits": 8},
+            "w0.5+int8": {"width": 0.5, "bits": 8},
+        }
+        out: dict[str, dict[str, Any]] = {}
+        seen: list[dict[str, Any]] = []
+        for name, recipe in recipes.items():
+            p: dict[str, Any] = {}
+            for pname, choices in params.items():
+                layer, knob = pname.split(":")
+                want = recipe.get(knob, KNOBS[knob].default if knob in KNOBS else choices[0])
+                if knob == "threads":
+                    want = choices[0]
+                p[pname] = want if want in choices else (
+                    KNOBS[knob].default if KNOBS[knob].default in choices else choices[0]
+                )
+            if p not in seen:
+                seen.append(p)
+                out[name] = p
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "layers": [
+                {"name": layer.name, "op": layer.op, "onnx_node": layer.onnx_node, "knobs": layer.knobs}
+                for layer in self.layers
+            ],
+            "threads": self.threads,
+            "notes": self.notes,
+            "ignored": self.ignored,
+            "parameters": len(self.parameters()),
+        }
+
+
+def build_space(task: Task, preset: Preset, profile: DeviceProfile, threads: int | None = None) -> SearchSpace:
+    """Discover layers, then intersect preset values with what the profile says is real."""
+    notes: list[str] = []
+    allowed: dict[str, list[KnobValue]] = {}
+    for knob_name, knob in KNOBS.items():
+        wanted = preset.knobs.get(knob_name, profile.knobs.get(knob_name, [knob.default]))
+        real = profile.knobs.get(knob_name, [knob.default])
+        kept = [v for v in wanted if v in real]
+        dropped = [v for v in wanted if v not in real]
+        if dropped:
+            why = profile.notes.get(knob_name) or profile.notes.get(f"{knob_name}={dropped[0]}") or "not listed"
+            notes.append(f"{knob_name} {dropped} not searched on {profile.name}: {why}")
+        allowed[knob_name] = kept or [knob.default]
+
+    if task.onnx_path is not None:
+        layers, ignored = _discover_onnx(task.onnx_path, allowed, notes)
+    else:
+        layers, ignored = _discover_torch(task, preset, allowed, notes)
+
+    for layer in layers:
+        for pattern, override in preset.overrides.items():
+            if fnmatch.fnmatchcase(layer.name, pattern):
+                for knob, values in override.items():
+                    if knob in layer.knobs:
+                        layer.knobs[knob] = [v for v in values if v in layer.knobs[knob]] or [KNOBS[knob].default]
+
+    if threads is not None:
+        thread_choices = [threads]
+    else:
+        real_threads = profile.runtime.get("threads", [1])
+        thread_choices = [t for t in (preset.threads or real_threads) if t in real_threads] or real_threads[:1]
+    return SearchSpace(layers=layers, threads=thread_choices, notes=notes, ignored=ignored)
+
+
+def _bits_for(op: str, allowed: list[KnobValue]) -> list[KnobValue]:
+    # int4 is weight-only MatMulNBits: only MatMul nodes with a constant weight get it
+    return [b for b in allowed if b != 4 or op == "MatMul"]
+
+
+def _discover_onnx(path: Path, allowed: dict[str, list[KnobValue]], notes: list[str]) -> tuple[list[Layer], list[str]]:
+    model = onnx.load(str(path), load_external_data=False)
+    if any(v != KNOBS[k].default for k in ("width", "sparsity") for v in allowed[k]):
+        notes.append("width and sparsity need a torch model: an ONNX model gets bit-width and runtime knobs only")
+    layers = [
+        Layer(name=n.name or f"{n.op_type}_{i}", op=n.op_type, onnx_node=n.name, knobs={"bits": _bits_for(n.op_type, allowed["bits"])})
+        for i, n in enumerate(weighted_nodes(model))
+    ]
+    return layers, []
+
+
+def _discover_torch(
+    task: Task, preset: Preset, allowed: dict[str, list[KnobValue]], notes: list[str]
+) -> tuple[list[Layer], list[str]]:
+    model = task.model.eval()
+    modules = prunable_layers(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fp32.onnx"
+        try:
+            export_onnx(model, task.example_inputs, path)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"the model does not export to ONNX: {exc}".splitlines()[0]) from None
+        graph = onnx.load(str(path))
+    nodes = layer_nodes(graph, set(modules))
+    outputs = output_nodes(graph)
+    output_layers = [name for name, node in nodes.items() if node.name in outputs]
+    selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
+    kept = [n for n in modules if n not in selected]
+    unmapped = [n for n in selected if n not in nodes]
+    if unmapped:
+        notes.append(f"{len(unmapped)} layers not found in the ONNX graph (not searched): {', '.join(unmapped[:5])}")
+
+    ignored = sorted(set(output_layers) | set(kept))
+    roots: list[str] = []
+    if any(w != 1.0 for w in allowed["width"]):
+        roots = [r for r in width_groups(model, task.example_inputs, ignored) if r in nodes and r in selected]
+        roots, broken = check_width_roots(model, task.example_inputs, roots, ignored)
+        for root, why in broken.items():
+            notes.append(f"width of {root} not searched: torch-pruning cannot narrow it ({why})")
+
+    layers = []
+    for name in selected:
+        if name not in nodes:
+            continue
+        node = nodes[name]
+        knobs: dict[str, list[KnobValue]] = {"bits": _bits_for(node.op_type, allowed["bits"])}
+        if name in roots:
+            knobs["width"] = list(allowed["width"])
+        sparsity = [s for s in allowed["sparsity"] if s != "2:4" or supports_two_four(modules[name])]
+        knobs["sparsity"] = sparsity or [0.0]
+        layers.append(Layer(name=name, op=node.op_type, onnx_node=node.name, knobs=knobs))
+    return layers, ignored

@@ -1,0 +1,247 @@
+"""The search: an Optuna study whose trials build, measure and score candidates.
+
+Objectives: accuracy (max), latency median (min), size in bytes (min); one constraint,
+``latency - budget <= 0``, set with ``trial.set_constraint``. Baselines are enqueued first.
+Re-running with the same study name resumes and continues to the requested trial count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from autotune import __version__
+from autotune.artifact import ArtifactBuilder
+from autotune.budget import format_ms, parse_budget
+from autotune.devices import Device, Protocol
+from autotune.errors import CandidateError, UserError
+from autotune.evaluate import evaluate_artifact
+from autotune.measure import Measurer
+from autotune.onnx_export import input_names
+from autotune.profiles import DeviceProfile, load_profile
+from autotune.result import DB_NAME, META_KEY, ParetoSet
+from autotune.space import SearchSpace, build_space, load_preset
+from autotune.task import Task
+
+MAX_STORED_SAMPLES = 256  # per trial, for the report's latency distributions
+
+
+@dataclass
+class SearchConfig:
+    budget: str | float
+    device: str = "cpu"
+    trials: int = 30
+    space: str | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    out_dir: Path = Path("runs")
+    seed: int = 0
+    threads: int | None = None
+    protocol: Protocol = field(default_factory=Protocol)
+    agent: str | None = None
+    remeasure: bool = False
+    progress: bool = True
+    report: Path | None | bool = None  # None: reports/<study>.html; False: no report
+
+
+def make_device(profile: DeviceProfile, agent: str | None = None) -> Device:
+    """Instantiate the backend a profile names, or fail with why it cannot run here."""
+    from autotune.devices import BACKENDS
+
+    cls = BACKENDS.get(profile.backend)
+    if cls is None:
+        raise UserError(f"device {profile.name!r}: unknown backend {profile.backend!r} (known: {', '.join(BACKENDS)})")
+    ok, why = cls.available()
+    if not ok:
+        raise UserError(f"device {profile.name!r}: backend {profile.backend} is not usable here: {why}")
+    factory = getattr(cls, "from_profile", None)
+    return factory(profile, agent=agent) if factory else cls()
+
+
+def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
+    names = input_names(len(task.example_inputs))
+    return {n: t.detach().cpu().numpy().astype(np.float32) for n, t in zip(names, task.example_inputs, strict=True)}
+
+
+def _storage(cfg: SearchConfig, run_dir: Path) -> optuna.storages.BaseStorage:
+    url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    try:
+        # heartbeats let a later run mark trials of a killed worker FAILED instead of RUNNING forever
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"--storage {url}: cannot open ({exc})".splitlines()[0]) from None
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that count toward the requested number: completed, or failed by the candidate."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+    )
+
+
+def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
+    budget_ms = parse_budget(cfg.budget)
+    if cfg.trials < 1:
+        raise UserError(f"--trials {cfg.trials}: must be at least 1")
+    profile = load_profile(cfg.device)
+    device = make_device(profile, agent=cfg.agent)
+    preset = load_preset(cfg.space)
+    study_name = cfg.study_name or f"{task.name}-{profile.name}-{format_ms(budget_ms)}"
+    run_dir = Path(cfg.out_dir) / study_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = _storage(cfg, run_dir)
+    space = build_space(task, preset, profile, threads=cfg.threads)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=10)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        directions=["maximize", "minimize", "minimize"],
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    meta = _check_or_write_meta(study, task, profile, device, budget_ms, cfg, space, run_dir)
+    # a resumed study gets a different sampler stream, so it does not replay the same proposals
+    sampler.reseed_rng() if study.trials else None
+    _enqueue_baselines(study, space)
+
+    builder = ArtifactBuilder(task, space, run_dir / "artifacts")
+    measurer = Measurer(device, cfg.protocol)
+    inputs = _trial_inputs(task)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        candidate = space.sample(trial)
+        trial.set_user_attr("config", candidate.to_dict())
+        try:
+            artifact = builder.build(candidate)
+            trial.set_user_attr("artifact", {**artifact.to_dict(), "path": str(artifact.path.relative_to(run_dir))})
+            t0 = time.perf_counter()
+            m = measurer.measure(artifact.path, inputs, candidate.runtime)
+            artifact.timings["measure"] = time.perf_counter() - t0
+            trial.set_user_attr("measurement", m.to_dict(max_samples=MAX_STORED_SAMPLES))
+            if not m.usable:
+                raise CandidateError("measure", f"{m.status}: {m.error}")
+            t0 = time.perf_counter()
+            try:
+                accuracy = evaluate_artifact(task, artifact.path)
+            except Exception as exc:  # noqa: BLE001
+                raise CandidateError("evaluate", f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+            finally:
+                artifact.timings["evaluate"] = time.perf_counter() - t0
+        except CandidateError as exc:
+            trial.set_user_attr("fail_stage", exc.stage)
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        finally:
+            if "artifact" in locals():
+                trial.set_user_attr("timings", artifact.timings)
+        trial.set_constraint("latency_budget", m.median_ms - budget_ms)
+        return accuracy, m.median_ms, float(artifact.size_bytes)
+
+    remaining = cfg.trials - _counted(study)
+    started = time.time()
+    bar = _ProgressBar(remaining, budget_ms, cfg.progress)
+    try:
+        while remaining > 0:
+            study.optimize(objective, n_trials=remaining, catch=(CandidateError,), callbacks=[bar.update])
+            remaining = cfg.trials - _counted(study)  # trials lost to a stale worker are redone
+    finally:
+        bar.close()
+        meta["wall_s"] = float(meta.get("wall_s", 0.0)) + time.time() - started
+        study.set_user_attr(META_KEY, meta)
+    result = ParetoSet(study, run_dir)
+    if cfg.report is not False:
+        result.report(cfg.report)
+    return result
+
+
+def _check_or_write_meta(
+    study: optuna.Study,
+    task: Task,
+    profile: DeviceProfile,
+    device: Device,
+    budget_ms: float,
+    cfg: SearchConfig,
+    space: SearchSpace,
+    run_dir: Path,
+) -> dict[str, Any]:
+    meta = dict(study.user_attrs.get(META_KEY, {}))
+    if meta:
+        for key, now in (("task", task.name), ("device", profile.name), ("budget_ms", budget_ms)):
+            if meta.get(key) != now:
+                raise UserError(
+                    f"study {study.study_name!r} was created with {key}={meta.get(key)!r}, not {now!r}; "
+                    "pass a new --study name to start another search"
+                )
+        return meta
+    meta = {
+        "version": __version__,
+        "task": task.name,
+        "metric": task.metric,
+        "device": profile.name,
+        "backend": profile.backend,
+        "budget_ms": budget_ms,
+        "budget": format_ms(budget_ms),
+        "run_dir": str(run_dir.resolve()),
+        "fingerprint": device.fingerprint(),
+        "space": space.summary(),
+        "protocol": cfg.protocol.to_dict(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "wall_s": 0.0,
+    }
+    study.set_user_attr(META_KEY, meta)
+    return meta
+
+
+def _enqueue_baselines(study: optuna.Study, space: SearchSpace) -> None:
+    done = {
+        t.user_attrs.get("baseline")
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+    }
+    for name, params in space.baselines().items():
+        if name not in done:
+            study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+
+
+class _ProgressBar:
+    """tqdm bar with ETA and the best feasible candidate so far."""
+
+    def __init__(self, total: int, budget_ms: float, enabled: bool) -> None:
+        self.budget_ms = budget_ms
+        self.bar = tqdm(total=max(total, 0), disable=not enabled, unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self.best: tuple[float, float] | None = None
+        self.failed = 0
+
+    def update(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            acc, lat, _ = trial.values
+            if lat <= self.budget_ms and (self.best is None or (acc, -lat) > (self.best[0], -self.best[1])):
+                self.best = (acc, lat)
+        elif trial.state == TrialState.FAIL:
+            self.failed += 1
+        best = f"{self.best[0]:.2f} @ {self.best[1]:.3f}ms" if self.best else "none yet"
+        self.bar.set_postfix_str(f"best under budget: {best}; failed {self.failed}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
