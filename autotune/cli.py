@@ -50,13 +50,24 @@ def make_parser(verb: str) -> tuple[Parser, object]:
     return parser, module
 
 
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """``--budget -3ms`` -> ``--budget=-3ms``: argparse would take -3ms for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--budget" and arg.startswith("-"):
+            out[-1] = f"--budget={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv and argv[0] in COMMANDS else "search"
     if argv and argv[0] == verb:
         argv = argv[1:]
     parser, module = make_parser(verb)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_values(argv))
     try:
         return int(module.run(args) or 0)  # type: ignore[attr-defined]
     except UserError as exc:

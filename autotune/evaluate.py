@@ -19,6 +19,7 @@ class OrtRunner:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or psutil.cpu_count(logical=False) or 1
         so.log_severity_level = 3
+        self.model_path = Path(model_path)
         self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 

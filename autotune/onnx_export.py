@@ -40,12 +40,18 @@ def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
 
 
 def scope_to_module(node_name: str) -> str:
-    """``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``."""
-    parts = node_name.strip("/").split("/")[:-1]
-    name = ""
-    for part in parts:
-        name = part if (not name or part.startswith(name + ".")) else f"{name}.{part}"
-    return name
+    """``/layer2/layer2.0/downsample/downsample.0/Conv`` -> ``layer2.0.downsample.0``.
+
+    A container's child appears as ``<container attr>.<index>``, replacing the container's
+    own component; any other component is a child attribute.
+    """
+    parts: list[str] = []
+    for part in node_name.strip("/").split("/")[:-1]:
+        if parts and part.startswith(parts[-1] + "."):
+            parts[-1] = part
+        else:
+            parts.append(part)
+    return ".".join(parts)
 
 
 def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -74,13 +74,16 @@ def quantize_model(
             )
             current = out
         if int4:
+            graph = onnx.load(str(current))
+            # nodes_to_include only *adds* to the MatMul op type; excluding is what restricts
+            others = [n.name for n in graph.graph.node if n.name not in int4]
             quantizer = MatMulNBitsQuantizer(
-                onnx.load(str(current)),
+                graph,
                 bits=4,
                 block_size=INT4_BLOCK_SIZE,
                 is_symmetric=True,
                 accuracy_level=4,
-                nodes_to_include=int4,
+                nodes_to_exclude=others,
             )
             quantizer.process()
             out = Path(tmp) / "int4.onnx"

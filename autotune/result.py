@@ -111,6 +111,7 @@ class ParetoSet:
         self.meta: dict[str, Any] = study.user_attrs.get(META_KEY, {})
         self.run_dir = Path(run_dir or self.meta.get("run_dir", "."))
         self.budget_ms: float = float(self.meta.get("budget_ms", float("inf")))
+        self.report_path: Path | None = None  # set once a report is written
         trials = study.get_trials(deepcopy=False)
         self.trials: list[TrialResult] = [
             TrialResult.from_trial(t, self.run_dir) for t in trials if t.state == TrialState.COMPLETE
@@ -210,6 +211,9 @@ class ParetoSet:
                 "(everything is saved; try a larger budget or a wider search space):"
             )
         lines.append(self.table())
+        stats = self.meta.get("last_run", {}).get("measurer", {})
+        if stats:
+            lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
         unstable = [t.number for t in self.trials if t.measurement.status == "unstable"]
         if unstable:
             lines.append(f"unstable latency (IQR/median > 10% after retries) in trials {unstable}")

@@ -123,7 +123,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     _enqueue_baselines(study, space)
 
     builder = ArtifactBuilder(task, space, run_dir / "artifacts")
-    measurer = Measurer(device, cfg.protocol)
+    measurer = Measurer(device, cfg.protocol, cache_dir=run_dir / "measurements", remeasure=cfg.remeasure)
     inputs = _trial_inputs(task)
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
@@ -165,10 +165,12 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     finally:
         bar.close()
         meta["wall_s"] = float(meta.get("wall_s", 0.0)) + time.time() - started
+        meta["last_run"] = {"measurer": measurer.stats}
         study.set_user_attr(META_KEY, meta)
+        device.close()
     result = ParetoSet(study, run_dir)
     if cfg.report is not False:
-        result.report(cfg.report)
+        result.report_path = result.report(cfg.report)
     return result
 
 

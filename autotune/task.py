@@ -39,7 +39,7 @@ class Task:
     """A model plus how to judge it.
 
     Args:
-        model: the FP32 model to compress (put in eval mode by autotune).
+        model: the FP32 model to compress (put in eval mode by autotune); None for an ONNX task.
         example_inputs: one batch at the deployment batch size; latency is measured on it.
         evaluate: ``evaluate(runner) -> float``, higher is better (accuracy in percent, say).
         calibration: input batches for static int8 quantization (tuples of arrays).
@@ -48,7 +48,7 @@ class Task:
         metric: what ``evaluate`` returns, shown in reports ("accuracy", "fidelity", ...).
     """
 
-    model: torch.nn.Module
+    model: torch.nn.Module | None
     example_inputs: tuple[torch.Tensor, ...]
     evaluate: Evaluate
     calibration: Sequence[tuple[np.ndarray, ...]] = field(default_factory=list)

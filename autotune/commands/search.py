@@ -67,9 +67,8 @@ def run(args: argparse.Namespace) -> int:
     for note in result.meta.get("space", {}).get("notes", []):
         print(f"note: {note}")
     print(result.summary())
-    report = result.meta.get("report_path")
-    if report:
-        print(f"report: {report}")
+    if result.report_path:
+        print(f"report: {result.report_path}")
     if result.best is not None:
         print(f"export the best: autotune export {result.run_dir} --trial {result.best.number} -o best.onnx")
     return 0

@@ -1,0 +1,25 @@
+import pytest
+
+from autotune.budget import format_ms, parse_budget
+from autotune.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("10ms", 10.0), ("10 ms", 10.0), ("0.01s", 10.0), ("500us", 0.5), ("2.5ms", 2.5), ("1e-3s", 1.0), (3, 3.0)],
+)
+def test_accepted_forms(text: str, ms: float) -> None:
+    assert parse_budget(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["abc", "-3ms", "0", "0ms", "10", "10 kg", "", "ms", "nanms"])
+def test_rejected_forms_name_the_accepted_ones(text: str) -> None:
+    with pytest.raises(UserError) as err:
+        parse_budget(text)
+    assert "10ms" in str(err.value) and "500us" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_format_round_trips() -> None:
+    for ms in (0.05, 0.5, 12.0, 250.0):
+        assert parse_budget(format_ms(ms)) == pytest.approx(ms)

@@ -1,0 +1,144 @@
+"""End-to-end searches through the Python API on small models (quick protocol)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import optuna
+import pytest
+import torch
+from tiny_tasks import agreement_task, conv_task, flaky_task
+
+import autotune
+from autotune.devices import Protocol
+from autotune.result import ParetoSet
+from autotune.zoo import MLP, ConcatNet, TinyTransformer
+
+QUICK = Protocol.quick()
+
+
+def run(task: autotune.Task, tmp_path: Path, **kw: object) -> autotune.ParetoSet:
+    kw.setdefault("budget", "50ms")
+    kw.setdefault("trials", 8)
+    return autotune.search(task, out_dir=tmp_path / "runs", protocol=QUICK, progress=False, report=False, **kw)
+
+
+def test_search_returns_feasible_pareto_set_with_baselines(tmp_path: Path) -> None:
+    result = run(conv_task(), tmp_path, study_name="s")
+    assert len(result.trials) == 8
+    assert set(result.baselines) == {"fp32", "int8", "w0.75", "w0.5", "w0.75+int8", "w0.5+int8"}
+    assert result.pareto and all(t.feasible for t in result.pareto)
+    assert result.best is not None and result.best.accuracy == max(t.accuracy for t in result.feasible)
+    fp32 = result.baselines["fp32"]
+    assert fp32.accuracy == 100.0  # the unmodified model agrees with itself, through ORT
+    # non-domination: no member is beaten on all three objectives by another trial
+    for m in result.pareto:
+        assert not any(
+            t.accuracy >= m.accuracy and t.latency_ms <= m.latency_ms and t.size_bytes <= m.size_bytes
+            and (t.accuracy, t.latency_ms, t.size_bytes) != (m.accuracy, m.latency_ms, m.size_bytes)
+            for t in result.feasible
+        )
+    # every measurement kept its samples and statistics
+    m = fp32.measurement
+    assert m.n >= QUICK.min_samples and m.min_ms <= m.median_ms <= m.p90_ms <= m.p99_ms
+    assert m.fingerprint["backend"] == "ort-cpu" and m.runtime["threads"] == 1
+    # int8 really is int8 in the artifact
+    ops = {n.op_type for n in onnx.load(str(result.baselines["int8"].artifact_path)).graph.node}
+    assert "DequantizeLinear" in ops
+    # stage timings are recorded for the cost split
+    assert {"export", "quantize", "measure", "evaluate"} <= set(fp32.timings)
+
+
+def test_accuracy_is_measured_on_the_artifact_not_the_torch_model(tmp_path: Path) -> None:
+    seen: list[str] = []
+    task = conv_task()
+    inner = task.evaluate
+
+    def evaluate(runner: autotune.Runner) -> float:
+        seen.append(str(runner.model_path))
+        return inner(runner)
+
+    task.evaluate = evaluate
+    result = run(task, tmp_path, trials=6)
+    artifacts = {str(t.artifact_path) for t in result.trials}
+    assert set(seen) == artifacts
+    # a narrower model really was measured and scored: width 0.5 shrinks the file
+    assert result.baselines["w0.5"].size_bytes < 0.5 * result.baselines["fp32"].size_bytes
+
+
+def test_resume_continues_to_the_requested_count(tmp_path: Path) -> None:
+    first = run(conv_task(), tmp_path, trials=7, study_name="resume")
+    assert len(first.trials) == 7
+    second = run(conv_task(), tmp_path, trials=10, study_name="resume")
+    assert len(second.trials) == 10
+    numbers = sorted(t.number for t in second.trials)
+    assert numbers[:7] == sorted(t.number for t in first.trials)
+    # baselines were not enqueued a second time
+    assert sum(1 for t in second.trials if t.baseline) == 6
+
+
+def test_failed_candidates_become_failed_trials_and_the_study_goes_on(tmp_path: Path) -> None:
+    result = run(flaky_task(), tmp_path, trials=8, study_name="flaky")
+    assert result.failures, "int8 candidates fail in evaluate"
+    assert all(f.user_attrs["fail_stage"] == "evaluate" for f in result.failures)
+    assert "exploded on purpose" in result.failures[0].user_attrs["fail_reason"]
+    assert len(result.trials) + len(result.failures) == 8
+    assert "fp32" in result.baselines
+
+
+def test_no_feasible_candidate_is_said_plainly_and_everything_is_saved(tmp_path: Path) -> None:
+    result = run(conv_task(), tmp_path, budget="1us", trials=6, study_name="tight")
+    assert result.best is None and not result.pareto
+    assert len(result.trials) == 6
+    summary = result.summary()
+    assert "NO candidate met the budget" in summary
+    assert len(result.fastest(3)) == 3
+    assert str(result.fastest(1)[0].number) in summary
+
+
+def test_export_writes_the_measured_artifact_and_its_record(tmp_path: Path) -> None:
+    result = run(conv_task(), tmp_path, trials=6, study_name="exp")
+    best = result.best
+    out = best.export(tmp_path / "out" / "best.onnx")
+    assert out.read_bytes() == best.artifact_path.read_bytes()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["trial"] == best.number and record["latency_ms"]["median"] == best.latency_ms
+    assert record["config"] == best.candidate.to_dict()
+    # the storage alone rebuilds the same result
+    again = ParetoSet.load(tmp_path / "runs" / "exp")
+    assert [t.number for t in again.pareto] == [t.number for t in result.pareto]
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [(TinyTransformer, (32, 16, 64)), (MLP, (64, 64)), (ConcatNet, (32, 1, 32, 32))],
+    ids=["transformer", "mlp", "concat"],
+)
+def test_models_the_core_tests_never_saw(tmp_path: Path, make: type, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    task = agreement_task(make(), torch.randn(*shape), make.__name__)
+    result = run(task, tmp_path, trials=8)
+    assert len(result.trials) + len(result.failures) == 8
+    assert not result.failures, [f.user_attrs["fail_reason"] for f in result.failures]
+    assert result.best is not None
+    if make is TinyTransformer:
+        space = result.meta["space"]
+        assert any(4 in layer["knobs"]["bits"] for layer in space["layers"])
+
+
+def test_plain_model_api_with_defaults(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
+    x = torch.randn(128, 32)
+    labels = model(x).argmax(1).numpy()
+
+    def evaluate(runner: autotune.Runner) -> float:
+        return float(np.mean(runner(x).argmax(1) == labels) * 100)
+
+    result = autotune.search(
+        model, x[:1], evaluate=evaluate, budget="10ms", trials=6, out_dir=tmp_path, protocol=QUICK,
+        progress=False, report=False,
+    )
+    assert result.best is not None
+    storage = f"sqlite:///{tmp_path / result.study.study_name / 'study.db'}"
+    assert optuna.load_study(study_name=result.study.study_name, storage=storage).trials

@@ -1,0 +1,117 @@
+"""Layer discovery on architectures the search must handle, presets and device profiles."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.errors import UserError
+from autotune.profiles import available_profiles, load_profile
+from autotune.space import build_space, load_preset
+from autotune.task import Task
+from autotune.zoo import MLP, ConcatNet, TinyTransformer, resnet18
+
+
+def task_for(model: torch.nn.Module, x: torch.Tensor) -> Task:
+    return Task(model=model.eval(), example_inputs=(x,), evaluate=lambda r: 0.0)
+
+
+@pytest.fixture(scope="module")
+def cpu() -> object:
+    return load_profile("cpu")
+
+
+def test_every_conv_and_linear_becomes_a_layer_and_the_head_keeps_its_width(cpu: object) -> None:
+    space = build_space(task_for(resnet18(10), torch.randn(1, 3, 64, 64)), load_preset(None), cpu)
+    names = [layer.name for layer in space.layers]
+    assert len(names) == 21  # 20 convs (incl. 3 downsample) + fc
+    assert "fc" in names and "layer2.0.downsample.0" in names
+    by_name = {layer.name: layer for layer in space.layers}
+    assert "width" not in by_name["fc"].knobs  # the classifier's outputs are the interface
+    # residual adds couple conv1 with every block's second conv: one width knob per group
+    widths = [layer.name for layer in space.layers if "width" in layer.knobs]
+    assert "layer1.0.conv1" in widths and "layer1.0.conv2" not in widths
+    assert by_name["fc"].op == "Gemm" and 4 not in by_name["fc"].knobs["bits"]
+    assert by_name["conv1"].knobs["bits"] == [32, 8]  # int4 is MatMul-only
+    # the CPU profile removes sparsity and says why
+    assert all(layer.knobs["sparsity"] == [0.0] for layer in space.layers)
+    assert any("sparsity" in note and "do not reduce latency" in note for note in space.notes)
+
+
+def test_transformer_linears_export_as_matmul_and_get_int4(cpu: object) -> None:
+    space = build_space(task_for(TinyTransformer(), torch.randn(1, 16, 64)), load_preset(None), cpu)
+    matmuls = [layer for layer in space.layers if layer.op == "MatMul"]
+    assert len(matmuls) >= 8
+    assert all(4 in layer.knobs["bits"] for layer in matmuls)
+
+
+def test_concat_and_mlp_are_discovered(cpu: object) -> None:
+    concat = build_space(task_for(ConcatNet(), torch.randn(1, 1, 32, 32)), load_preset(None), cpu)
+    assert any("width" in layer.knobs for layer in concat.layers)
+    mlp = build_space(task_for(MLP(), torch.randn(1, 64)), load_preset(None), cpu)
+    assert [layer.op for layer in mlp.layers].count("Gemm") == len(mlp.layers)
+
+
+def test_preset_narrows_values_and_keeps_layers(tmp_path: Path, cpu: object) -> None:
+    preset = tmp_path / "p.yaml"
+    preset.write_text(
+        "knobs: {width: [1.0, 0.5], bits: [32, 8]}\n"
+        "layers:\n  keep: ['layer4*']\n  overrides:\n    conv1: {bits: [32]}\n"
+    )
+    space = build_space(task_for(resnet18(10), torch.randn(1, 3, 64, 64)), load_preset(str(preset)), cpu)
+    names = [layer.name for layer in space.layers]
+    assert not any(n.startswith("layer4") for n in names)
+    by_name = {layer.name: layer for layer in space.layers}
+    assert by_name["conv1"].knobs["bits"] == [32]
+    assert by_name["layer1.0.conv1"].knobs == {"bits": [32, 8], "width": [1.0, 0.5], "sparsity": [0.0]}
+    assert "conv1:bits" not in space.parameters()
+
+
+def test_profile_with_sparsity_offers_two_four_only_where_it_fits(tmp_path: Path) -> None:
+    profile = tmp_path / "gpu.yaml"
+    profile.write_text("backend: ort-cpu\nknobs: {sparsity: [0.0, 0.5, '2:4'], bits: [32, 16, 8]}\n")
+    space = build_space(task_for(ConcatNet(), torch.randn(1, 1, 32, 32)), load_preset(None), load_profile(str(profile)))
+    by_op = {layer.name: layer.knobs["sparsity"] for layer in space.layers}
+    first = space.layers[0]  # 1 input channel: no 2:4 groups
+    assert "2:4" not in by_op[first.name] and 0.5 in by_op[first.name]
+    assert any("2:4" in s for s in by_op.values())
+
+
+def test_baselines_are_distinct_and_valid(cpu: object) -> None:
+    space = build_space(task_for(resnet18(10), torch.randn(1, 3, 64, 64)), load_preset(None), cpu)
+    baselines = space.baselines()
+    assert list(baselines) == ["fp32", "int8", "w0.75", "w0.5", "w0.75+int8", "w0.5+int8"]
+    params = space.parameters()
+    for values in baselines.values():
+        assert all(v in params[k] for k, v in values.items())
+    int8 = space.candidate(baselines["w0.5+int8"])
+    assert int8.value("conv1", "bits") == 8 and int8.value("layer1.0.conv1", "width") == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("knobs: {widht: [1.0]}", "did you mean 'width'"),
+        ("knob: {width: [1.0]}", "did you mean 'knobs'"),
+        ("knobs: {width: [1.5]}", "invalid width value 1.5"),
+        ("knobs: {bits: [7]}", "invalid bits value 7"),
+        ("knobs: {width: 0.5}", "non-empty list"),
+        ("knobs: [width", "malformed YAML"),
+        ("- a\n- b", "expected a mapping"),
+    ],
+)
+def test_bad_preset_is_one_clear_line(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_preset(str(path))
+    assert needle in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_device_and_preset_list_the_choices() -> None:
+    with pytest.raises(UserError, match="cpu"):
+        load_profile("nosuch")
+    with pytest.raises(UserError, match="default"):
+        load_preset("nosuch")
+    assert "cpu" in available_profiles()

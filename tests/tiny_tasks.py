@@ -1,0 +1,96 @@
+"""Small tasks for tests that drive the CLI in a subprocess (``--model tiny_tasks:conv_task``).
+
+The score is agreement with the FP32 model's predictions on fixed random inputs, so any
+compression that changes predictions shows up in it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from autotune.task import Runner, Task
+
+
+class TinyResNet(nn.Module):
+    """Residual adds, a depthwise conv and a Linear head: the coupled-channel cases."""
+
+    def __init__(self, c: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.conv2 = nn.Conv2d(c, 2 * c, 1)
+        self.fc = nn.Linear(2 * c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + torch.relu(self.dw(torch.relu(self.bn1(self.conv1(x)))))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def agreement_task(model: nn.Module, x: torch.Tensor, name: str) -> Task:
+    torch.manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        reference = model(x).argmax(-1).numpy()
+
+    def evaluate(runner: Runner) -> float:
+        return float((runner(x).argmax(-1) == reference).mean() * 100)
+
+    return Task(
+        model=model,
+        example_inputs=(x[:1],),
+        evaluate=evaluate,
+        calibration=[(x[i : i + 16].numpy(),) for i in range(0, len(x), 16)],
+        name=name,
+        metric="agreement",
+    )
+
+
+def conv_task() -> Task:
+    torch.manual_seed(0)
+    return agreement_task(TinyResNet(), torch.randn(64, 3, 16, 16), "tiny-conv")
+
+
+def slow_conv_task() -> Task:
+    """Like conv_task, but each evaluation sleeps, so a test can interrupt a run mid-way."""
+    task = conv_task()
+    inner = task.evaluate
+    delay = float(os.environ.get("TINY_TASK_EVAL_DELAY", "0.5"))
+
+    def evaluate(runner: Runner) -> float:
+        time.sleep(delay)
+        return inner(runner)
+
+    task.evaluate = evaluate
+    task.name = "tiny-slow"
+    return task
+
+
+def flaky_task() -> Task:
+    """Evaluation fails on every int8 candidate: failure is data, the study goes on."""
+    task = conv_task()
+    inner = task.evaluate
+
+    def evaluate(runner: Runner) -> float:
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(runner.model_path)).graph.node}
+        if "DequantizeLinear" in ops:
+            raise RuntimeError("evaluation exploded on purpose")
+        return inner(runner)
+
+    task.evaluate = evaluate
+    task.name = "tiny-flaky"
+    return task
+
+
+def not_a_task() -> int:
+    return 3
