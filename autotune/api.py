@@ -31,6 +31,8 @@ def search(
     seed: int = 0,
     threads: int | None = None,
     protocol: Protocol | None = None,
+    agent: str | None = None,
+    remeasure: bool = False,
     name: str = "model",
     progress: bool = True,
     report: str | Path | bool | None = None,
@@ -49,6 +51,8 @@ def search(
         storage: Optuna storage URL (default: SQLite in ``out_dir/<study>/study.db``).
         calibration: batches for int8 calibration (default: the example inputs).
         finetune: ``finetune(student, teacher)`` recovery training after pruning.
+        agent: URL of a remote agent, overriding the device profile's ``agents``.
+        remeasure: ignore cached measurements.
         report: where to write the HTML report (default ``reports/<study>.html``; False: none).
 
     Returns:
@@ -78,6 +82,8 @@ def search(
         seed=seed,
         threads=threads,
         protocol=protocol or Protocol(),
+        agent=agent,
+        remeasure=remeasure,
         progress=progress,
         report=Path(report) if isinstance(report, (str, Path)) else report,
     )

@@ -58,6 +58,8 @@ def make_device(profile: DeviceProfile, agent: str | None = None) -> Device:
     """Instantiate the backend a profile names, or fail with why it cannot run here."""
     from autotune.devices import BACKENDS
 
+    if agent is not None and profile.backend != "remote":
+        raise UserError(f"--agent {agent}: device {profile.name!r} is local ({profile.backend}); use a remote profile such as jetson")
     cls = BACKENDS.get(profile.backend)
     if cls is None:
         raise UserError(f"device {profile.name!r}: unknown backend {profile.backend!r} (known: {', '.join(BACKENDS)})")
@@ -105,7 +107,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     run_dir = Path(cfg.out_dir) / study_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by reason in the summary
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = _storage(cfg, run_dir)
     space = build_space(task, preset, profile, threads=cfg.threads)

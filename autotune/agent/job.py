@@ -1,0 +1,270 @@
+"""The job subprocess: ``python -m autotune.agent.job measure|validate``.
+
+Everything that touches untrusted bytes or a runtime (onnx parsing and checking, session
+creation, engine builds, inference) runs here, never in the agent process, so a crash, a hang
+or a leak costs one job, not the agent. The agent keeps one such process warm for measurements
+(recycled after a failure and every N jobs) and one for upload validation.
+
+Wire format (JSON lines): requests on stdin, events on a private copy of the original stdout
+(fd 1 itself is pointed at stderr, so a library that prints cannot corrupt the stream)::
+
+    -> {"op": "measure", "spec": {...}} | {"op": "validate", "path": ...} | {"op": "info"}
+    <- {"event": "ready"} once, then per request {"event": "phase", "phase": ...} ... and
+       {"event": "result", ...}
+
+Inputs arrive as raw bytes (base64) with dtype and shape -- never pickles. When stdin closes
+(the agent is gone) the process exits at once, releasing the device.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+#: set to "1" in the agent's environment to let jobs carry test hooks (sleep, crash)
+TEST_HOOKS_ENV = "AUTOTUNE_AGENT_TEST_HOOKS"
+
+#: operator domains a model may use: the ONNX standard sets and onnxruntime's built-in
+#: contrib ops. Anything else would need a custom-op library, which the agent never loads.
+ALLOWED_DOMAINS = frozenset(
+    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc"}
+)
+MAX_SAMPLES_RETURNED = 4096
+_OOM_MARKERS = ("out of memory", "bad_alloc", "failed to allocate", "cudaerrormemoryallocation", "oom")
+
+
+def test_hooks_enabled() -> bool:
+    return os.environ.get(TEST_HOOKS_ENV) == "1"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, recursively (strict JSON for HTTP responses)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _all_graphs(graph: Any) -> Any:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_graphs(attr.g)
+            for g in attr.graphs:
+                yield from _all_graphs(g)
+
+
+def _tensors(model: Any) -> Any:
+    for graph in _all_graphs(model.graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+
+
+def _nodes(model: Any) -> Any:
+    for graph in _all_graphs(model.graph):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def validate_model(path: Path) -> str | None:
+    """Why ``path`` is not a self-contained, standard ONNX model; None when it is."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - not a protobuf at all
+        return f"not an ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if not model.graph.node and not model.graph.output:
+        return "not an ONNX model (no graph)"
+    for tensor in _tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            return f"tensor {tensor.name!r} refers to external data; upload a self-contained model"
+    local_domains = {f.domain for f in model.functions}
+    for node in _nodes(model):
+        if node.domain not in ALLOWED_DOMAINS and node.domain not in local_domains:
+            return f"operator {node.op_type!r} of custom domain {node.domain!r} is not allowed"
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001
+        return f"onnx.checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+    return None
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def decode_inputs(tensors: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for t in tensors:
+        raw = base64.b64decode(t["data"], validate=True)
+        arr = np.frombuffer(raw, dtype=np.dtype(t["dtype"]).newbyteorder("<"))
+        out[t["name"]] = arr.reshape(t["shape"]).astype(np.dtype(t["dtype"]), copy=True)
+    return out
+
+
+def _run_hook(test: dict[str, Any] | None, phase: str) -> None:
+    """Test-only: sleep or crash in a given phase. Inert unless the agent enabled hooks."""
+    if not test or not test_hooks_enabled() or test.get("phase", "measure") != phase:
+        return
+    if test.get("sleep_s"):
+        time.sleep(float(test["sleep_s"]))
+    crash = test.get("crash")
+    if crash == "abort":
+        os.abort()
+    elif crash == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif crash == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif crash == "raise":
+        raise RuntimeError("test hook: runtime failure")
+
+
+class Runner:
+    """Serves requests in this process; device instances are kept between jobs."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.devices: dict[str, Any] = {}
+
+    def emit(self, **event: Any) -> None:
+        self.out.write(json.dumps(json_safe(event)) + "\n")
+        self.out.flush()
+
+    def info(self) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from autotune import __version__
+        from autotune.devices import BACKENDS, Protocol, RuntimeOptions
+        from autotune.devices._fingerprint import host_fingerprint
+
+        backends: dict[str, Any] = {}
+        for name, cls in BACKENDS.items():
+            if name == "remote":
+                continue  # an agent measures locally; it does not chain to other agents
+            try:
+                ok, why = cls.available()
+                fp = self._device(name).fingerprint() if ok else {}
+            except Exception as exc:  # noqa: BLE001 - a broken backend is reported, not fatal
+                ok, why, fp = False, f"{type(exc).__name__}: {exc}".splitlines()[0], {}
+            backends[name] = {"available": bool(ok), "reason": why, "fingerprint": fp}
+        return {
+            "backends": backends,
+            "host": {**host_fingerprint(), "agent_version": __version__},
+            "runtime_fields": [f.name for f in fields(RuntimeOptions)],
+            "protocol_fields": [f.name for f in fields(Protocol)],
+        }
+
+    def _device(self, name: str) -> Any:
+        from autotune.devices import BACKENDS
+
+        if name not in self.devices:
+            self.devices[name] = BACKENDS[name]()
+        return self.devices[name]
+
+    def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
+        from autotune import __version__
+        from autotune.agent import PROTOCOL_VERSION
+        from autotune.devices import BACKENDS, Measurement, Protocol, RuntimeOptions
+
+        backend = spec["backend"]
+        test = spec.get("test")
+        _run_hook(test, "prepare")
+        inputs = decode_inputs(spec.get("inputs", []))
+        runtime = RuntimeOptions.from_dict(spec.get("options", {}))
+        protocol = Protocol.from_dict(spec.get("protocol", {}))
+        cls = BACKENDS.get(backend)
+        ok, why = cls.available() if cls is not None else (False, "unknown backend")
+        if not ok:
+            m = Measurement(status="build_error", backend=backend, error=f"backend {backend} unusable: {why}")
+        else:
+            device = self._device(backend)
+            self.emit(event="phase", phase="measure")
+            _run_hook(test, "measure")
+            try:
+                m = device.measure(Path(spec["model_path"]), inputs, runtime, protocol)
+            except MemoryError:
+                m = Measurement(status="oom", backend=backend, error="MemoryError in the job process")
+        if m.status in ("runtime_error", "build_error") and any(
+            s in (m.error or "").lower() for s in _OOM_MARKERS
+        ):
+            m.status = "oom"
+        m.fingerprint = {**m.fingerprint, "agent_version": __version__, "agent_protocol": PROTOCOL_VERSION}
+        return {"status": m.status, "measurement": m.to_dict(max_samples=MAX_SAMPLES_RETURNED)}
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "validate":
+            return {"error": validate_model(Path(request["path"]))}
+        if op == "info":
+            return self.info()
+        if op == "measure":
+            try:
+                return self.measure(request["spec"])
+            except MemoryError:
+                return {"status": "oom", "measurement": None, "error": "MemoryError in the job process"}
+            except Exception as exc:  # noqa: BLE001 - a failed job is a result
+                msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                status = "oom" if any(s in msg.lower() for s in _OOM_MARKERS) else "runtime_error"
+                return {"status": status, "measurement": None, "error": msg}
+        return {"error": f"unknown op {op!r}"}
+
+
+def _read_requests(requests: queue.Queue[dict[str, Any]]) -> None:
+    for line in sys.stdin:
+        if line.strip():
+            requests.put(json.loads(line))
+    os._exit(0)  # the agent closed the pipe or died: stop now, whatever is running
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    role = argv[0] if argv else "measure"
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the event stream
+    out = os.fdopen(proto_fd, "w", buffering=1)
+    requests: queue.Queue[dict[str, Any]] = queue.Queue()
+    threading.Thread(target=_read_requests, args=(requests,), daemon=True).start()
+    # preload in the startup phase, so the per-job timeouts measure the job
+    if role == "validate":
+        import onnx
+        import onnx.checker  # noqa: F401
+    else:
+        import numpy  # noqa: F401
+
+        import autotune.devices  # noqa: F401
+    runner = Runner(out)
+    runner.emit(event="ready", pid=os.getpid(), role=role)
+    while True:
+        request = requests.get()
+        result = runner.handle(request)
+        runner.emit(event="result", **result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Run the measurement agent on an edge device (HTTP, protocol v1; see DESIGN.md).
+
+Install on the device with ``pip install 'autotune[agent]'`` (no torch). The agent listens on
+loopback unless told otherwise; any other address needs a bearer token, read from
+``--token-file`` or the AUTOTUNE_AGENT_TOKEN environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from pathlib import Path
+
+_TOKEN_HINT = (
+    "create one with: python -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.autotune-token "
+    "&& chmod 600 ~/.autotune-token"
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1; 0.0.0.0 or :: for the network, needs a token)",
+    )
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default: 8765; 0 picks a free one)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the bearer token (default: $AUTOTUNE_AGENT_TOKEN, else no token)",
+    )
+    p.add_argument("--root", type=Path, help="where models are stored (default: ~/.cache/autotune/agent)")
+    p.add_argument("--backends", help="comma-separated backends to offer (default: every one usable here)")
+    p.add_argument("--max-model-mb", type=float, default=512, help="upload size cap (default: 512)")
+    p.add_argument(
+        "--max-store-mb", type=float, default=10240,
+        help="models kept on disk; least recently used ones are deleted beyond this (default: 10240)",
+    )  # fmt: skip
+    p.add_argument("--max-input-mb", type=float, default=64, help="input tensors cap per job (default: 64)")
+    p.add_argument("--max-queue", type=int, default=64, help="queued jobs before 503 (default: 64)")
+    p.add_argument(
+        "--startup-timeout", type=float, default=120, help="job process start, seconds (default: 120)"
+    )
+    p.add_argument(
+        "--prepare-timeout", type=float, default=60, help="job input preparation, seconds (default: 60)"
+    )
+    p.add_argument(
+        "--measure-timeout",
+        type=float,
+        default=900,
+        help="build + warm-up + sampling of one job, seconds (default: 900)",
+    )
+    p.add_argument(
+        "--jobs-per-process",
+        type=int,
+        default=50,
+        help="recycle the job process after this many jobs (default: 50; 1 = fresh per job)",
+    )
+    p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    p.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def read_token(path: Path | None) -> str | None:
+    """The token from ``path`` or AUTOTUNE_AGENT_TOKEN; UserError when a named file is unusable."""
+    from autotune.errors import UserError
+
+    if path is None:
+        token = os.environ.get("AUTOTUNE_AGENT_TOKEN", "").strip()
+        return token or None
+    path = path.expanduser()
+    if not path.is_file():
+        raise UserError(f"--token-file {path}: no such file; {_TOKEN_HINT}")
+    token = path.read_text().strip()
+    if not token:
+        raise UserError(f"--token-file {path}: the file is empty; {_TOKEN_HINT}")
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"autotune agent: warning: {path} is readable by others; chmod 600 {path}", file=sys.stderr)
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    from autotune.errors import UserError
+
+    token = read_token(args.token_file)
+    for name in ("max_queue", "jobs_per_process"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    positive = (
+        "max_model_mb",
+        "max_store_mb",
+        "max_input_mb",
+        "startup_timeout",
+        "prepare_timeout",
+        "measure_timeout",
+    )
+    for name in positive:
+        if not getattr(args, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    try:
+        from autotune.agent.server import AgentConfig, default_root, serve
+    except ImportError as exc:
+        raise UserError(f"the agent needs its extra: pip install 'autotune[agent]' ({exc})") from None
+    cfg = AgentConfig(
+        host=args.host,
+        port=args.port,
+        token=token,
+        root=args.root.expanduser() if args.root else default_root(),
+        max_model_bytes=int(args.max_model_mb * 2**20),
+        max_store_bytes=int(args.max_store_mb * 2**20),
+        max_input_bytes=int(args.max_input_mb * 2**20),
+        max_queue=args.max_queue,
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()) if args.backends else None,
+        startup_timeout_s=args.startup_timeout,
+        prepare_timeout_s=args.prepare_timeout,
+        measure_timeout_s=args.measure_timeout,
+        jobs_per_worker=args.jobs_per_process,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        serve(cfg, port_file=args.port_file)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
