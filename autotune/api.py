@@ -85,6 +85,6 @@ def search(
         agent=agent,
         remeasure=remeasure,
         progress=progress,
-        report=Path(report) if isinstance(report, (str, Path)) else report,
+        report=Path(report) if isinstance(report, (str, Path)) else (None if report is True else report),
     )
     return run_search(task, cfg)

@@ -1,0 +1,297 @@
+"""The HTML around the figures: verdict, run facts, candidate and failure tables, footer.
+
+All text from the study is escaped with :func:`html.escape`; nothing is fetched at view time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optuna.trial import TrialState
+
+from autotune.report._common import View, esc, latency_flags
+
+if TYPE_CHECKING:
+    from autotune.result import ParetoSet, TrialResult
+
+#: a drop of the metric against fp32 larger than this is highlighted in the verdict
+LARGE_DROP = 1.0
+
+CSS = """
+:root { --fg:#212529; --muted:#6c757d; --line:#dee2e6; --bg:#f8f9fa; --blue:#1f5fbf; --red:#c92a2a;
+        --orange:#e67700; --green:#2b8a3e; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff;
+       font: 14px/1.45 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; }
+main { max-width: 1280px; margin: 0 auto; padding: 20px 28px 60px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 18px; margin: 34px 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+.sub { color: var(--muted); margin: 0 0 14px; }
+.verdict { border-left: 6px solid var(--green); background: #ebfbee; padding: 12px 16px; border-radius: 4px; }
+.verdict.none { border-color: var(--red); background: #fff5f5; }
+.verdict h2 { border: 0; margin: 0 0 6px; padding: 0; font-size: 19px; }
+.verdict p { margin: 4px 0; }
+.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 6px 22px;
+         margin: 16px 0 0; padding: 12px 16px; background: var(--bg); border-radius: 4px; }
+.facts div { min-width: 0; }
+.facts dt { color: var(--muted); font-size: 12px; }
+.facts dd { margin: 0; overflow-wrap: anywhere; }
+nav { margin: 14px 0 0; font-size: 13px; }
+nav a { margin-right: 14px; color: var(--blue); text-decoration: none; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; margin: 6px 0; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { background: var(--bg); font-weight: 600; white-space: nowrap; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.chosen td { background: #fff4e6; }
+code { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--bg);
+       padding: 1px 4px; border-radius: 3px; user-select: all; overflow-wrap: anywhere; }
+.flag { color: var(--orange); font-weight: 600; }
+.bad { color: var(--red); font-weight: 600; }
+.ok { color: var(--green); }
+.muted { color: var(--muted); }
+.figure { margin: 8px 0 0; border: 1px solid var(--line); border-radius: 4px; padding: 4px; }
+.note { color: var(--muted); font-size: 13px; margin: 4px 0; }
+ul.notes { margin: 6px 0; padding-left: 20px; color: var(--muted); font-size: 13px; }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
+"""
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes, s = divmod(round(seconds), 60)
+    if minutes < 90:
+        return f"{minutes} min {s} s"
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m} min"
+
+
+def _display_path(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def storage_url(result: ParetoSet) -> str:
+    """The Optuna storage URL of the study (for optuna-dashboard), relative when it is local."""
+    from autotune.result import DB_NAME
+
+    db = result.run_dir / DB_NAME
+    if db.is_file():
+        return f"sqlite:///{_display_path(db)}"
+    storage: Any = result.study._storage  # the URL is not public API: fall back to a placeholder
+    url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", None)
+    return str(url or "STORAGE_URL")
+
+
+def run_reference(result: ParetoSet) -> str:
+    """How the CLI names this run: the runs directory, or ``--storage URL --study NAME``."""
+    from autotune.result import DB_NAME
+
+    if (result.run_dir / DB_NAME).is_file():
+        return shlex.quote(_display_path(result.run_dir))
+    return f"--storage {shlex.quote(storage_url(result))} --study {shlex.quote(result.study.study_name)}"
+
+
+def export_command(result: ParetoSet, t: TrialResult) -> str:
+    return f"autotune export {run_reference(result)} --trial {t.number} -o trial{t.number}.onnx"
+
+
+def trial_counts(result: ParetoSet) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for t in result.study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] += 1
+    return counts
+
+
+def verdict(view: View) -> str:
+    r = view.result
+    budget = esc(r.meta.get("budget", f"{view.budget_ms:g}ms"))
+    device = esc(r.meta.get("device", "?"))
+    fp32 = r.baselines.get("fp32")
+    c = view.chosen
+    if c is None:
+        fastest = view.focus[0] if view.focus else None
+        extra = (
+            f" The fastest candidate, trial {fastest.number}, runs in {fastest.latency_ms:.3f} ms median "
+            f"({fastest.latency_ms / view.budget_ms:.1f}x the budget) "
+            f"at {esc(view.metric)} {fastest.accuracy:.2f}."
+            if fastest and view.has_budget
+            else ""
+        )
+        return (
+            '<section class="verdict none" id="verdict">'
+            f"<h2>No trial met the budget of {budget} on {device}.</h2>"
+            f"<p>{len(r.trials)} candidates were measured; none ran under the budget.{extra} "
+            "The fastest candidates are shown below. Try a larger budget or a wider search space "
+            "(everything measured so far is saved and reused).</p></section>"
+        )
+    m = c.measurement
+    n_feasible = len(r.feasible)
+    why = (
+        f"It is the most accurate of the {n_feasible} candidates under the budget"
+        + (" (ties broken by latency)" if sum(t.accuracy == c.accuracy for t in r.feasible) > 1 else "")
+        + "."
+    )
+    if fp32 is not None and fp32.number != c.number:
+        delta = c.accuracy - fp32.accuracy
+        delta_html = f"{esc(view.metric)} {delta:+.2f}"
+        if delta < -LARGE_DROP:
+            delta_html = f'<span class="flag">{delta_html}</span>'
+        why += (
+            f" Against fp32 (trial {fp32.number}): {delta_html}, "
+            f"{fp32.latency_ms / c.latency_ms:.2f}x faster, "
+            f"{fp32.size_bytes / max(c.size_bytes, 1):.2f}x smaller."
+        )
+    faster = [t for t in r.members if t.latency_ms < c.latency_ms]
+    if faster:
+        alt = max(faster, key=lambda t: t.accuracy)
+        why += (
+            f" If you need more headroom: trial {alt.number} runs in {alt.latency_ms:.3f} ms "
+            f"at {esc(view.metric)} {alt.accuracy:.2f}."
+        )
+    flags = latency_flags(c)
+    tail = (
+        f'<span class="ok">p99 {m.p99_ms:.3f} ms is under the budget</span>'
+        if view.has_budget and m.p99_ms <= view.budget_ms
+        else f'<span class="flag">p99 {m.p99_ms:.3f} ms exceeds the budget: tail latency risk</span>'
+        if view.has_budget
+        else f"p99 {m.p99_ms:.3f} ms"
+    )
+    iqr_rel = m.iqr_ms / m.median_ms if m.median_ms > 0 else math.nan
+    limit = r.meta.get("protocol", {}).get("unstable_iqr")
+    trust = (
+        f'<span class="flag">flagged: {esc(", ".join(flags))}</span>'
+        if flags
+        else '<span class="ok">measurement ok'
+        + (f" (IQR/median under the protocol's {limit:.0%})" if isinstance(limit, (int, float)) else "")
+        + ", no drift flag</span>"
+    )
+    return (
+        '<section class="verdict" id="verdict">'
+        f"<h2>Ship trial {c.number}{esc(f' ({c.baseline})' if c.baseline else '')}: "
+        f"{esc(view.metric)} {c.accuracy:.2f} at {c.latency_ms:.3f} ms median, "
+        f"{c.size_bytes / 1024:.1f} KiB</h2>"
+        f"<p><b>Why:</b> {why}</p>"
+        f"<p><b>How sure of its latency:</b> median {m.median_ms:.3f} ms, p90 {m.p90_ms:.3f} ms, "
+        f"IQR/median {iqr_rel:.1%}, CV {m.cv:.1%}, n={m.n} samples of {m.runs_per_sample} run(s) each "
+        f"on {device}; {tail}; {trust}.</p>"
+        f"<p><b>Get it:</b> <code>{esc(export_command(r, c))}</code></p>"
+        f"<p class='muted'>Configuration: {esc(c.candidate.describe())}</p>"
+        "</section>"
+    )
+
+
+def facts(view: View) -> str:
+    r = view.result
+    meta = r.meta
+    counts = trial_counts(r)
+    count_text = ", ".join(
+        f"{counts.get(state, 0)} {label}"
+        for state, label in (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
+    )
+    for state in ("running", "waiting"):
+        if counts.get(state):
+            count_text += f", {counts[state]} {state}"
+    count_text += f"; {len(r.feasible)} under budget, {len(r.members)} on the Pareto front"
+    fp = meta.get("fingerprint", {})
+    fp_text = ", ".join(f"{k} {v}" for k, v in fp.items()) if isinstance(fp, dict) else str(fp)
+    budget_ms = meta.get("budget_ms")
+    budget = meta.get("budget", "?") + (
+        f" ({budget_ms:g} ms median)" if isinstance(budget_ms, (int, float)) else ""
+    )
+    protocol = meta.get("protocol", {})
+    proto_text = (
+        f"warm-up {protocol.get('warmup_s')} s, at least {protocol.get('min_samples')} samples "
+        f"and {protocol.get('min_time_s')} s, unstable above IQR/median {protocol.get('unstable_iqr')}"
+        if protocol
+        else "?"
+    )
+    items = [
+        ("model / task", meta.get("task", "?")),
+        ("metric", view.metric),
+        ("device", f"{meta.get('device', '?')} (backend {meta.get('backend', '?')})"),
+        ("device fingerprint", fp_text or "?"),
+        ("latency budget", budget),
+        ("trials", count_text),
+        ("wall time", _fmt_s(float(meta.get("wall_s", 0.0)))),
+        (
+            "chosen candidate",
+            f"trial {view.chosen.number}: {view.chosen.candidate.describe()}"
+            if view.chosen
+            else "none (no trial met the budget)",
+        ),
+        ("measurement protocol", proto_text),
+        ("study", f"{r.study.study_name} ({run_reference(r)})"),
+        ("created", meta.get("created", "?")),
+        ("autotune", f"{meta.get('version', '?')}; command: {meta.get('command', '?')}"),
+    ]
+    body = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items)
+    notes = meta.get("space", {}).get("notes", [])
+    notes_html = (
+        "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else ""
+    )
+    return f'<dl class="facts">{body}</dl>{notes_html}'
+
+
+def candidates_table(view: View) -> str:
+    r = view.result
+    fp32 = r.baselines.get("fp32")
+    rows = []
+    for t in view.focus:
+        m = t.measurement
+        flags = latency_flags(t)
+        chosen = view.chosen is not None and t.number == view.chosen.number
+        delta = f"{t.accuracy - fp32.accuracy:+.2f}" if fp32 else "n/a"
+        trust = (
+            f'<span class="flag">{esc(", ".join(flags))}</span>' if flags else '<span class="ok">ok</span>'
+        )
+        star = "\u2605 " if chosen else ""
+        rows.append(
+            f'<tr class="{"chosen" if chosen else ""}">'
+            f'<td class="num">{star}{t.number}</td>'
+            f"<td>{esc(t.baseline or '')}</td>"
+            f'<td class="num">{t.accuracy:.2f}</td><td class="num">{delta}</td>'
+            f'<td class="num">{m.median_ms:.3f}</td><td class="num">{m.p90_ms:.3f}</td>'
+            f'<td class="num">{m.p99_ms:.3f}</td><td class="num">{m.cv:.1%}</td><td>{trust}</td>'
+            f'<td class="num">{t.size_bytes / 1024:.1f}</td>'
+            f"<td>{esc(t.candidate.describe())}</td>"
+            f"<td><code>{esc(export_command(r, t))}</code></td></tr>"
+        )
+    head = (
+        '<tr><th class="num">trial</th><th>baseline</th>'
+        f'<th class="num">{esc(view.metric)}</th><th class="num">\u0394 vs fp32</th>'
+        '<th class="num">median ms</th><th class="num">p90 ms</th><th class="num">p99 ms</th>'
+        '<th class="num">CV</th><th>latency</th><th class="num">size KiB</th><th>configuration</th>'
+        "<th>export</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def failures_table(result: ParetoSet) -> str:
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for t in result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        stage = str(t.user_attrs.get("fail_stage", "worker"))
+        reason = str(
+            t.user_attrs.get("fail_reason", "no reason recorded: the worker stopped (killed or interrupted)")
+        )
+        groups[(stage, reason.splitlines()[0][:300] if reason else "")].append(t.number)
+    if not groups:
+        return '<p class="note">No trial failed.</p>'
+    rows = "".join(
+        f'<tr><td>{esc(stage)}</td><td class="num">{len(nums)}</td><td>{esc(reason)}</td>'
+        f"<td>{esc(', '.join(map(str, nums[:30])) + (' ...' if len(nums) > 30 else ''))}</td></tr>"
+        for (stage, reason), nums in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    )
+    return (
+        '<table><tr><th>stage</th><th class="num">count</th><th>reason</th><th>trials</th></tr>'
+        f"{rows}</table>"
+    )
