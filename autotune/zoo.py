@@ -13,9 +13,7 @@ import torch
 from torch import nn
 
 
-def _conv_bn(
-    cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1
-) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv (no bias) followed by BatchNorm."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
