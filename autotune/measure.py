@@ -1,27 +1,77 @@
 """Measurement stage: artifact + device + runtime options -> Measurement.
 
-The Measurer is the one place that decides whether to measure: it will consult the
-measurement cache and re-measure a canary for drift (see the measurement issue).
+The Measurer is the one place that decides whether to measure:
+
+* **cache** -- a measurement is keyed by (artifact sha256, device fingerprint, runtime options,
+  protocol, inputs) and stored in ``cache_dir`` (``runs/STUDY/measurements``); an identical
+  request is answered from disk (``cached=True``) unless ``remeasure``. Numbers are stored with
+  their flags (an ``unstable`` or drift-flagged one stays flagged, and ``--remeasure`` refreshes
+  it), and so are deterministic failures (invalid model, build error); transient failures
+  (runtime error, OOM, timeout) are measured again.
+* **drift** -- a canary model is measured before the first job (the reference, persisted in
+  ``cache_dir`` so a resumed study compares against its own start), again every
+  ``canary_every`` measured jobs, and right after any ``unstable`` job. Every measurement
+  records ``drift_ratio`` = latest canary median / reference median; outside
+  [1/threshold, threshold] it is flagged (``extra["drift_flag"] = True``).
+
+Counters for the summary are in :attr:`Measurer.stats`.
+
+Example::
+
+    from autotune.devices import OrtCpuDevice, Protocol, RuntimeOptions
+    measurer = Measurer(OrtCpuDevice(), Protocol(), cache_dir=Path("runs/s/measurements"))
+    m = measurer.measure(Path("model.onnx"), {"input": x}, RuntimeOptions(threads=1))
+    print(m.median_ms, m.drift_ratio, measurer.stats)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autotune.devices import Device, Measurement, Protocol, RuntimeOptions
+from autotune.devices._cache import MeasurementCache, cache_key, sha256_file
+from autotune.devices._canary import CANARY_VERSION, canary_inputs, write_canary
+
+#: re-measure the canary after this many measured jobs (0 disables the canary)
+DEFAULT_CANARY_EVERY = 8
+#: canary slower or faster than its reference by more than this factor -> drift flag
+DEFAULT_DRIFT_THRESHOLD = 1.15
+#: statuses worth keeping: numbers (with their flags) and deterministic failures
+CACHEABLE = ("ok", "unstable", "invalid_model", "build_error")
+
+
+def canary_protocol(p: Protocol) -> Protocol:
+    """A shorter protocol for the canary (still >= min_samples samples)."""
+    return replace(
+        p,
+        warmup_s=min(p.warmup_s, 0.2),
+        min_time_s=min(p.min_time_s, 0.3),
+        max_time_s=min(p.max_time_s, 5.0),
+        max_retries=min(p.max_retries, 1),
+    )
 
 
 class Measurer:
-    """Measures artifacts on one device under one protocol.
+    """Measures artifacts on one device under one protocol, with a cache and a drift canary.
 
     Args:
         device: where to measure.
         protocol: how long and how often.
         cache_dir: where measurements persist (beside the study), or None for no cache.
-        remeasure: ignore cached measurements.
+        remeasure: ignore cached measurements (fresh ones are still stored).
+        canary_every: re-measure the canary after this many measured jobs; 0 disables it.
+            None: :data:`DEFAULT_CANARY_EVERY`.
+        drift_threshold: flag a measurement when the canary ratio leaves [1/t, t].
     """
 
     def __init__(
@@ -30,14 +80,175 @@ class Measurer:
         protocol: Protocol,
         cache_dir: Path | None = None,
         remeasure: bool = False,
+        canary_every: int | None = None,
+        drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
     ) -> None:
         self.device = device
         self.protocol = protocol
-        self.cache_dir = cache_dir
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.remeasure = remeasure
-        #: counters shown in the summary: measured, cache_hits, drift_flagged, ...
-        self.stats: dict[str, Any] = {"measured": 0, "cache_hits": 0}
+        self.canary_every = DEFAULT_CANARY_EVERY if canary_every is None else canary_every
+        self.drift_threshold = drift_threshold
+        self.cache = MeasurementCache(self.cache_dir) if self.cache_dir is not None else None
+        #: counters shown in the summary
+        self.stats: dict[str, Any] = {
+            "measured": 0,
+            "cache_hits": 0,
+            "canary_runs": 0,
+            "drift_flagged": 0,
+            "unstable": 0,
+        }
+        self._fingerprint: dict[str, Any] | None = None
+        self._canary_path: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        # per runtime-options key: reference canary median, latest canary reading, jobs since it
+        self._reference: dict[str, dict[str, Any]] = {}
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._since: dict[str, int] = {}
 
-    def measure(self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions) -> Measurement:
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = self.device.fingerprint()
+        return self._fingerprint
+
+    def measure(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+    ) -> Measurement:
+        """A measurement of ``model_path``: from the cache when identical, else measured."""
+        key = parts = None
+        if self.cache is not None:
+            key, parts = cache_key(
+                sha256_file(model_path), self.device.backend, self.fingerprint, runtime, self.protocol, inputs
+            )
+            if not self.remeasure:
+                hit = self.cache.get(key)
+                if hit is not None:
+                    self.stats["cache_hits"] += 1
+                    return hit
+        rkey = _runtime_key(runtime)
+        if self._canary_due(rkey):
+            self._measure_canary(runtime)
+        m = self.device.measure(Path(model_path), inputs, runtime, self.protocol)
         self.stats["measured"] += 1
-        return self.device.measure(model_path, inputs, runtime, self.protocol)
+        self._since[rkey] = self._since.get(rkey, 0) + 1
+        if m.status == "unstable":
+            self.stats["unstable"] += 1
+            if self.canary_every > 0:  # suspicious: check the device right away
+                self._measure_canary(runtime)
+        self._annotate(m, rkey)
+        if self.cache is not None and key and parts and m.status in CACHEABLE:
+            self.cache.put(key, parts, m)
+        return m
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # -- drift ------------------------------------------------------------------------------
+    def _canary_due(self, rkey: str) -> bool:
+        if self.canary_every <= 0:
+            return False
+        # the first job (reference), then every canary_every measured jobs; a failed canary is
+        # not retried before that either
+        return rkey not in self._latest or self._since.get(rkey, 0) >= self.canary_every
+
+    def _canary_file(self) -> Path:
+        if self._canary_path is None:
+            if self.cache_dir is not None:
+                directory = self.cache_dir
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="autotune-canary-")
+                directory = Path(self._tmp.name)
+            self._canary_path = write_canary(directory)
+        return self._canary_path
+
+    def _reference_file(self) -> Path | None:
+        return self.cache_dir / "canary.json" if self.cache_dir is not None else None
+
+    def _reference_key(self, rkey: str) -> str:
+        blob = json.dumps(
+            {
+                "fp": self.fingerprint,
+                "rt": rkey,
+                "v": CANARY_VERSION,
+                "p": canary_protocol(self.protocol).to_dict(),
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def _load_reference(self, rkey: str) -> dict[str, Any] | None:
+        path = self._reference_file()
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text()).get(self._reference_key(rkey))
+        except (OSError, ValueError):
+            return None
+
+    def _save_reference(self, rkey: str, ref: dict[str, Any]) -> None:
+        path = self._reference_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault(self._reference_key(rkey), ref)  # the first reference wins
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+
+    def _measure_canary(self, runtime: RuntimeOptions) -> None:
+        rkey = _runtime_key(runtime)
+        m = self.device.measure(self._canary_file(), canary_inputs(), runtime, canary_protocol(self.protocol))
+        self.stats["canary_runs"] += 1
+        self._since[rkey] = 0
+        reading = {
+            "median_ms": m.median_ms if m.usable else None,
+            "status": m.status,
+            "error": m.error,
+            "time": round(time.time(), 1),
+        }
+        if rkey not in self._reference:
+            stored = self._load_reference(rkey)
+            if stored is None and m.usable:
+                stored = {"median_ms": m.median_ms, "status": m.status, "time": reading["time"]}
+                self._save_reference(rkey, stored)
+            if stored is not None:
+                self._reference[rkey] = stored
+        self._latest[rkey] = reading
+
+    def _annotate(self, m: Measurement, rkey: str) -> None:
+        ref = self._reference.get(rkey)
+        latest = self._latest.get(rkey)
+        if ref is None or latest is None:
+            if self.canary_every > 0:
+                m.extra["canary"] = {
+                    "status": latest["status"] if latest else "not measured",
+                    "error": latest.get("error") if latest else None,
+                }
+            return
+        m.extra["canary"] = {
+            "median_ms": latest["median_ms"],
+            "reference_ms": ref["median_ms"],
+            "status": latest["status"],
+            "jobs_since": self._since.get(rkey, 0),
+        }
+        if latest["median_ms"] is None:
+            return
+        ratio = latest["median_ms"] / ref["median_ms"]
+        m.drift_ratio = round(ratio, 4)
+        self.stats["max_drift"] = round(max(self.stats.get("max_drift", 1.0), ratio, 1 / ratio), 3)
+        if abs(math.log(ratio)) > math.log(self.drift_threshold):
+            m.extra["drift_flag"] = True
+            self.stats["drift_flagged"] += 1
+
+
+def _runtime_key(runtime: RuntimeOptions) -> str:
+    return json.dumps(runtime.to_dict(), sort_keys=True)

@@ -214,7 +214,24 @@ class ParetoSet:
         stats = self.meta.get("last_run", {}).get("measurer", {})
         if stats:
             lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+            if stats.get("cache_hits") and not stats.get("measured"):
+                lines.append("every latency this run came from the measurement cache (identical artifacts)")
+        cached = [t.number for t in self.trials if t.measurement.cached]
+        if cached:
+            lines.append(f"latency reused from the measurement cache in {len(cached)} trial(s): {cached}")
         unstable = [t.number for t in self.trials if t.measurement.status == "unstable"]
         if unstable:
-            lines.append(f"unstable latency (IQR/median > 10% after retries) in trials {unstable}")
+            lines.append(
+                f"unstable latency (IQR/median > 10% or CPU contention, after retries) in trials {unstable}"
+            )
+        drifted = [
+            f"{t.number} (x{t.measurement.drift_ratio:.2f})"
+            for t in self.trials
+            if t.measurement.extra.get("drift_flag") and t.measurement.drift_ratio is not None
+        ]
+        if drifted:
+            lines.append(
+                "device drift (canary model slower or faster than at the start) in trials "
+                f"{', '.join(drifted)}: their latency is suspect; re-run with --remeasure on a quiet machine"
+            )
         return "\n".join(lines)

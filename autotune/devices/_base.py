@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -60,6 +60,9 @@ class Protocol:
     min_sample_ms: float = 1.0  # runs are batched into one sample when a run is shorter
     unstable_iqr: float = 0.10  # IQR / median above this -> retry, then flag "unstable"
     max_retries: int = 2
+    # single-threaded CPU runs: the measuring thread getting less of a core than this (others
+    # competed for it) -> retry, then flag "unstable"; 0 disables the check
+    min_cpu_share: float = 0.90
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,16 +131,56 @@ class Measurement:
         )
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend measures, and which knob values it makes real (i.e. faster or smaller).
+
+    ``autotune devices`` prints this and checks device profiles against it: a profile that
+    lists a knob value its backend does not make real wastes trials.
+    """
+
+    measures: str  # what the reported latency is, in one line
+    bits: tuple[int, ...] = (32,)
+    sparsity: tuple[float | str, ...] = (0.0,)
+    precisions: tuple[str, ...] = ("fp32",)  # RuntimeOptions.precision values honoured
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
 class Device(abc.ABC):
-    """A place where latency is measured. One file per backend implements this."""
+    """A place where latency is measured. One file per backend implements this.
+
+    A backend times load and first run itself and hands one inference (``run()``) to
+    :func:`autotune.devices._protocol.run_protocol`, inside :func:`autotune.devices._lock.device_lock`;
+    a remote agent calls the same ``measure`` in a job subprocess on the device.
+
+    Example::
+
+        from pathlib import Path
+        import numpy as np
+        from autotune.devices import OrtCpuDevice, Protocol, RuntimeOptions
+
+        m = OrtCpuDevice().measure(Path("model.onnx"), {"input": np.zeros((1, 3), np.float32)},
+                                   RuntimeOptions(threads=1), Protocol())
+        print(m.status, m.median_ms)
+    """
 
     #: backend id used in device profiles ("ort-cpu", "tensorrt", "remote", ...)
     backend: str = ""
+    #: what this backend measures and which knob values are real on it
+    capabilities: ClassVar[Capabilities] = Capabilities(measures="latency")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        """Whether this backend can run here, and why not."""
+        """Whether this backend can run here, and why not. Never raises, never needs a GPU."""
         return True, ""
+
+    @property
+    def lock_name(self) -> str:
+        """Measurements that share this name never run at the same time (one per device)."""
+        return self.backend
 
     @abc.abstractmethod
     def fingerprint(self) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""The measurement cache: one JSON file per (artifact, device, runtime options, protocol, inputs).
+
+A resumed or repeated study finds its measurements here (``runs/STUDY/measurements``) instead of
+measuring an identical artifact again. The key is a sha256 over the parts, which are stored
+beside the measurement so an entry explains itself. Writes are atomic (temp file + rename), so
+parallel workers and a killed process never leave a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.devices._base import Measurement, Protocol, RuntimeOptions
+
+#: bump when the meaning of a stored measurement changes (protocol semantics, statistics)
+CACHE_VERSION = 2
+MAX_CACHED_SAMPLES = 4096
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def inputs_signature(inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Name, shape, dtype and content hash of every input (batch size changes latency)."""
+    sig = []
+    for name in sorted(inputs):
+        a = np.ascontiguousarray(inputs[name])
+        sig.append(
+            {
+                "name": name,
+                "shape": list(a.shape),
+                "dtype": str(a.dtype),
+                "sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+            }
+        )
+    return sig
+
+
+def cache_key(
+    artifact_sha256: str,
+    backend: str,
+    fingerprint: dict[str, Any],
+    runtime: RuntimeOptions,
+    protocol: Protocol,
+    inputs: dict[str, np.ndarray],
+) -> tuple[str, dict[str, Any]]:
+    """(hex key, the parts it hashes)."""
+    parts = {
+        "version": CACHE_VERSION,
+        "artifact": artifact_sha256,
+        "backend": backend,
+        "fingerprint": fingerprint,
+        "runtime": runtime.to_dict(),
+        "protocol": protocol.to_dict(),
+        "inputs": inputs_signature(inputs),
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest(), parts
+
+
+class MeasurementCache:
+    """Measurements on disk, one ``<key>.json`` each.
+
+    Example::
+
+        cache = MeasurementCache(Path("runs/my-study/measurements"))
+        key, parts = cache_key(sha, "ort-cpu", fp, RuntimeOptions(), Protocol(), inputs)
+        m = cache.get(key) or cache.put(key, parts, device.measure(...))
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def get(self, key: str) -> Measurement | None:
+        """The stored measurement (``cached=True``), or None if absent or unreadable."""
+        try:
+            entry = json.loads(self.path(key).read_text())
+            m = Measurement.from_dict(entry["measurement"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        m.cached = True
+        return m
+
+    def put(self, key: str, parts: dict[str, Any], m: Measurement) -> Measurement:
+        """Store ``m`` atomically; returns it unchanged."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        entry = {"key": parts, "measurement": m.to_dict(max_samples=MAX_CACHED_SAMPLES)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(entry, fh, default=_json_default)
+            os.replace(tmp, self.path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return m
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.directory.glob("*.json")) if self.directory.is_dir() else 0
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)

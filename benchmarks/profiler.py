@@ -1,0 +1,171 @@
+"""Is autotune's latency trustworthy? Three checks per model, printed as figures.
+
+(a) autotune's median against ``torch.utils.benchmark.Timer.blocked_autorange`` on the SAME
+    onnxruntime session: 5 adjacent pairs, median of the paired ratios (and the worst pair);
+(b) five independent measurements (fresh sessions, the full default protocol) of one artifact
+    at 1 thread: spread of medians = max/min - 1;
+(c) seconds spent measuring one candidate at default settings (load + warm-up + steady state),
+    and with the Measurer: first job (with the canary reference) and a cache hit.
+
+Models: the demo model (``autotune.demo.demo_task()``) and ResNet-18 at 224x224. Usage::
+
+    python benchmarks/profiler.py                   # both models
+    python benchmarks/profiler.py --models demo --repeats 5
+
+The figures depend on how quiet the machine is: the CPU load of other processes seen while
+measuring is printed beside them (a shared VM also drifts with its neighbours, which only the
+canary sees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.benchmark import Timer
+
+from autotune.devices import OrtCpuDevice, Protocol, RuntimeOptions
+from autotune.devices._fingerprint import HostLoad
+from autotune.devices._protocol import run_protocol
+from autotune.devices.ort_cpu import session_options
+from autotune.measure import Measurer
+from autotune.onnx_export import export_onnx
+
+
+def demo_model() -> tuple[torch.nn.Module, torch.Tensor]:
+    try:
+        from autotune.demo import demo_task
+
+        task = demo_task()
+        return task.model.eval(), task.example_inputs[0]
+    except Exception as exc:  # noqa: BLE001 - the demo is being written elsewhere: fall back
+        from autotune.zoo import DigitsNet
+
+        print(f"(demo_task unavailable: {exc}; using an untrained DigitsNet)")
+        return DigitsNet().eval(), torch.randn(1, 1, 32, 32)
+
+
+def resnet18_model() -> tuple[torch.nn.Module, torch.Tensor]:
+    from autotune.zoo import resnet18
+
+    torch.manual_seed(0)
+    return resnet18().eval(), torch.randn(1, 3, 224, 224)
+
+
+MODELS = {"demo": demo_model, "resnet18": resnet18_model}
+
+
+def against_timer(path: Path, feeds: dict[str, np.ndarray], rounds: int = 5) -> dict[str, float]:
+    """(a) autotune's default protocol and blocked_autorange on one session, in adjacent pairs.
+
+    The machine's speed drifts over tens of seconds on a shared VM; comparing each autotune
+    median with the Timer median taken right after it cancels that drift.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(path), session_options(RuntimeOptions(threads=1)), providers=["CPUExecutionProvider"]
+    )
+    run = lambda: session.run(None, feeds)  # noqa: E731
+    ours, theirs = [], []
+    timer = Timer(stmt="run()", globals={"run": run}, num_threads=1)
+    for _ in range(rounds):
+        ours.append(run_protocol(run, Protocol(), "ort-cpu").median_ms)
+        theirs.append(timer.blocked_autorange(min_run_time=1.0).median * 1e3)
+    ratios = [a / t for a, t in zip(ours, theirs, strict=True)]
+    return {
+        "autotune_ms": statistics.median(ours),
+        "timer_ms": statistics.median(theirs),
+        "diff": statistics.median(ratios) - 1,
+        "worst": max(ratios, key=lambda r: abs(r - 1)) - 1,
+    }
+
+
+def fresh_sessions(path: Path, inputs: dict[str, np.ndarray], repeats: int) -> dict[str, object]:
+    """(b) + (c): independent full measurements, each a fresh session at 1 thread."""
+    device = OrtCpuDevice()
+    medians, walls, statuses, loads = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        m = device.measure(path, inputs, RuntimeOptions(threads=1), Protocol())
+        walls.append(time.perf_counter() - t0)
+        medians.append(m.median_ms)
+        statuses.append(m.status)
+        loads.append(m.extra["host_load"]["foreign_cpu"])
+    return {
+        "medians": medians,
+        "spread": max(medians) / min(medians) - 1,
+        "statuses": statuses,
+        "wall_s": walls,
+        "foreign_cpu": loads,
+    }
+
+
+def measurer_costs(path: Path, inputs: dict[str, np.ndarray], tmp: Path) -> dict[str, float]:
+    """(c) with the Measurer: the first job measures the canary reference; a repeat is a cache hit."""
+    measurer = Measurer(OrtCpuDevice(), Protocol(), cache_dir=tmp / "measurements")
+    t0 = time.perf_counter()
+    first = measurer.measure(path, inputs, RuntimeOptions(threads=1))
+    t1 = time.perf_counter()
+    again = Measurer(OrtCpuDevice(), Protocol(), cache_dir=tmp / "measurements").measure(
+        path, inputs, RuntimeOptions(threads=1)
+    )
+    t2 = time.perf_counter()
+    return {
+        "first_job_s": t1 - t0,
+        "cache_hit_s": t2 - t1,
+        "cached": float(again.cached),
+        "drift_ratio": first.drift_ratio or float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="demo,resnet18", help="comma-separated: demo, resnet18")
+    parser.add_argument("--repeats", type=int, default=5, help="independent measurements for (b)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for name in args.models.split(","):
+            model, x = MODELS[name]()
+            path = tmp / f"{name}.onnx"
+            export_onnx(model, (x,), path)
+            inputs = {"input": x.numpy().astype(np.float32)}
+            print(
+                f"== {name}: input {tuple(x.shape)}, {path.stat().st_size / 2**20:.1f} MiB ONNX, "
+                "ORT CPU, 1 thread"
+            )
+            with HostLoad() as load:
+                a = against_timer(path, inputs)
+                b = fresh_sessions(path, inputs, args.repeats)
+                c = measurer_costs(path, inputs, tmp / name)
+            print(
+                f"(a) median: autotune {a['autotune_ms']:.3f} ms vs torch Timer.blocked_autorange "
+                f"{a['timer_ms']:.3f} ms; paired difference {a['diff']:+.1%} (worst pair "
+                f"{a['worst']:+.1%}; target within 5%)"
+            )
+            meds = ", ".join(f"{v:.3f}" for v in b["medians"])  # type: ignore[union-attr]
+            print(
+                f"(b) {args.repeats} fresh sessions: medians [{meds}] ms -> spread {b['spread']:.1%} "
+                f"(target <= 3%); statuses {sorted(set(b['statuses']))}"  # type: ignore[arg-type]
+            )
+            walls = b["wall_s"]
+            print(
+                f"(c) one candidate at the default protocol: {statistics.mean(walls):.2f} s "  # type: ignore[arg-type]
+                f"(min {min(walls):.2f}, max {max(walls):.2f}); Measurer first job incl. canary "  # type: ignore[arg-type]
+                f"{c['first_job_s']:.2f} s, cache hit {c['cache_hit_s'] * 1e3:.1f} ms"
+            )
+            print(
+                f"    host: other processes used {load.to_dict()['foreign_cpu']:.0%} of the CPUs "
+                "during these checks"
+            )
+
+
+if __name__ == "__main__":
+    main()
