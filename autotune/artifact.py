@@ -69,7 +69,7 @@ class ArtifactBuilder:
                 yield
             except CandidateError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the failure becomes trial data
+            except Exception as exc:
                 msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
                 raise CandidateError(name, msg) from exc
             finally:

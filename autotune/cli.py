@@ -74,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nautotune: interrupted; completed trials are saved, run the same command to resume", file=sys.stderr)
+        print(
+            "\nautotune: interrupted; completed trials are saved, run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -29,7 +29,9 @@ def _input_shapes(model: onnx.ModelProto) -> list[tuple[str, list[int]]]:
             continue
         t = value.type.tensor_type
         if t.elem_type != onnx.TensorProto.FLOAT:
-            raise UserError(f"input {value.name!r} is not float32: only float inputs are supported for .onnx models")
+            raise UserError(
+                f"input {value.name!r} is not float32: only float inputs are supported for .onnx models"
+            )
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
         shapes.append((value.name, dims))
     return shapes
@@ -54,10 +56,14 @@ def onnx_task(path: Path, seed: int = 0) -> Task:
     batch1 = tuple(torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for _, s in shapes)
     # evaluation batch: dynamic batch dims take _N_EVAL rows, static ones stay as declared
     eval_inputs = []
-    for value, (_, dims) in zip((v for v in model.graph.input if v.name in dict(shapes)), shapes, strict=True):
+    for value, (_, dims) in zip(
+        (v for v in model.graph.input if v.name in dict(shapes)), shapes, strict=True
+    ):
         first = value.type.tensor_type.shape.dim[0] if value.type.tensor_type.shape.dim else None
         dynamic = first is not None and not (first.HasField("dim_value") and first.dim_value > 0)
-        eval_inputs.append(rng.standard_normal([_N_EVAL if dynamic else dims[0], *dims[1:]]).astype(np.float32))
+        eval_inputs.append(
+            rng.standard_normal([_N_EVAL if dynamic else dims[0], *dims[1:]]).astype(np.float32)
+        )
     reference = OrtRunner(path)(*eval_inputs)
 
     def evaluate(runner: Runner) -> float:

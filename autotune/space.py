@@ -43,7 +43,7 @@ class Candidate:
     """One configuration: knob values per layer, plus runtime options."""
 
     layers: dict[str, dict[str, KnobValue]]
-    runtime: RuntimeOptions = RuntimeOptions()
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def value(self, layer: str, knob: str) -> KnobValue:
         return self.layers.get(layer, {}).get(knob, KNOBS[knob].default)
@@ -157,7 +157,9 @@ class SearchSpace:
         return params
 
     def sample(self, trial: optuna.Trial) -> Candidate:
-        chosen = {name: trial.suggest_categorical(name, choices) for name, choices in self.parameters().items()}
+        chosen = {
+            name: trial.suggest_categorical(name, choices) for name, choices in self.parameters().items()
+        }
         return self.candidate(chosen)
 
     def candidate(self, params: dict[str, Any]) -> Candidate:
@@ -190,13 +192,10 @@ class SearchSpace:
         for name, recipe in recipes.items():
             p: dict[str, Any] = {}
             for pname, choices in params.items():
-                layer, knob = pname.split(":")
-                want = recipe.get(knob, KNOBS[knob].default if knob in KNOBS else choices[0])
-                if knob == "threads":
-                    want = choices[0]
-                p[pname] = want if want in choices else (
-                    KNOBS[knob].default if KNOBS[knob].default in choices else choices[0]
-                )
+                knob = pname.rsplit(":", 1)[1]
+                default = KNOBS[knob].default if knob in KNOBS else choices[0]
+                want = recipe.get(knob, default)
+                p[pname] = want if want in choices else (default if default in choices else choices[0])
             if p not in seen:
                 seen.append(p)
                 out[name] = p
@@ -215,7 +214,9 @@ class SearchSpace:
         }
 
 
-def build_space(task: Task, preset: Preset, profile: DeviceProfile, threads: int | None = None) -> SearchSpace:
+def build_space(
+    task: Task, preset: Preset, profile: DeviceProfile, threads: int | None = None
+) -> SearchSpace:
     """Discover layers, then intersect preset values with what the profile says is real."""
     notes: list[str] = []
     allowed: dict[str, list[KnobValue]] = {}
@@ -225,7 +226,9 @@ def build_space(task: Task, preset: Preset, profile: DeviceProfile, threads: int
         kept = [v for v in wanted if v in real]
         dropped = [v for v in wanted if v not in real]
         if dropped:
-            why = profile.notes.get(knob_name) or profile.notes.get(f"{knob_name}={dropped[0]}") or "not listed"
+            why = (
+                profile.notes.get(knob_name) or profile.notes.get(f"{knob_name}={dropped[0]}") or "not listed"
+            )
             notes.append(f"{knob_name} {dropped} not searched on {profile.name}: {why}")
         allowed[knob_name] = kept or [knob.default]
 
@@ -239,13 +242,17 @@ def build_space(task: Task, preset: Preset, profile: DeviceProfile, threads: int
             if fnmatch.fnmatchcase(layer.name, pattern):
                 for knob, values in override.items():
                     if knob in layer.knobs:
-                        layer.knobs[knob] = [v for v in values if v in layer.knobs[knob]] or [KNOBS[knob].default]
+                        layer.knobs[knob] = [v for v in values if v in layer.knobs[knob]] or [
+                            KNOBS[knob].default
+                        ]
 
     if threads is not None:
         thread_choices = [threads]
     else:
         real_threads = profile.runtime.get("threads", [1])
-        thread_choices = [t for t in (preset.threads or real_threads) if t in real_threads] or real_threads[:1]
+        thread_choices = [t for t in (preset.threads or real_threads) if t in real_threads] or real_threads[
+            :1
+        ]
     return SearchSpace(layers=layers, threads=thread_choices, notes=notes, ignored=ignored)
 
 
@@ -254,12 +261,21 @@ def _bits_for(op: str, allowed: list[KnobValue]) -> list[KnobValue]:
     return [b for b in allowed if b != 4 or op == "MatMul"]
 
 
-def _discover_onnx(path: Path, allowed: dict[str, list[KnobValue]], notes: list[str]) -> tuple[list[Layer], list[str]]:
+def _discover_onnx(
+    path: Path, allowed: dict[str, list[KnobValue]], notes: list[str]
+) -> tuple[list[Layer], list[str]]:
     model = onnx.load(str(path), load_external_data=False)
     if any(v != KNOBS[k].default for k in ("width", "sparsity") for v in allowed[k]):
-        notes.append("width and sparsity need a torch model: an ONNX model gets bit-width and runtime knobs only")
+        notes.append(
+            "width and sparsity need a torch model: an ONNX model gets bit-width and runtime knobs only"
+        )
     layers = [
-        Layer(name=n.name or f"{n.op_type}_{i}", op=n.op_type, onnx_node=n.name, knobs={"bits": _bits_for(n.op_type, allowed["bits"])})
+        Layer(
+            name=n.name or f"{n.op_type}_{i}",
+            op=n.op_type,
+            onnx_node=n.name,
+            knobs={"bits": _bits_for(n.op_type, allowed["bits"])},
+        )
         for i, n in enumerate(weighted_nodes(model))
     ]
     return layers, []
@@ -284,7 +300,9 @@ def _discover_torch(
     kept = [n for n in modules if n not in selected]
     unmapped = [n for n in selected if n not in nodes]
     if unmapped:
-        notes.append(f"{len(unmapped)} layers not found in the ONNX graph (not searched): {', '.join(unmapped[:5])}")
+        notes.append(
+            f"{len(unmapped)} layers not found in the ONNX graph (not searched): {', '.join(unmapped[:5])}"
+        )
 
     ignored = sorted(set(output_layers) | set(kept))
     roots: list[str] = []

@@ -51,7 +51,7 @@ class SearchConfig:
     agent: str | None = None
     remeasure: bool = False
     progress: bool = True
-    report: Path | None | bool = None  # None: reports/<study>.html; False: no report
+    report: Path | bool | None = None  # None: reports/<study>.html; False: no report
 
 
 def make_device(profile: DeviceProfile, agent: str | None = None) -> Device:
@@ -59,10 +59,15 @@ def make_device(profile: DeviceProfile, agent: str | None = None) -> Device:
     from autotune.devices import BACKENDS
 
     if agent is not None and profile.backend != "remote":
-        raise UserError(f"--agent {agent}: device {profile.name!r} is local ({profile.backend}); use a remote profile such as jetson")
+        raise UserError(
+            f"--agent {agent}: device {profile.name!r} is local ({profile.backend}); "
+            "use a remote profile such as jetson"
+        )
     cls = BACKENDS.get(profile.backend)
     if cls is None:
-        raise UserError(f"device {profile.name!r}: unknown backend {profile.backend!r} (known: {', '.join(BACKENDS)})")
+        raise UserError(
+            f"device {profile.name!r}: unknown backend {profile.backend!r} (known: {', '.join(BACKENDS)})"
+        )
     ok, why = cls.available()
     if not ok:
         raise UserError(f"device {profile.name!r}: backend {profile.backend} is not usable here: {why}")
@@ -72,7 +77,10 @@ def make_device(profile: DeviceProfile, agent: str | None = None) -> Device:
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
     names = input_names(len(task.example_inputs))
-    return {n: t.detach().cpu().numpy().astype(np.float32) for n, t in zip(names, task.example_inputs, strict=True)}
+    return {
+        n: t.detach().cpu().numpy().astype(np.float32)
+        for n, t in zip(names, task.example_inputs, strict=True)
+    }
 
 
 def _storage(cfg: SearchConfig, run_dir: Path) -> optuna.storages.BaseStorage:
@@ -133,7 +141,9 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
         trial.set_user_attr("config", candidate.to_dict())
         try:
             artifact = builder.build(candidate)
-            trial.set_user_attr("artifact", {**artifact.to_dict(), "path": str(artifact.path.relative_to(run_dir))})
+            trial.set_user_attr(
+                "artifact", {**artifact.to_dict(), "path": str(artifact.path.relative_to(run_dir))}
+            )
             t0 = time.perf_counter()
             m = measurer.measure(artifact.path, inputs, candidate.runtime)
             artifact.timings["measure"] = time.perf_counter() - t0
@@ -143,7 +153,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
             t0 = time.perf_counter()
             try:
                 accuracy = evaluate_artifact(task, artifact.path)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise CandidateError("evaluate", f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
             finally:
                 artifact.timings["evaluate"] = time.perf_counter() - t0
@@ -232,7 +242,9 @@ class _ProgressBar:
 
     def __init__(self, total: int, budget_ms: float, enabled: bool) -> None:
         self.budget_ms = budget_ms
-        self.bar = tqdm(total=max(total, 0), disable=not enabled, unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=max(total, 0), disable=not enabled, unit="trial", file=sys.stderr, dynamic_ncols=True
+        )
         self.best: tuple[float, float] | None = None
         self.failed = 0
 

@@ -49,7 +49,9 @@ def demo_task() -> Task:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=6, help="trials per model (the first 6 are the baselines)")
+    parser.add_argument(
+        "--trials", type=int, default=6, help="trials per model (the first 6 are the baselines)"
+    )
     parser.add_argument("--models", nargs="+", default=["demo", "resnet18"], choices=["demo", "resnet18"])
     args = parser.parse_args()
     for name in args.models:
@@ -63,7 +65,9 @@ def main() -> None:
             )
             wall = time.perf_counter() - t0
         print(f"\n== {task.name}: {args.trials} trials in {wall:.1f} s (task setup {setup:.1f} s) ==")
-        print(f"{'trial':>5} {'config':<34}" + "".join(f"{s:>10}" for s in STAGES) + f"{'total':>9}  median ms")
+        print(
+            f"{'trial':>5} {'config':<34}" + "".join(f"{s:>10}" for s in STAGES) + f"{'total':>9}  median ms"
+        )
         for t in sorted(result.trials, key=lambda t: t.number):
             cells = "".join(f"{t.timings.get(s, 0.0):>10.2f}" for s in STAGES)
             label = (t.baseline or t.candidate.describe())[:34]

@@ -6,7 +6,15 @@ from autotune.errors import UserError
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("10ms", 10.0), ("10 ms", 10.0), ("0.01s", 10.0), ("500us", 0.5), ("2.5ms", 2.5), ("1e-3s", 1.0), (3, 3.0)],
+    [
+        ("10ms", 10.0),
+        ("10 ms", 10.0),
+        ("0.01s", 10.0),
+        ("500us", 0.5),
+        ("2.5ms", 2.5),
+        ("1e-3s", 1.0),
+        (3, 3.0),
+    ],
 )
 def test_accepted_forms(text: str, ms: float) -> None:
     assert parse_budget(text) == pytest.approx(ms)

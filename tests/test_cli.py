@@ -16,14 +16,27 @@ TESTS = Path(__file__).parent
 def autotune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     return subprocess.run(
-        [sys.executable, "-m", "autotune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "autotune", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_help_lists_options_and_commands(tmp_path: Path) -> None:
     out = autotune("--help", cwd=tmp_path)
     assert out.returncode == 0
-    for needle in ("--budget", "--device", "--model", "--trials", "--storage", "autotune export", "autotune agent"):
+    for needle in (
+        "--budget",
+        "--device",
+        "--model",
+        "--trials",
+        "--storage",
+        "autotune export",
+        "autotune agent",
+    ):
         assert needle in out.stdout
 
 
@@ -60,7 +73,9 @@ def test_misspelled_yaml_key_names_the_fix(tmp_path: Path) -> None:
     assert "unknown key 'widths' (did you mean 'width'?)" in out.stderr
     (tmp_path / "bad.yaml").write_text("knobs: {width: [1.0\n")
     out = autotune("--budget", "10ms", "--space", "bad.yaml", cwd=tmp_path)
-    assert out.returncode == 2 and "malformed YAML" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert (
+        out.returncode == 2 and "malformed YAML" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    )
 
 
 def _complete_trials(db: Path) -> int:
@@ -74,11 +89,25 @@ def _complete_trials(db: Path) -> int:
 
 
 def test_ctrl_c_keeps_completed_trials_and_the_same_command_resumes(tmp_path: Path) -> None:
-    args = ["--model", "tiny_tasks:slow_conv_task", "--budget", "50ms", "--trials", "10", "--quick", "--study", "cc"]
+    args = [
+        "--model",
+        "tiny_tasks:slow_conv_task",
+        "--budget",
+        "50ms",
+        "--trials",
+        "10",
+        "--quick",
+        "--study",
+        "cc",
+    ]
     env = {**os.environ, "PYTHONPATH": str(TESTS), "TINY_TASK_EVAL_DELAY": "0.7"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "autotune", *args], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "autotune", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     db = tmp_path / "runs" / "cc" / "study.db"
     deadline = time.time() + 120

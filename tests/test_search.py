@@ -21,7 +21,9 @@ QUICK = Protocol.quick()
 def run(task: autotune.Task, tmp_path: Path, **kw: object) -> autotune.ParetoSet:
     kw.setdefault("budget", "50ms")
     kw.setdefault("trials", 8)
-    return autotune.search(task, out_dir=tmp_path / "runs", protocol=QUICK, progress=False, report=False, **kw)
+    return autotune.search(
+        task, out_dir=tmp_path / "runs", protocol=QUICK, progress=False, report=False, **kw
+    )
 
 
 def test_search_returns_feasible_pareto_set_with_baselines(tmp_path: Path) -> None:
@@ -35,7 +37,9 @@ def test_search_returns_feasible_pareto_set_with_baselines(tmp_path: Path) -> No
     # non-domination: no member is beaten on all three objectives by another trial
     for m in result.pareto:
         assert not any(
-            t.accuracy >= m.accuracy and t.latency_ms <= m.latency_ms and t.size_bytes <= m.size_bytes
+            t.accuracy >= m.accuracy
+            and t.latency_ms <= m.latency_ms
+            and t.size_bytes <= m.size_bytes
             and (t.accuracy, t.latency_ms, t.size_bytes) != (m.accuracy, m.latency_ms, m.size_bytes)
             for t in result.feasible
         )
@@ -136,8 +140,15 @@ def test_plain_model_api_with_defaults(tmp_path: Path) -> None:
         return float(np.mean(runner(x).argmax(1) == labels) * 100)
 
     result = autotune.search(
-        model, x[:1], evaluate=evaluate, budget="10ms", trials=6, out_dir=tmp_path, protocol=QUICK,
-        progress=False, report=False,
+        model,
+        x[:1],
+        evaluate=evaluate,
+        budget="10ms",
+        trials=6,
+        out_dir=tmp_path,
+        protocol=QUICK,
+        progress=False,
+        report=False,
     )
     assert result.best is not None
     storage = f"sqlite:///{tmp_path / result.study.study_name / 'study.db'}"

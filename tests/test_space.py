@@ -70,7 +70,9 @@ def test_preset_narrows_values_and_keeps_layers(tmp_path: Path, cpu: object) -> 
 def test_profile_with_sparsity_offers_two_four_only_where_it_fits(tmp_path: Path) -> None:
     profile = tmp_path / "gpu.yaml"
     profile.write_text("backend: ort-cpu\nknobs: {sparsity: [0.0, 0.5, '2:4'], bits: [32, 16, 8]}\n")
-    space = build_space(task_for(ConcatNet(), torch.randn(1, 1, 32, 32)), load_preset(None), load_profile(str(profile)))
+    space = build_space(
+        task_for(ConcatNet(), torch.randn(1, 1, 32, 32)), load_preset(None), load_profile(str(profile))
+    )
     by_op = {layer.name: layer.knobs["sparsity"] for layer in space.layers}
     first = space.layers[0]  # 1 input channel: no 2:4 groups
     assert "2:4" not in by_op[first.name] and 0.5 in by_op[first.name]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -9,7 +9,9 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", type=Path, help="runs directory of the study (runs/STUDY)")
     p.add_argument("--trial", type=int, help="trial number (default: the best under the budget)")
-    p.add_argument("-o", "--output", type=Path, default=Path("best.onnx"), help="output .onnx path (default: best.onnx)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("best.onnx"), help="output .onnx path (default: best.onnx)"
+    )
     p.add_argument("--storage", help="Optuna storage URL instead of a runs directory")
     p.add_argument("--study", help="study name within --storage")
 
@@ -26,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         chosen = result.trial(args.trial)
     path = chosen.export(args.output)
-    print(f"wrote {path} and {path.with_suffix('.json')} (trial {chosen.number}: "
-          f"{chosen.accuracy:.2f} {result.meta.get('metric', 'accuracy')}, {chosen.latency_ms:.3f} ms median)")
+    print(
+        f"wrote {path} and {path.with_suffix('.json')} (trial {chosen.number}: "
+        f"{chosen.accuracy:.2f} {result.meta.get('metric', 'accuracy')}, {chosen.latency_ms:.3f} ms median)"
+    )
     return 0

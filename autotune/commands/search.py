@@ -11,19 +11,40 @@ from autotune.budget import ACCEPTED
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", required=True, help=f"latency budget on the device: {ACCEPTED}")
-    p.add_argument("--device", default="cpu", help="device profile name or profile .yaml (default: cpu; see 'autotune devices')")
-    p.add_argument("--model", help="'package.module:function' returning an autotune.Task, or a .onnx file (default: the built-in digits demo)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="device profile name or profile .yaml (default: cpu; see 'autotune devices')",
+    )
+    p.add_argument(
+        "--model",
+        help="'package.module:function' returning an autotune.Task, or a .onnx file "
+        "(default: the built-in digits demo)",
+    )
     p.add_argument("--space", help="search space preset name or .yaml (default: search_spaces/default.yaml)")
-    p.add_argument("--trials", type=int, default=30, help="trials in total, baselines included; a resumed study continues to it (default: 30)")
-    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in OUT/STUDY/study.db); postgresql://... for distributed workers")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=30,
+        help="trials in total, baselines included; a resumed study continues to it (default: 30)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: SQLite in OUT/STUDY/study.db); "
+        "postgresql://... for distributed workers",
+    )
     p.add_argument("--study", help="study name (default: TASK-DEVICE-BUDGET); the same name resumes")
     p.add_argument("--out", default="runs", type=Path, help="runs directory (default: runs)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
-    p.add_argument("--threads", type=int, help="fix the runtime thread count instead of the profile's choices")
+    p.add_argument(
+        "--threads", type=int, help="fix the runtime thread count instead of the profile's choices"
+    )
     p.add_argument("--agent", help="remote device: agent URL overriding the profile's agents")
     p.add_argument("--remeasure", action="store_true", help="ignore cached measurements and measure again")
     p.add_argument("--report", type=Path, help="HTML report path (default: reports/STUDY.html)")
-    p.add_argument("--quick", action="store_true", help="short measurement protocol (smoke tests; numbers are noisier)")
+    p.add_argument(
+        "--quick", action="store_true", help="short measurement protocol (smoke tests; numbers are noisier)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -33,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     from autotune.errors import UserError
     from autotune.profiles import load_profile
     from autotune.space import load_preset
-
     from autotune.study import make_device
 
     parse_budget(args.budget)
