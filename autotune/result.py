@@ -84,7 +84,9 @@ class TrialResult:
         return path
 
 
-def load_study(run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None) -> optuna.Study:
+def load_study(
+    run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
+) -> optuna.Study:
     """Open a study from a runs directory (``runs/NAME``) or a storage URL and name."""
     if storage is None:
         if run_dir is None:
@@ -96,7 +98,9 @@ def load_study(run_dir: str | Path | None = None, storage: str | None = None, st
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if study_name is None:
         if len(names) != 1:
-            raise UserError(f"{storage}: holds {len(names)} studies; pick one with --study ({', '.join(names)})")
+            raise UserError(
+                f"{storage}: holds {len(names)} studies; pick one with --study ({', '.join(names)})"
+            )
         study_name = names[0]
     if study_name not in names:
         raise UserError(f"{storage}: no study named {study_name!r} (found: {', '.join(names) or 'none'})")
@@ -125,7 +129,9 @@ class ParetoSet:
         )
 
     @classmethod
-    def load(cls, run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None) -> ParetoSet:
+    def load(
+        cls, run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
+    ) -> ParetoSet:
         study = load_study(run_dir, storage, study_name)
         return cls(study, Path(run_dir) if run_dir else None)
 
@@ -178,7 +184,10 @@ class ParetoSet:
         metric = self.meta.get("metric", "accuracy")
         rows = self.members if self.members else self.fastest(5)
         fp32 = self.baselines.get("fp32")
-        header = f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'median ms':>9}  {'p90 ms':>8}  {'CV':>5}  {'size KiB':>9}  config"
+        header = (
+            f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'median ms':>9}  {'p90 ms':>8}  "
+            f"{'CV':>5}  {'size KiB':>9}  config"
+        )
         lines = [header, "-" * len(header)]
         for t in rows:
             delta = f"{t.accuracy - fp32.accuracy:+.2f}" if fp32 else "n/a"
