@@ -23,7 +23,7 @@ from tqdm import tqdm
 from autotune import __version__
 from autotune.artifact import ArtifactBuilder
 from autotune.budget import format_ms, parse_budget
-from autotune.devices import Device, Protocol
+from autotune.devices import Device, Protocol, device_for_profile
 from autotune.errors import CandidateError, UserError
 from autotune.evaluate import evaluate_artifact
 from autotune.measure import Measurer
@@ -52,27 +52,6 @@ class SearchConfig:
     remeasure: bool = False
     progress: bool = True
     report: Path | bool | None = None  # None: reports/<study>.html; False: no report
-
-
-def make_device(profile: DeviceProfile, agent: str | None = None) -> Device:
-    """Instantiate the backend a profile names, or fail with why it cannot run here."""
-    from autotune.devices import BACKENDS
-
-    if agent is not None and profile.backend != "remote":
-        raise UserError(
-            f"--agent {agent}: device {profile.name!r} is local ({profile.backend}); "
-            "use a remote profile such as jetson"
-        )
-    cls = BACKENDS.get(profile.backend)
-    if cls is None:
-        raise UserError(
-            f"device {profile.name!r}: unknown backend {profile.backend!r} (known: {', '.join(BACKENDS)})"
-        )
-    ok, why = cls.available()
-    if not ok:
-        raise UserError(f"device {profile.name!r}: backend {profile.backend} is not usable here: {why}")
-    factory = getattr(cls, "from_profile", None)
-    return factory(profile, agent=agent) if factory else cls()
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
@@ -109,7 +88,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     if cfg.trials < 1:
         raise UserError(f"--trials {cfg.trials}: must be at least 1")
     profile = load_profile(cfg.device)
-    device = make_device(profile, agent=cfg.agent)
+    device = device_for_profile(profile, agent=cfg.agent)
     preset = load_preset(cfg.space)
     study_name = cfg.study_name or f"{task.name}-{profile.name}-{format_ms(budget_ms)}"
     run_dir = Path(cfg.out_dir) / study_name

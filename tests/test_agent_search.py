@@ -27,12 +27,12 @@ from optuna.trial import TrialState
 import autotune
 from autotune.agent.process import AgentProcess
 from autotune.cli import main as cli_main
-from autotune.devices import Protocol, RuntimeOptions
+from autotune.devices import Protocol, RuntimeOptions, device_for_profile
 from autotune.devices.remote import RemoteDevice
 from autotune.errors import UserError
 from autotune.profiles import load_profile
 from autotune.result import ParetoSet
-from autotune.study import SearchConfig, make_device, run_search
+from autotune.study import SearchConfig, run_search
 from autotune.task import Task
 
 TOKEN = "search-test-token-0123456789abcdef"
@@ -105,11 +105,11 @@ def test_search_through_loopback_agent(tmp_path: Path, no_token_env: None) -> No
         # no token, then a wrong one: one clear line each
         lost = write_profile(tmp_path / "lost.yaml", [agent.url], token_file=str(tmp_path / "missing"))
         with pytest.raises(UserError, match="requires a token; set AUTOTUNE_AGENT_TOKEN or put"):
-            make_device(load_profile(str(lost)))
+            device_for_profile(load_profile(str(lost)))
         (tmp_path / "wrong").write_text("not-the-right-token-at-all")
         wrong = write_profile(tmp_path / "wrong.yaml", [agent.url], token_file=str(tmp_path / "wrong"))
         with pytest.raises(UserError, match="refused the token"):
-            make_device(load_profile(str(wrong)))
+            device_for_profile(load_profile(str(wrong)))
         # the profile names a dead agent; --agent overrides it
         profile = write_profile(tmp_path / "edge.yaml", ["http://127.0.0.1:9"], token_file=str(token_file))
         result = search(profile, tmp_path / "runs", agent=agent.url)
@@ -323,18 +323,18 @@ def test_no_reachable_agent_is_one_line_and_exit_2(
     url = f"http://127.0.0.1:{free_port()}"
     profile = write_profile(tmp_path / "jetson.yaml", [url])
     with pytest.raises(UserError) as err:
-        make_device(load_profile(str(profile)))
+        device_for_profile(load_profile(str(profile)))
     message = str(err.value)
     assert "\n" not in message and url in message and "connection refused" in message
     assert "autotune agent --host 0.0.0.0 --port" in message
     # --agent overrides the profile: the URL tried is the one given
     other = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UserError, match=other.replace(".", r"\.")):
-        make_device(load_profile(str(profile)), agent=other)
+        device_for_profile(load_profile(str(profile)), agent=other)
     # the shipped profiles: their agent is replaced by --agent, the one-line error names it
     for name in ("jetson", "raspberry-pi"):
         with pytest.raises(UserError, match=r"no agent reachable: " + other.replace(".", r"\.")):
-            make_device(load_profile(name), agent=other)
+            device_for_profile(load_profile(name), agent=other)
     # and through the command line
     monkeypatch.chdir(tmp_path)
     code = cli_main(["--budget", "10ms", "--device", str(profile), "--model", f"{__name__}:tiny_task",

@@ -51,15 +51,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # check the cheap arguments before loading the model, so bad input fails fast
     from autotune.budget import parse_budget
+    from autotune.devices import device_for_profile
     from autotune.errors import UserError
     from autotune.profiles import load_profile
     from autotune.space import load_preset
-    from autotune.study import make_device
 
     parse_budget(args.budget)
     load_preset(args.space)
     # reach the device before loading a model: an unreachable agent should fail in a second
-    make_device(load_profile(args.device), agent=args.agent).close()
+    device_for_profile(load_profile(args.device), agent=args.agent).close()
     if args.trials < 1:
         raise UserError(f"--trials {args.trials}: must be at least 1")
     if args.threads is not None and args.threads < 1:

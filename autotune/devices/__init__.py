@@ -26,7 +26,7 @@ BACKENDS: dict[str, type[Device]] = {
     for cls in (OrtCpuDevice, OrtCudaDevice, OrtTensorrtDevice, TorchCudaDevice, TensorrtDevice)
 }
 
-# Backends in modules that may not exist in every checkout (the remote agent client).
+# The remote client needs httpx, which an agent-only install (`autotune[agent]`) lacks.
 _OPTIONAL = {"remote": ("autotune.devices.remote", "RemoteDevice")}
 for _backend, (_module, _name) in _OPTIONAL.items():
     try:
@@ -43,6 +43,11 @@ def device_for_profile(profile: Any, agent: str | None = None) -> Device:
     """
     from autotune.errors import UserError
 
+    if agent is not None and profile.backend != "remote":
+        raise UserError(
+            f"--agent {agent}: device {profile.name!r} is local ({profile.backend}); "
+            "use a remote profile such as jetson"
+        )
     cls = BACKENDS.get(profile.backend)
     if cls is None:
         raise UserError(
