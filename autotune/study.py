@@ -67,11 +67,16 @@ def _storage(cfg: SearchConfig, run_dir: Path) -> optuna.storages.BaseStorage:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    try:
-        # heartbeats let a later run mark trials of a killed worker FAILED instead of RUNNING forever
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120, **kwargs)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--storage {url}: cannot open ({exc})".splitlines()[0]) from None
+    # heartbeats let a later run mark trials of a killed worker FAILED instead of RUNNING forever
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            # workers starting together race to create the schema: the loser retries
+            if attempt == 4 or "duplicate" not in str(exc).lower():
+                raise UserError(f"--storage {url}: cannot open ({exc})".splitlines()[0]) from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _counted(study: optuna.Study) -> int:
@@ -146,12 +151,19 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
         trial.set_constraint("latency_budget", m.median_ms - budget_ms)
         return accuracy, m.median_ms, float(artifact.size_bytes)
 
+    def stop_at_target(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        # other workers on the same storage count too: stop once the study as a whole is done
+        if _counted(study) >= cfg.trials:
+            study.stop()
+
     remaining = cfg.trials - _counted(study)
     started = time.time()
     bar = _ProgressBar(remaining, budget_ms, cfg.progress)
     try:
         while remaining > 0:
-            study.optimize(objective, n_trials=remaining, catch=(CandidateError,), callbacks=[bar.update])
+            study.optimize(
+                objective, n_trials=remaining, catch=(CandidateError,), callbacks=[bar.update, stop_at_target]
+            )
             remaining = cfg.trials - _counted(study)  # trials lost to a stale worker are redone
     finally:
         bar.close()
@@ -213,7 +225,7 @@ def _enqueue_baselines(study: optuna.Study, space: SearchSpace) -> None:
     }
     for name, params in space.baselines().items():
         if name not in done:
-            study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+            study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=True)
 
 
 class _ProgressBar:
