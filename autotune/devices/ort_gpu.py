@@ -8,7 +8,6 @@ returns). The latency with host copies (numpy in, numpy out) is reported beside 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,22 +16,17 @@ import numpy as np
 import onnxruntime as ort
 
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
-from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
+from autotune.devices._gpu import CudaDevice, default_cache_dir
 from autotune.devices._lock import device_lock
-from autotune.devices._onnx_info import analyse, static_shapes
+from autotune.devices._onnx_info import static_shapes
 from autotune.devices.ort_cpu import feeds_for, load_failure, load_session, session_options, timed_run
 
 HOST_IO_RUNS = 20  # runs with host copies, for extra["host_io_ms"]
 _MEASURES = "Run latency, I/O resident in GPU memory (IOBinding); latency with host copies in extra"
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("AUTOTUNE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autotune")
-    return Path(base)
-
-
-class _OrtGpuDevice(Device):
+class _OrtGpuDevice(CudaDevice):
     """Shared by the CUDA and TensorRT execution providers."""
 
     provider: ClassVar[str] = ""
@@ -62,15 +56,8 @@ class _OrtGpuDevice(Device):
             return False, why
         return True, ""
 
-    @property
-    def lock_name(self) -> str:
-        return f"cuda{self.device_id}"
-
-    def fingerprint(self) -> dict[str, Any]:
+    def runtime_versions(self) -> dict[str, Any]:
         return {
-            **host_fingerprint(),
-            **_cuda.gpu_info(self.device_id),
-            "backend": self.backend,
             "onnxruntime": ort.__version__,
             "ort_build": ort.get_build_info() if hasattr(ort, "get_build_info") else None,
             "execution_provider": self.provider,
@@ -89,10 +76,9 @@ class _OrtGpuDevice(Device):
         runtime: RuntimeOptions,
         protocol: Protocol,
     ) -> Measurement:
-        try:
-            traits = analyse(model_path)
-        except Exception as exc:  # noqa: BLE001
-            return Measurement(status="invalid_model", backend=self.backend, error=str(exc).splitlines()[0])
+        traits = self.inspect(model_path)
+        if isinstance(traits, Measurement):
+            return traits
         if runtime.precision not in self.capabilities.precisions:
             return Measurement(
                 status="build_error",
@@ -104,15 +90,13 @@ class _OrtGpuDevice(Device):
         providers = [(self.provider, options), "CPUExecutionProvider"]
         with device_lock(self.lock_name) as waited_s:
             m = self._measure(model_path, inputs, runtime, protocol, providers)
-        m.runtime = runtime.to_dict()
-        m.fingerprint = self.fingerprint()
-        m.extra.update(
-            gpu_state=_cuda.gpu_state(self.device_id),
+        return self.stamp(
+            m,
+            runtime,
+            waited_s,
             provider_options={k: str(v) for k, v in options.items()},
             artifact_traits=traits.describe(),
-            lock_wait_s=round(waited_s, 3),
         )
-        return m
 
     def _measure(
         self,

@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
+from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
 from autotune.devices._cache import sha256_file
-from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._gpu import CudaDevice, default_cache_dir
 from autotune.devices._lock import device_lock
-from autotune.devices._onnx_info import OnnxTraits, analyse, static_shapes
+from autotune.devices._onnx_info import OnnxTraits, static_shapes
 from autotune.devices._protocol import summarize
 from autotune.devices.ort_cpu import timed_run
-from autotune.devices.ort_gpu import default_cache_dir
 
 HOST_IO_RUNS = 20
 DEFAULT_WORKSPACE = 2 << 30  # bytes of builder scratch memory
@@ -87,7 +86,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class TensorrtDevice(Device):
+class TensorrtDevice(CudaDevice):
     """An NVIDIA GPU through the TensorRT Python API (TensorRT 10)."""
 
     backend = "tensorrt"
@@ -137,19 +136,10 @@ class TensorrtDevice(Device):
         count, why = _cuda.gpu_count()
         return (True, "") if count else (False, why)
 
-    @property
-    def lock_name(self) -> str:
-        return f"cuda{self.device_id}"
-
-    def fingerprint(self) -> dict[str, Any]:
+    def runtime_versions(self) -> dict[str, Any]:
         import tensorrt as trt
 
-        return {
-            **host_fingerprint(),
-            **_cuda.gpu_info(self.device_id),
-            "backend": self.backend,
-            "tensorrt": trt.__version__,
-        }
+        return {"tensorrt": trt.__version__}
 
     def measure(
         self,
@@ -158,10 +148,9 @@ class TensorrtDevice(Device):
         runtime: RuntimeOptions,
         protocol: Protocol,
     ) -> Measurement:
-        try:
-            traits = analyse(model_path)
-        except Exception as exc:  # noqa: BLE001
-            return Measurement(status="invalid_model", backend=self.backend, error=str(exc).splitlines()[0])
+        traits = self.inspect(model_path)
+        if isinstance(traits, Measurement):
+            return traits
         plan = build_plan(traits, runtime, _cuda.compute_capability(self.device_id))
         with device_lock(self.lock_name) as waited_s:
             session = _EngineSession(self, model_path, inputs, plan)
@@ -169,15 +158,7 @@ class TensorrtDevice(Device):
                 m = session.measure(protocol)
             finally:
                 session.close()
-        m.runtime = runtime.to_dict()
-        m.fingerprint = self.fingerprint()
-        m.extra.update(
-            build_plan=plan,
-            artifact_traits=traits.describe(),
-            gpu_state=_cuda.gpu_state(self.device_id),
-            lock_wait_s=round(waited_s, 3),
-        )
-        return m
+        return self.stamp(m, runtime, waited_s, build_plan=plan, artifact_traits=traits.describe())
 
 
 class _Logger:

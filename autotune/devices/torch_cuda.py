@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
-from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
+from autotune.devices._gpu import CudaDevice
 from autotune.devices._lock import device_lock
 from autotune.devices.ort_cpu import load_failure, timed_run
 
 HOST_RUNS = 20  # runs timed on the host (launch + sync), for extra["host_ms"]
 
 
-class TorchCudaDevice(Device):
+class TorchCudaDevice(CudaDevice):
     """CUDA through torch: cuDNN/cuBLAS kernels, CUDA events, CUDA graphs."""
 
     backend = "torch-cuda"
@@ -63,17 +63,10 @@ class TorchCudaDevice(Device):
             return False, why or f"torch {torch.__version__} sees no CUDA GPU"
         return True, ""
 
-    @property
-    def lock_name(self) -> str:
-        return f"cuda{self.device_id}"
-
-    def fingerprint(self) -> dict[str, Any]:
+    def runtime_versions(self) -> dict[str, Any]:
         import torch
 
         return {
-            **host_fingerprint(),
-            **_cuda.gpu_info(self.device_id),
-            "backend": self.backend,
             "torch": torch.__version__,
             "cuda_runtime": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version(),
@@ -88,10 +81,7 @@ class TorchCudaDevice(Device):
     ) -> Measurement:
         with device_lock(self.lock_name) as waited_s:
             m = self._measure(model_path, inputs, runtime, protocol)
-        m.runtime = runtime.to_dict()
-        m.fingerprint = self.fingerprint()
-        m.extra.update(gpu_state=_cuda.gpu_state(self.device_id), lock_wait_s=round(waited_s, 3))
-        return m
+        return self.stamp(m, runtime, waited_s)
 
     def _measure(
         self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions, protocol: Protocol
