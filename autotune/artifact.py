@@ -58,6 +58,9 @@ class ArtifactBuilder:
         self.space = space
         self.artifact_dir = artifact_dir
         artifact_dir.mkdir(parents=True, exist_ok=True)
+        # the unmodified model's ONNX: exported once, shared by every bits-only candidate
+        self._unmodified: Path | None = task.onnx_path
+        self._workdir = tempfile.TemporaryDirectory(prefix="autotune-build-")
 
     def build(self, candidate: Candidate) -> Artifact:
         timings: dict[str, float] = {}
@@ -76,10 +79,15 @@ class ArtifactBuilder:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "model.onnx"
-            if self.task.onnx_path is not None:
-                shutil.copyfile(self.task.onnx_path, fp32)
+            if not self._changes_torch_model(candidate):
+                if self._unmodified is None:
+                    path = Path(self._workdir.name) / "unmodified.onnx"
+                    with stage("export"):
+                        export_onnx(self.task.model.eval(), self.task.example_inputs, path)
+                    self._unmodified = path  # only once the export succeeded
+                fp32 = self._unmodified
             else:
+                fp32 = Path(tmp) / "model.onnx"
                 model = self._compress(candidate, stage)
                 with stage("export"):
                     export_onnx(model, self.task.example_inputs, fp32)
@@ -101,6 +109,11 @@ class ArtifactBuilder:
                 shutil.copyfile(final, tmp_target)
                 os.replace(tmp_target, target)  # atomic: parallel workers may build the same one
         return Artifact(path=target, sha256=digest, size_bytes=target.stat().st_size, timings=timings)
+
+    @staticmethod
+    def _changes_torch_model(candidate: Candidate) -> bool:
+        """Width or sparsity set anywhere (defaults are not stored in a candidate)."""
+        return any("width" in cfg or "sparsity" in cfg for cfg in candidate.layers.values())
 
     def _compress(self, candidate: Candidate, stage: Callable[[str], Any]) -> torch.nn.Module:
         teacher = self.task.model.eval()
