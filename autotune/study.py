@@ -113,7 +113,8 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     )
     meta = _check_or_write_meta(study, task, profile, device, budget_ms, cfg, space, run_dir)
     # a resumed study gets a different sampler stream, so it does not replay the same proposals
-    sampler.reseed_rng() if study.trials else None
+    if study.trials:
+        sampler.reseed_rng()
     _enqueue_baselines(study, space)
 
     builder = ArtifactBuilder(task, space, run_dir / "artifacts")
@@ -123,14 +124,16 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = space.sample(trial)
         trial.set_user_attr("config", candidate.to_dict())
+        timings: dict[str, float] = {}
         try:
             artifact = builder.build(candidate)
+            timings = artifact.timings
             trial.set_user_attr(
                 "artifact", {**artifact.to_dict(), "path": str(artifact.path.relative_to(run_dir))}
             )
             t0 = time.perf_counter()
             m = measurer.measure(artifact.path, inputs, candidate.runtime)
-            artifact.timings["measure"] = time.perf_counter() - t0
+            timings["measure"] = time.perf_counter() - t0
             trial.set_user_attr("measurement", m.to_dict(max_samples=MAX_STORED_SAMPLES))
             if not m.usable:
                 raise CandidateError("measure", f"{m.status}: {m.error}")
@@ -140,14 +143,13 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
             except Exception as exc:
                 raise CandidateError("evaluate", f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
             finally:
-                artifact.timings["evaluate"] = time.perf_counter() - t0
+                timings["evaluate"] = time.perf_counter() - t0
         except CandidateError as exc:
             trial.set_user_attr("fail_stage", exc.stage)
             trial.set_user_attr("fail_reason", str(exc))
             raise
         finally:
-            if "artifact" in locals():
-                trial.set_user_attr("timings", artifact.timings)
+            trial.set_user_attr("timings", timings)
         trial.set_constraint("latency_budget", m.median_ms - budget_ms)
         return accuracy, m.median_ms, float(artifact.size_bytes)
 
