@@ -17,6 +17,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: a job id: lowercase hex uuid4 chosen by the agent
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
+# Mirrors autotune.devices.Status plus queued/running: importing autotune.devices here would load
+# onnxruntime into the agent process, which only its job subprocesses should do.
 JobStatusName = Literal[
     "queued",
     "running",
