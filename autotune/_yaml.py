@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from autotune._util import error_line
 from autotune.errors import UserError
 
 
@@ -21,7 +22,7 @@ def load_mapping(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or error_line(exc, with_type=False)
         raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
     if data is None:
         return {}

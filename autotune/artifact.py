@@ -8,7 +8,6 @@ that fails raises :class:`CandidateError` naming it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from autotune._util import error_line, sha256_file
 from autotune.compress import apply_sparsity, make_permanent, prune_width
 from autotune.errors import CandidateError
 from autotune.onnx_export import export_onnx
@@ -40,14 +40,6 @@ class Artifact:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "sha256": self.sha256, "size_bytes": self.size_bytes}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ArtifactBuilder:
@@ -73,7 +65,7 @@ class ArtifactBuilder:
             except CandidateError:
                 raise
             except Exception as exc:
-                msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+                msg = error_line(exc)
                 raise CandidateError(name, msg) from exc
             finally:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0

@@ -15,6 +15,8 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
+from autotune._util import error_line
+
 ROUND_TO = 8  # channel counts stay multiples of 8: vector units and tensor cores want them
 
 
@@ -84,7 +86,7 @@ def check_width_roots(
             prune_width(trial, example_inputs, dict.fromkeys(subset, width), ignored)
             shape = _output_shape(trial, example_inputs)
         except Exception as exc:  # noqa: BLE001 - any failure rules the knob out
-            return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            return error_line(exc, 200)
         return None if shape == reference else f"output shape changes to {shape}"
 
     if not roots or works(roots) is None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autotune._util import cache_root
 from autotune.task import Runner, Task
 from autotune.zoo import DigitsNet
 
@@ -61,7 +62,7 @@ def load_digits_splits(seed: int = 0) -> DigitsSplits:
 def cache_path(seed: int = 0) -> Path:
     """Where the trained demo checkpoint lives: ``$AUTOTUNE_CACHE`` (a directory) or
     ``~/.cache/autotune``, file ``demo-digitsnet-<version>[-seed<n>].pt``."""
-    root = os.environ.get("AUTOTUNE_CACHE") or Path.home() / ".cache" / "autotune"
+    root = cache_root()
     suffix = "" if seed == 0 else f"-seed{seed}"
     return Path(root) / f"demo-digitsnet-{DEMO_VERSION}{suffix}.pt"
 

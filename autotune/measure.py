@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from autotune._util import sha256_file
 from autotune.devices import Device, Measurement, Protocol, RuntimeOptions
-from autotune.devices._cache import MeasurementCache, cache_key, sha256_file
+from autotune.devices._cache import MeasurementCache, cache_key
 from autotune.devices._canary import CANARY_VERSION, canary_inputs, write_canary
 
 #: re-measure the canary after this many measured jobs (0 disables the canary)

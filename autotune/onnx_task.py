@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import torch
 
+from autotune._util import error_line
 from autotune.errors import UserError
 from autotune.evaluate import OrtRunner
 from autotune.task import Runner, Task
@@ -50,7 +51,7 @@ def onnx_task(path: Path, seed: int = 0) -> Task:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--model {path}: not a valid ONNX model ({exc})".splitlines()[0]) from None
+        raise UserError(f"--model {path}: not a valid ONNX model ({error_line(exc)})") from None
     shapes = _input_shapes(model)
     rng = np.random.default_rng(seed)
     batch1 = tuple(torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for _, s in shapes)

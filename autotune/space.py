@@ -18,6 +18,7 @@ from typing import Any
 import onnx
 import optuna
 
+from autotune._util import error_line
 from autotune._yaml import check_keys, load_mapping
 from autotune.compress import check_width_roots, prunable_layers, supports_two_four, width_groups
 from autotune.devices import RuntimeOptions
@@ -291,7 +292,7 @@ def _discover_torch(
         try:
             export_onnx(model, task.example_inputs, path)
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"the model does not export to ONNX: {exc}".splitlines()[0]) from None
+            raise UserError(f"the model does not export to ONNX: {error_line(exc)}") from None
         graph = onnx.load(str(path))
     nodes = layer_nodes(graph, set(modules))
     outputs = output_nodes(graph)

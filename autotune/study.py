@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from autotune import __version__
+from autotune._util import error_line
 from autotune.artifact import ArtifactBuilder
 from autotune.budget import format_ms, parse_budget
 from autotune.devices import Device, Protocol, device_for_profile
@@ -74,7 +75,7 @@ def _storage(cfg: SearchConfig, run_dir: Path) -> optuna.storages.BaseStorage:
         except Exception as exc:  # noqa: BLE001
             # workers starting together race to create the schema: the loser retries
             if attempt == 4 or "duplicate" not in str(exc).lower():
-                raise UserError(f"--storage {url}: cannot open ({exc})".splitlines()[0]) from None
+                raise UserError(f"--storage {url}: cannot open ({error_line(exc)})") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -141,7 +142,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
             try:
                 accuracy = evaluate_artifact(task, artifact.path)
             except Exception as exc:
-                raise CandidateError("evaluate", f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+                raise CandidateError("evaluate", error_line(exc)) from exc
             finally:
                 timings["evaluate"] = time.perf_counter() - t0
         except CandidateError as exc:
@@ -210,7 +211,7 @@ def _check_or_write_meta(
         "fingerprint": device.fingerprint(),
         "space": space.summary(),
         "protocol": cfg.protocol.to_dict(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "wall_s": 0.0,
     }

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from autotune._util import error_line
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="the .onnx file to measure")
@@ -73,7 +75,7 @@ def make_inputs(model_path: Path, shapes: dict[str, tuple[int, ...]], batch: int
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{model_path}: not an ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"{model_path}: not an ONNX model ({error_line(exc, 200)})") from None
     inits = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in inits]
     unknown = set(shapes) - {i.name for i in graph_inputs}
@@ -198,8 +200,8 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
 
 
 def run(args: argparse.Namespace) -> int:
+    from autotune._util import sha256_file
     from autotune.devices import RuntimeOptions, device_for_profile
-    from autotune.devices._cache import sha256_file
     from autotune.errors import UserError
     from autotune.profiles import load_profile
 

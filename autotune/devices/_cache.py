@@ -24,14 +24,6 @@ CACHE_VERSION = 2
 MAX_CACHED_SAMPLES = 4096
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def inputs_signature(inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Name, shape, dtype and content hash of every input (batch size changes latency)."""
     sig = []

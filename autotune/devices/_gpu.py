@@ -3,10 +3,10 @@ results are stamped. The backends differ only in what runs the model."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from autotune._util import cache_root, error_line
 from autotune.devices import _cuda
 from autotune.devices._base import Device, Measurement, RuntimeOptions
 from autotune.devices._fingerprint import host_fingerprint
@@ -14,8 +14,8 @@ from autotune.devices._onnx_info import OnnxTraits, analyse
 
 
 def default_cache_dir() -> Path:
-    """Engine and timing caches: ``$AUTOTUNE_CACHE`` or ``~/.cache/autotune``."""
-    return Path(os.environ.get("AUTOTUNE_CACHE") or Path.home() / ".cache" / "autotune")
+    """Engine and timing caches (see :func:`autotune._util.cache_root`)."""
+    return cache_root()
 
 
 class CudaDevice(Device):
@@ -42,7 +42,9 @@ class CudaDevice(Device):
         try:
             return analyse(model_path)
         except Exception as exc:  # noqa: BLE001 - an unreadable model is a result
-            return Measurement(status="invalid_model", backend=self.backend, error=str(exc).splitlines()[0])
+            return Measurement(
+                status="invalid_model", backend=self.backend, error=error_line(exc, with_type=False)
+            )
 
     def stamp(self, m: Measurement, runtime: RuntimeOptions, lock_wait_s: float, **extra: Any) -> Measurement:
         """Attach runtime options, fingerprint and GPU state to a finished measurement."""

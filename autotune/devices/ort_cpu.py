@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from autotune._util import error_line
 from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
 from autotune.devices._fingerprint import HostLoad, host_fingerprint, host_state
 from autotune.devices._lock import device_lock
@@ -36,11 +37,6 @@ def session_options(runtime: RuntimeOptions) -> ort.SessionOptions:
     return so
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:500]
-
-
 def load_failure(exc: BaseException, backend: str) -> Measurement:
     """A session/engine that cannot be created is a result with a status, not a crash."""
     text = str(exc).upper()
@@ -50,7 +46,7 @@ def load_failure(exc: BaseException, backend: str) -> Measurement:
         kind = "invalid_model"
     else:
         kind = "build_error"
-    return Measurement(status=kind, backend=backend, error=_first_line(exc))
+    return Measurement(status=kind, backend=backend, error=error_line(exc, with_type=False))
 
 
 def load_session(
@@ -87,7 +83,7 @@ def timed_run(
         kind = (
             "oom" if "OUT OF MEMORY" in str(exc).upper() or isinstance(exc, MemoryError) else "runtime_error"
         )
-        return Measurement(status=kind, backend=backend, error=_first_line(exc))
+        return Measurement(status=kind, backend=backend, error=error_line(exc, with_type=False))
     m.first_run_ms = first_run_ms
     return m
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnxruntime as ort
 
+from autotune._util import error_line
 from autotune.devices import _cuda
 from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
 from autotune.devices._gpu import CudaDevice, default_cache_dir
@@ -126,7 +127,9 @@ class _OrtGpuDevice(CudaDevice):
             for out in session.get_outputs():
                 binding.bind_output(out.name, "cuda", self.device_id)
         except Exception as exc:  # noqa: BLE001
-            return Measurement(status="runtime_error", backend=self.backend, error=str(exc).splitlines()[0])
+            return Measurement(
+                status="runtime_error", backend=self.backend, error=error_line(exc, with_type=False)
+            )
 
         m = timed_run(lambda: session.run_with_iobinding(binding), protocol, self.backend)
         m.load_ms = load_ms

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from autotune._util import sha256_file
 from autotune.devices import _cuda
 from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
-from autotune.devices._cache import sha256_file
 from autotune.devices._gpu import CudaDevice, default_cache_dir
 from autotune.devices._lock import device_lock
 from autotune.devices._onnx_info import OnnxTraits, static_shapes

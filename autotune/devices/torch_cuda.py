@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from autotune._util import error_line
 from autotune.devices import _cuda
 from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
 from autotune.devices._gpu import CudaDevice
@@ -117,7 +118,7 @@ class TorchCudaDevice(CudaDevice):
             first_ms = (time.perf_counter() - t0) * 1e3
         except Exception as exc:  # noqa: BLE001
             kind = "oom" if "out of memory" in str(exc).lower() else "runtime_error"
-            return Measurement(status=kind, backend=self.backend, error=str(exc).splitlines()[0][:500])
+            return Measurement(status=kind, backend=self.backend, error=error_line(exc, with_type=False))
 
         run, graph_note, capture_ms = eager, "disabled", None
         if self.cuda_graphs:
@@ -128,7 +129,7 @@ class TorchCudaDevice(CudaDevice):
                 graph_note = "captured"
             except Exception as exc:  # noqa: BLE001 - eager is the fallback, and the result says so
                 torch.cuda.synchronize(dev)
-                run, graph_note = eager, f"not capturable: {str(exc).splitlines()[0][:200]}"
+                run, graph_note = eager, f"not capturable: {error_line(exc, 200, with_type=False)}"
 
         def timer(fn: Any, k: int) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

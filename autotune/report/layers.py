@@ -10,6 +10,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from autotune._util import error_line
 from autotune.knobs import KNOBS
 from autotune.report._common import CHOSEN, PARETO, View, aggressiveness, base_layout, trial_name, value_label
 
@@ -187,7 +188,7 @@ def importances(view: View) -> tuple[dict[str, dict[str, float]], str | None]:
                     target=lambda t, i=index: t.values[i],  # type: ignore[misc]
                 )
         except Exception as exc:  # noqa: BLE001 - a report never fails on an optional figure
-            return {}, f"parameter importances unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
+            return {}, f"parameter importances unavailable: {error_line(exc)}"
     if not any(out.values()):
         return {}, "parameter importances unavailable: no parameter varied across completed trials"
     return out, None

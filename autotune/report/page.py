@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import TrialState
 
+from autotune._util import first_line
 from autotune.report._common import View, esc, latency_flags
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def failures_table(result: ParetoSet) -> str:
         reason = str(
             t.user_attrs.get("fail_reason", "no reason recorded: the worker stopped (killed or interrupted)")
         )
-        groups[(stage, reason.splitlines()[0][:300] if reason else "")].append(t.number)
+        groups[(stage, first_line(reason, 300))].append(t.number)
     if not groups:
         return '<p class="note">No trial failed.</p>'
     rows = "".join(
