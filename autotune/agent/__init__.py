@@ -27,8 +27,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: version of the HTTP protocol spoken under ``/v1``
-PROTOCOL_VERSION = 1
+from autotune.wire import PROTOCOL_VERSION
 
 _LAZY = {
     "AgentConfig": "autotune.agent.server",

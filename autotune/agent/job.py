@@ -18,9 +18,7 @@ Inputs arrive as raw bytes (base64) with dtype and shape -- never pickles. When 
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import os
 import queue
 import signal
@@ -29,6 +27,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from autotune._util import error_line
+from autotune.wire import PROTOCOL_VERSION, decode_inputs, json_safe
 
 #: set to "1" in the agent's environment to let jobs carry test hooks (sleep, crash)
 TEST_HOOKS_ENV = "AUTOTUNE_AGENT_TEST_HOOKS"
@@ -44,17 +45,6 @@ _OOM_MARKERS = ("out of memory", "bad_alloc", "failed to allocate", "cudaerrorme
 
 def test_hooks_enabled() -> bool:
     return os.environ.get(TEST_HOOKS_ENV) == "1"
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None, recursively (strict JSON for HTTP responses)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------- validation
@@ -97,7 +87,7 @@ def validate_model(path: Path) -> str | None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - not a protobuf at all
-        return f"not an ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return f"not an ONNX model ({error_line(exc)})"
     if not model.graph.node and not model.graph.output:
         return "not an ONNX model (no graph)"
     for tensor in _tensors(model):
@@ -110,22 +100,11 @@ def validate_model(path: Path) -> str | None:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001
-        return f"onnx.checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        return f"onnx.checker: {error_line(exc, with_type=False)}"
     return None
 
 
 # --------------------------------------------------------------------------- measurement
-
-
-def decode_inputs(tensors: list[dict[str, Any]]) -> dict[str, Any]:
-    import numpy as np
-
-    out: dict[str, Any] = {}
-    for t in tensors:
-        raw = base64.b64decode(t["data"], validate=True)
-        arr = np.frombuffer(raw, dtype=np.dtype(t["dtype"]).newbyteorder("<"))
-        out[t["name"]] = arr.reshape(t["shape"]).astype(np.dtype(t["dtype"]), copy=True)
-    return out
 
 
 def _run_hook(test: dict[str, Any] | None, phase: str) -> None:
@@ -171,7 +150,7 @@ class Runner:
                 ok, why = cls.available()
                 fp = self._device(name).fingerprint() if ok else {}
             except Exception as exc:  # noqa: BLE001 - a broken backend is reported, not fatal
-                ok, why, fp = False, f"{type(exc).__name__}: {exc}".splitlines()[0], {}
+                ok, why, fp = False, error_line(exc), {}
             backends[name] = {"available": bool(ok), "reason": why, "fingerprint": fp}
         return {
             "backends": backends,
@@ -189,7 +168,6 @@ class Runner:
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
         from autotune import __version__
-        from autotune.agent import PROTOCOL_VERSION
         from autotune.devices import BACKENDS, Measurement, Protocol, RuntimeOptions
 
         backend = spec["backend"]
@@ -229,7 +207,7 @@ class Runner:
             except MemoryError:
                 return {"status": "oom", "measurement": None, "error": "MemoryError in the job process"}
             except Exception as exc:  # noqa: BLE001 - a failed job is a result
-                msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                msg = error_line(exc)
                 status = "oom" if any(s in msg.lower() for s in _OOM_MARKERS) else "runtime_error"
                 return {"status": status, "measurement": None, "error": msg}
         return {"error": f"unknown op {op!r}"}

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from autotune.wire import TOKEN_ENV
+
 _LISTENING = re.compile(r"listening on (\S+)")
 
 
@@ -67,9 +69,9 @@ class AgentProcess:
         if self.alive:
             raise RuntimeError(f"agent already running (pid {self.pid})")
         env = {**os.environ, **self.extra_env}
-        env.pop("AUTOTUNE_AGENT_TOKEN", None)
+        env.pop(TOKEN_ENV, None)
         if self.token:
-            env["AUTOTUNE_AGENT_TOKEN"] = self.token
+            env[TOKEN_ENV] = self.token
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             start_new_session=True,

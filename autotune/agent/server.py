@@ -40,14 +40,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from autotune import __version__
-from autotune.agent import PROTOCOL_VERSION
+from autotune._util import cache_root
 from autotune.agent.health import Tegrastats, health
-from autotune.agent.job import json_safe
+from autotune.agent.job import test_hooks_enabled
 from autotune.agent.scheduler import Job, QueueFull, Scheduler
 from autotune.agent.schemas import (
-    DTYPES,
     JOB_ID_RE,
-    TERMINAL,
     BackendInfo,
     InfoResponse,
     JobCreated,
@@ -57,12 +55,12 @@ from autotune.agent.schemas import (
     QueueInfo,
 )
 from autotune.agent.store import BadSha, ModelStore, TooLarge
-from autotune.agent.worker import PhaseTimeout, WorkerDied, WorkerProcess, hooks_enabled
+from autotune.agent.worker import PhaseTimeout, WorkerDied, WorkerProcess
+from autotune.wire import DTYPES, PROTOCOL_VERSION, TERMINAL, json_safe
 
 if TYPE_CHECKING:  # FastAPI is imported in create_app(), while the job processes start up
     from fastapi import FastAPI
 
-TOKEN_ENV = "AUTOTUNE_AGENT_TOKEN"
 _ITEMSIZE = {
     "float32": 4,
     "float16": 2,
@@ -75,11 +73,6 @@ _ITEMSIZE = {
     "bool": 1,
 }
 assert set(_ITEMSIZE) == set(DTYPES)
-
-
-def default_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "autotune" / "agent"
 
 
 def is_loopback(host: str) -> bool:
@@ -102,7 +95,7 @@ class AgentConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
-    root: Path = field(default_factory=default_root)
+    root: Path = field(default_factory=lambda: cache_root() / "agent")
     max_model_bytes: int = 512 * 2**20
     max_store_bytes: int = 10 * 2**30  # least recently used models are deleted beyond this
     max_input_bytes: int = 64 * 2**20
@@ -114,7 +107,7 @@ class AgentConfig:
     validate_timeout_s: float = 120.0
     jobs_per_worker: int = 50
     max_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    test_hooks: bool = field(default_factory=hooks_enabled)
+    test_hooks: bool = field(default_factory=test_hooks_enabled)
     log_level: str = "warning"
     access_log: bool = False
 

@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autotune.agent.job import TEST_HOOKS_ENV
-
 
 class PhaseTimeout(Exception):
     def __init__(self, phase: str, limit_s: float) -> None:
@@ -243,7 +241,3 @@ class WorkerProcess:
                     if phases is not None:
                         phases[phase] = now - started
                     return event
-
-
-def hooks_enabled() -> bool:
-    return os.environ.get(TEST_HOOKS_ENV) == "1"

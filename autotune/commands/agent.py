@@ -70,7 +70,9 @@ def read_token(path: Path | None) -> str | None:
     from autotune.errors import UserError
 
     if path is None:
-        token = os.environ.get("AUTOTUNE_AGENT_TOKEN", "").strip()
+        from autotune.wire import TOKEN_ENV
+
+        token = os.environ.get(TOKEN_ENV, "").strip()
         return token or None
     path = path.expanduser()
     if not path.is_file():
@@ -84,6 +86,7 @@ def read_token(path: Path | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autotune._util import cache_root
     from autotune.errors import UserError
 
     token = read_token(args.token_file)
@@ -102,14 +105,14 @@ def run(args: argparse.Namespace) -> int:
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     try:
-        from autotune.agent.server import AgentConfig, default_root, serve
+        from autotune.agent.server import AgentConfig, serve
     except ImportError as exc:
         raise UserError(f"the agent needs its extra: pip install 'autotune[agent]' ({exc})") from None
     cfg = AgentConfig(
         host=args.host,
         port=args.port,
         token=token,
-        root=args.root.expanduser() if args.root else default_root(),
+        root=args.root.expanduser() if args.root else cache_root() / "agent",
         max_model_bytes=int(args.max_model_mb * 2**20),
         max_store_bytes=int(args.max_store_mb * 2**20),
         max_input_bytes=int(args.max_input_mb * 2**20),

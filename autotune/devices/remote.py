@@ -22,38 +22,34 @@ is returned as it is: that is the candidate's result, not the agent's fault.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from autotune.devices._base import Device, Measurement, Protocol, RuntimeOptions
-
-try:  # capability records are newer than the Device interface
-    from autotune.devices._base import Capabilities
-except ImportError:  # pragma: no cover
-    Capabilities = None  # type: ignore[assignment,misc]
+from autotune._util import error_line, first_line, sha256_file
+from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
 from autotune.errors import UserError
+from autotune.wire import (
+    DEFAULT_TOKEN_FILE,
+    PROTOCOL_VERSION,
+    TERMINAL,
+    TOKEN_ENV,
+    encode_inputs,
+    measurement_from_wire,
+)
 
 if TYPE_CHECKING:
     import httpx
 
     from autotune.profiles import DeviceProfile
-
-TOKEN_ENV = "AUTOTUNE_AGENT_TOKEN"
-DEFAULT_TOKEN_FILE = "~/.autotune-token"
-_FAILED = ("invalid_model", "build_error", "runtime_error", "oom", "timeout", "cancelled")
-_TERMINAL = frozenset(("ok", "unstable", *_FAILED))
-_FLOAT_FIELDS = {f.name for f in fields(Measurement) if isinstance(f.default, float)}
 
 
 class _AgentDown(Exception):
@@ -95,11 +91,11 @@ def _reason(exc: BaseException) -> str:
     import httpx
 
     if isinstance(exc, httpx.ConnectError):
-        text = str(exc) or "connection failed"
-        return "connection refused" if "refused" in text.lower() else text.splitlines()[0]
+        text = first_line(str(exc)) or "connection failed"
+        return "connection refused" if "refused" in text.lower() else text
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return error_line(exc)
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -108,30 +104,6 @@ def _detail(resp: httpx.Response) -> str:
         return f"{body.get('error', resp.status_code)}: {body.get('detail', '')}"
     except ValueError:
         return f"HTTP {resp.status_code}"
-
-
-def encode_inputs(inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Raw little-endian bytes, base64, with dtype and shape (the v1 wire form)."""
-    out = []
-    for name, arr in inputs.items():
-        a = np.ascontiguousarray(arr)
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        out.append(
-            {
-                "name": name,
-                "dtype": str(a.dtype),
-                "shape": list(a.shape),
-                "data": base64.b64encode(a.tobytes()).decode("ascii"),
-            }
-        )
-    return out
-
-
-def measurement_from_wire(d: dict[str, Any]) -> Measurement:
-    """JSON null back to NaN for the float statistics."""
-    d = {k: (float("nan") if k in _FLOAT_FIELDS and v is None else v) for k, v in d.items()}
-    return Measurement.from_dict(d)
 
 
 class RemoteDevice(Device):
@@ -150,14 +122,13 @@ class RemoteDevice(Device):
     """
 
     backend = "remote"
-    if Capabilities is not None:
-        capabilities = Capabilities(
-            measures="the agent's backend on the remote device (see `autotune agent`); round trips excluded",
-            bits=(32, 16, 8, 4),
-            sparsity=(0.0, "2:4"),
-            precisions=("fp32", "fp16"),
-            notes=("what is real depends on the agent's backend; the profile lists it",),
-        )
+    capabilities = Capabilities(
+        measures="the agent's backend on the remote device (see `autotune agent`); round trips excluded",
+        bits=(32, 16, 8, 4),
+        sparsity=(0.0, "2:4"),
+        precisions=("fp32", "fp16"),
+        notes=("what is real depends on the agent's backend; the profile lists it",),
+    )
 
     def __init__(
         self,
@@ -286,8 +257,10 @@ class RemoteDevice(Device):
                 a.down(_detail(resp), self.backoff_s, self.backoff_max_s)
                 continue
             a.info = resp.json()
-            if a.info.get("protocol") != 1:
-                problems.append(f"{a.url} (speaks protocol {a.info.get('protocol')!r}, not 1)")
+            if a.info.get("protocol") != PROTOCOL_VERSION:
+                problems.append(
+                    f"{a.url} (speaks protocol {a.info.get('protocol')!r}, not {PROTOCOL_VERSION})"
+                )
                 continue
             ok.append(a)
         if not ok:
@@ -406,11 +379,7 @@ class RemoteDevice(Device):
         st = path.stat()
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
         if key not in self._sha_cache:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self._sha_cache[key] = h.hexdigest()
+            self._sha_cache[key] = sha256_file(path)
         return self._sha_cache[key]
 
     def _call(self, agent: _Agent, method: str, url: str, **kw: Any) -> httpx.Response:
@@ -487,7 +456,7 @@ class RemoteDevice(Device):
             if resp.status_code != 200:
                 raise _AgentDown(_detail(resp))
             view = resp.json()
-            if view["status"] in _TERMINAL:
+            if view["status"] in TERMINAL:
                 return self._result(agent, view)
             if time.monotonic() > deadline:
                 try:
