@@ -16,7 +16,11 @@ Layout (one concept per module):
 - :mod:`autotune.agent.job` -- the job subprocess itself (``python -m autotune.agent.job``);
 - :mod:`autotune.agent.scheduler` -- one measurement at a time: a queue, coalescing, cancel;
 - :mod:`autotune.agent.health` -- psutil and tegrastats readings for ``GET /v1/info``;
-- :mod:`autotune.agent.server` -- the FastAPI app, auth and :func:`serve`;
+- :mod:`autotune.agent.config` -- :class:`AgentConfig`, the loopback check, the listening socket;
+- :mod:`autotune.agent.state` -- :class:`Agent`, the state behind the routes;
+- :mod:`autotune.agent.jobcheck` -- the job validator (``POST /v1/jobs`` bodies);
+- :mod:`autotune.agent.routes` -- the FastAPI app and bearer-token auth;
+- :mod:`autotune.agent.server` -- :func:`serve`;
 - :mod:`autotune.agent.process` -- start a local agent process (tests, benchmarks, scripts).
 
 Imports are lazy: the job subprocess imports neither FastAPI nor pydantic.
@@ -30,9 +34,9 @@ from typing import Any
 from autotune.wire import PROTOCOL_VERSION
 
 _LAZY = {
-    "AgentConfig": "autotune.agent.server",
-    "Agent": "autotune.agent.server",
-    "create_app": "autotune.agent.server",
+    "AgentConfig": "autotune.agent.config",
+    "Agent": "autotune.agent.state",
+    "create_app": "autotune.agent.routes",
     "serve": "autotune.agent.server",
     "AgentProcess": "autotune.agent.process",
 }

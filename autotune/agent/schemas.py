@@ -121,3 +121,11 @@ class InfoResponse(_Strict):
     health: dict[str, Any]
     limits: dict[str, Any]
     test_hooks: bool = False
+
+
+class AgentError(Exception):
+    """An error answer: HTTP status, a code from :mod:`autotune.agent.schemas`, one line."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     try:
-        from autotune.agent.server import AgentConfig, serve
+        from autotune.agent.config import AgentConfig
+        from autotune.agent.server import serve
     except ImportError as exc:
         raise UserError(f"the agent needs its extra: pip install 'autotune[agent]' ({exc})") from None
     cfg = AgentConfig(

@@ -1,0 +1,130 @@
+"""The job validator: everything a ``POST /v1/jobs`` body must satisfy before it is queued.
+
+The schema (:mod:`autotune.agent.schemas`) checks shapes and types; this checks the request
+against what this agent offers and allows (backends, uploaded models, runtime and protocol
+fields, threads, input sizes), and turns it into the job subprocess's spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from autotune.agent.schemas import AgentError, JobRequest
+
+if TYPE_CHECKING:
+    from autotune.agent.state import Agent
+
+_ITEMSIZE = {
+    "float32": 4,
+    "float16": 2,
+    "float64": 8,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
+
+
+def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dict[str, float]]:
+    """Check a job request; return its coalescing key, the subprocess spec and timeouts."""
+    b = agent.backends.get(req.backend)
+    if b is None or not b.available:
+        usable = ", ".join(n for n, i in agent.backends.items() if i.available) or "none"
+        why = f" ({b.reason})" if b is not None and b.reason else ""
+        raise AgentError(
+            400, "bad_request", f"backend {req.backend!r} is not available here{why}; usable: {usable}"
+        )
+    if not agent.store.has(req.model_sha256):
+        raise AgentError(
+            409,
+            "unknown_model",
+            f"model {req.model_sha256} is not uploaded; PUT /v1/models/{{sha256}} first",
+        )
+    unknown = set(req.options) - agent.runtime_fields
+    if unknown:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"unknown runtime options {sorted(unknown)}; known: {sorted(agent.runtime_fields)}",
+        )
+    unknown = set(req.protocol) - agent.protocol_fields
+    if unknown:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"unknown protocol fields {sorted(unknown)}; known: {sorted(agent.protocol_fields)}",
+        )
+    threads = req.options.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= agent.cfg.max_threads:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"threads must be an integer in 1..{agent.cfg.max_threads}, got {threads!r}",
+        )
+    for k, v in req.protocol.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise AgentError(400, "bad_request", f"protocol.{k} must be a non-negative number, got {v!r}")
+    if req.test is not None and not agent.cfg.test_hooks:
+        raise AgentError(400, "bad_request", "test hooks are disabled on this agent")
+    total = 0
+    digests = []
+    names = set()
+    for t in req.inputs:
+        if t.name in names:
+            raise AgentError(400, "bad_request", f"input {t.name!r} given twice")
+        names.add(t.name)
+        if any(d < 0 for d in t.shape):
+            raise AgentError(400, "bad_request", f"input {t.name!r}: negative dimension in {t.shape}")
+        try:
+            raw = base64.b64decode(t.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise AgentError(400, "bad_request", f"input {t.name!r}: data is not base64") from None
+        expected = math.prod(t.shape) * _ITEMSIZE[t.dtype]
+        if len(raw) != expected:
+            raise AgentError(
+                400,
+                "bad_request",
+                f"input {t.name!r}: {len(raw)} bytes, shape {t.shape} {t.dtype} needs {expected}",
+            )
+        total += len(raw)
+        if total > agent.cfg.max_input_bytes:
+            raise AgentError(
+                413, "too_large", f"inputs exceed the agent's cap of {agent.cfg.max_input_bytes} bytes"
+            )
+        digests.append([t.name, t.dtype, list(t.shape), hashlib.sha256(raw).hexdigest()])
+    identity = {
+        "model": req.model_sha256,
+        "backend": req.backend,
+        "options": req.options,
+        "protocol": req.protocol,
+        "inputs": digests,
+        "test": req.test,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    spec = {
+        "model_path": str(agent.store.path(req.model_sha256)),
+        "backend": req.backend,
+        "options": req.options,
+        "protocol": req.protocol,
+        "inputs": [t.model_dump() for t in req.inputs],
+        "test": req.test,
+    }
+    caps = {
+        "startup": agent.cfg.startup_timeout_s,
+        "prepare": agent.cfg.prepare_timeout_s,
+        "measure": agent.cfg.measure_timeout_s,
+    }
+    asked = {
+        "startup": req.timeouts.startup_s,
+        "prepare": req.timeouts.prepare_s,
+        "measure": req.timeouts.measure_s,
+    }
+    timeouts = {k: min(cap, asked[k] or cap) for k, cap in caps.items()}
+    return key, spec, timeouts

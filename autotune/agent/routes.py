@@ -1,0 +1,189 @@
+"""The v1 routes (``docs/agent-protocol.md``) over one :class:`~autotune.agent.state.Agent`."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from autotune import __version__
+from autotune.agent.jobcheck import prepare_job
+from autotune.agent.scheduler import Job, QueueFull
+from autotune.agent.schemas import (
+    JOB_ID_RE,
+    AgentError,
+    InfoResponse,
+    JobCreated,
+    JobRequest,
+    JobView,
+    ModelStored,
+)
+from autotune.agent.state import Agent
+from autotune.agent.store import BadSha, ModelStore, TooLarge
+from autotune.wire import TERMINAL
+
+if TYPE_CHECKING:  # FastAPI is imported in create_app(), while the job processes start up
+    from fastapi import FastAPI
+
+
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise AgentError(413, "too_large", f"request body over the agent's cap of {cap} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise AgentError(413, "too_large", f"request body over the agent's cap of {cap} bytes")
+    return bytes(body)
+
+
+def create_app(agent: Agent) -> FastAPI:
+    """The v1 routes over one :class:`Agent` (already started)."""
+    import anyio
+    from fastapi import Depends, FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    token = agent.cfg.token
+
+    async def authorize(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise AgentError(
+                401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    app = FastAPI(
+        title="autotune agent",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(authorize)],
+    )
+
+    @app.exception_handler(AgentError)
+    async def _agent_error(request: Request, exc: AgentError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        return _error(
+            400, "bad_request", f"{'.'.join(map(str, first.get('loc', [])))}: {first.get('msg', exc)}"
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.get("/v1/info", response_model=InfoResponse)
+    async def info() -> InfoResponse:
+        return agent.info()
+
+    def _sha(sha: str) -> str:
+        try:
+            return ModelStore.check_sha(sha)
+        except BadSha as exc:
+            raise AgentError(400, "bad_request", str(exc)) from None
+
+    @app.head("/v1/models/{sha}")
+    async def has_model(sha: str) -> Response:
+        if not agent.store.has(_sha(sha)):
+            return Response(status_code=404)
+        return Response(status_code=200, headers={"X-Model-Size": str(agent.store.size(sha))})
+
+    @app.put("/v1/models/{sha}", response_model=ModelStored, status_code=201)
+    async def put_model(sha: str, request: Request) -> Any:
+        _sha(sha)
+        if agent.store.has(sha):
+            return JSONResponse(
+                ModelStored(sha256=sha, size=agent.store.size(sha), created=False).model_dump()
+            )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > agent.store.max_bytes:
+            raise AgentError(
+                413, "too_large", f"model is larger than the agent's cap of {agent.store.max_bytes} bytes"
+            )
+        upload = agent.store.new_upload()
+        try:
+            async for chunk in request.stream():
+                upload.write(chunk)
+            got = upload.finish()
+            if got != sha:
+                raise AgentError(400, "bad_hash", f"the body's sha256 is {got}, not {sha}")
+            why = await anyio.to_thread.run_sync(agent.validate, upload.path)
+            if why is not None:
+                raise AgentError(400, "invalid_model", why)
+            agent.store.commit(upload, sha)
+            agent.store.evict(agent.cfg.max_store_bytes, keep={sha} | agent.scheduler.inflight_models())
+        except TooLarge as exc:
+            raise AgentError(413, "too_large", str(exc)) from None
+        finally:
+            upload.discard()
+        agent.uploads += 1
+        return ModelStored(sha256=sha, size=upload.size, created=True)
+
+    @app.post("/v1/jobs", response_model=JobCreated, status_code=202)
+    async def post_job(request: Request) -> JobCreated:
+        body = await _read_capped(request, agent.cfg.max_input_bytes * 4 // 3 + 2**20)
+        try:
+            req = JobRequest.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise AgentError(
+                400, "bad_request", f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
+        key, spec, timeouts = prepare_job(agent, req)
+        agent.store.touch(req.model_sha256)
+        try:
+            job, coalesced = agent.scheduler.submit(key, req.model_sha256, req.backend, spec, timeouts)
+        except QueueFull as exc:
+            raise AgentError(503, "queue_full", str(exc), headers={"Retry-After": "1"}) from None
+        return JobCreated(job_id=job.id, status=job.status, coalesced=coalesced)  # type: ignore[arg-type]
+
+    def _job(job_id: str) -> Job:
+        if not JOB_ID_RE.fullmatch(job_id):
+            raise AgentError(400, "bad_request", "a job id is 32 lowercase hex characters")
+        job = agent.scheduler.get(job_id)
+        if job is None:
+            raise AgentError(404, "unknown_job", f"no job {job_id} on this agent (restarted, or expired)")
+        return job
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobView)
+    async def get_job(job_id: str, wait: float = 0.0) -> JobView:
+        """``?wait=S`` holds the answer up to S seconds (max 30) until the job is finished."""
+        job = _job(job_id)
+        if wait > 0 and job.status not in TERMINAL:
+            loop = asyncio.get_running_loop()
+            finished = asyncio.Event()
+            notify: Callable[[], None] = lambda: loop.call_soon_threadsafe(finished.set)  # noqa: E731
+            agent.scheduler.add_waiter(job, notify)
+            try:
+                await asyncio.wait_for(finished.wait(), timeout=min(wait, 30.0))
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            finally:
+                agent.scheduler.remove_waiter(job, notify)
+        return agent.view(job)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobView)
+    async def cancel_job(job_id: str) -> JobView:
+        job = _job(job_id)
+        agent.scheduler.cancel(job.id)
+        return agent.view(job)
+
+    return app
