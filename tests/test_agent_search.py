@@ -222,7 +222,7 @@ def test_pool_agent_killed_mid_job_retries_on_another(tmp_path: Path) -> None:
         b.wait_ready()
         device = RemoteDevice([a.url, b.url], token=TOKEN, retry_s=5, test_hooks={"sleep_s": 1.5})
         device.connect()
-        device._rr = len(device.agents) - 1  # the next job goes to a first
+        device.pool.rr = len(device.agents) - 1  # the next job goes to a first
         job_processes = psutil.Process(a.pid).children(recursive=True)
         assert job_processes
         killer = _kill_when_running(a)
