@@ -1,5 +1,5 @@
 """The measurement agent: an HTTP server on an edge device that measures ONNX models for
-``autotune`` running elsewhere (protocol v1, DESIGN.md).
+``autotune`` running elsewhere (protocol v1, ``docs/agent-protocol.md``).
 
 On the device (``pip install 'autotune[agent]'``, no torch)::
 

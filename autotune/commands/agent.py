@@ -1,4 +1,4 @@
-"""Run the measurement agent on an edge device (HTTP, protocol v1; see DESIGN.md).
+"""Run the measurement agent on an edge device (HTTP, protocol v1; see ``docs/agent-protocol.md``).
 
 Install on the device with ``pip install 'autotune[agent]'`` (no torch). The agent listens on
 loopback unless told otherwise; any other address needs a bearer token, read from

@@ -1,6 +1,10 @@
-"""The remote client's pieces that need no agent: profile options, the wire codec round trip."""
+"""Agent and client pieces tested without an agent process: imports, profile options, the codec."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,3 +38,37 @@ def test_codec_round_trip() -> None:
     back = decode_inputs(encode_inputs(inputs))
     for name, arr in inputs.items():
         assert back[name].dtype == arr.dtype.newbyteorder("=") and np.array_equal(back[name], arr)
+
+
+AGENT_MODULES = [
+    "autotune.agent",
+    "autotune.agent.config",
+    "autotune.agent.state",
+    "autotune.agent.jobcheck",
+    "autotune.agent.routes",
+    "autotune.agent.server",
+    "autotune.agent.job",
+    "autotune.agent.worker",
+    "autotune.agent.scheduler",
+    "autotune.agent.store",
+    "autotune.agent.health",
+    "autotune.agent.process",
+    "autotune.wire",
+]
+
+
+def test_agent_modules_load_no_runtime() -> None:
+    """The agent process never imports torch or onnxruntime (only its job subprocesses do, and
+    onnxruntime only there, lazily); FastAPI and uvicorn wait for create_app()/serve()."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {AGENT_MODULES!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted({k.split('.')[0] for k in sys.modules})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = set(json.loads(out.stdout))
+    assert "autotune" in loaded and "numpy" in loaded
+    for heavy in ("torch", "onnxruntime", "onnx", "fastapi", "uvicorn", "httpx", "optuna"):
+        assert heavy not in loaded, f"importing the agent's modules loaded {heavy}"
