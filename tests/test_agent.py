@@ -279,7 +279,7 @@ def test_job_bad_requests(client: httpx.Client, uploaded: str) -> None:
     for what, (body, status) in cases.items():
         resp = client.post("/v1/jobs", json=body)
         assert resp.status_code == status, (what, resp.text)
-    resp = client.post("/v1/jobs", content=b"{not json")
+    resp = client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
     assert resp.status_code == 400
     alive(client)
 

@@ -9,6 +9,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from autotune._util import cache_root
 from autotune.agent.job import test_hooks_enabled
 
@@ -38,6 +40,13 @@ class AgentConfig:
     max_store_bytes: int = 10 * 2**30  # least recently used models are deleted beyond this
     max_input_bytes: int = 64 * 2**20
     max_queue: int = 64
+    #: base64 inputs held by queued jobs, all together (a job over it gets 429)
+    max_queued_input_bytes: int = 256 * 2**20
+    #: free disk space every upload must leave (507 below it)
+    min_free_bytes: int = 256 * 2**20
+    #: address-space limit of every job process, and the largest static tensor a model may
+    #: declare (0: no limit). Default: the machine's memory.
+    job_memory_bytes: int = field(default_factory=lambda: psutil.virtual_memory().total)
     backends: tuple[str, ...] | None = None  # allow-list; None: every backend usable here
     startup_timeout_s: float = 120.0
     prepare_timeout_s: float = 60.0
@@ -46,8 +55,20 @@ class AgentConfig:
     jobs_per_worker: int = 50
     max_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     test_hooks: bool = field(default_factory=test_hooks_enabled)
+    #: a connection must send a complete request head within this (idle sockets are closed)
+    header_timeout_s: float = 10.0
+    max_connections_per_client: int = 32
+    #: TLS: PEM certificate chain and key (``--tls-cert/--tls-key`` or ``--self-signed``)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: host names accepted in the Host header besides the bind address, localhost and IP literals
+    allowed_hosts: tuple[str, ...] = ()
     log_level: str = "warning"
     access_log: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings (ValueError with one line)."""
@@ -61,6 +82,8 @@ class AgentConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port}: not a TCP port")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -73,5 +96,33 @@ def bind(host: str, port: int) -> socket.socket:
     if family == socket.AF_INET6 and host == "::":
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(addr)
-    sock.listen(128)
+    sock.listen(1024)
     return sock
+
+
+def host_names(cfg: AgentConfig) -> frozenset[str]:
+    """Names accepted in the ``Host`` header: localhost, the bind address, this machine's name
+    and every ``--allowed-host``."""
+    hostname = socket.gethostname().lower()
+    names = {"localhost", cfg.host.lower(), hostname, f"{hostname}.local"}
+    return frozenset(names | {h.lower().rstrip(".") for h in cfg.allowed_hosts})
+
+
+def host_allowed(header: str, names: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` header names this agent (the DNS-rebinding defence).
+
+    IP literals always pass: a rebinding attack needs the attacker's domain name in ``Host``.
+    """
+    name = header.strip().lower()
+    if name.startswith("["):  # [::1]:8765
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    name = name.rstrip(".")
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name in names

@@ -29,16 +29,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from autotune._util import error_line
+from autotune.agent.modelcheck import validate_model
 from autotune.wire import PROTOCOL_VERSION, decode_inputs, json_safe
 
 #: set to "1" in the agent's environment to let jobs carry test hooks (sleep, crash)
 TEST_HOOKS_ENV = "AUTOTUNE_AGENT_TEST_HOOKS"
+#: the job process's address-space budget in bytes, set by the agent (0 or unset: none)
+MEMORY_ENV = "AUTOTUNE_AGENT_JOB_MEMORY"
+#: backends that allocate only host memory: they run under the address-space limit
+CPU_BACKENDS = ("ort-cpu",)
 
-#: operator domains a model may use: the ONNX standard sets and onnxruntime's built-in
-#: contrib ops. Anything else would need a custom-op library, which the agent never loads.
-ALLOWED_DOMAINS = frozenset(
-    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc"}
-)
 MAX_SAMPLES_RETURNED = 4096
 _OOM_MARKERS = ("out of memory", "bad_alloc", "failed to allocate", "cudaerrormemoryallocation", "oom")
 
@@ -47,61 +47,18 @@ def test_hooks_enabled() -> bool:
     return os.environ.get(TEST_HOOKS_ENV) == "1"
 
 
-# --------------------------------------------------------------------------- validation
+def apply_memory_limit(backend: str | None = None) -> None:
+    """Cap this process's address space (``RLIMIT_AS`` soft limit) at the agent's job budget, so
+    a model that allocates too much fails here as ``oom`` instead of waking the kernel's OOM
+    killer. CUDA reserves far more address space than memory, so GPU backends run with the soft
+    limit lifted (the hard limit stays unlimited for that reason)."""
+    import resource
 
-
-def _all_graphs(graph: Any) -> Any:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _all_graphs(attr.g)
-            for g in attr.graphs:
-                yield from _all_graphs(g)
-
-
-def _tensors(model: Any) -> Any:
-    for graph in _all_graphs(model.graph):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
-
-
-def _nodes(model: Any) -> Any:
-    for graph in _all_graphs(model.graph):
-        yield from graph.node
-    for function in model.functions:
-        yield from function.node
-
-
-def validate_model(path: Path) -> str | None:
-    """Why ``path`` is not a self-contained, standard ONNX model; None when it is."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - not a protobuf at all
-        return f"not an ONNX model ({error_line(exc)})"
-    if not model.graph.node and not model.graph.output:
-        return "not an ONNX model (no graph)"
-    for tensor in _tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            return f"tensor {tensor.name!r} refers to external data; upload a self-contained model"
-    local_domains = {f.domain for f in model.functions}
-    for node in _nodes(model):
-        if node.domain not in ALLOWED_DOMAINS and node.domain not in local_domains:
-            return f"operator {node.op_type!r} of custom domain {node.domain!r} is not allowed"
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001
-        return f"onnx.checker: {error_line(exc, with_type=False)}"
-    return None
+    limit = int(os.environ.get(MEMORY_ENV) or 0)
+    if limit <= 0:
+        return
+    soft = limit if backend in (None, *CPU_BACKENDS) else resource.RLIM_INFINITY
+    resource.setrlimit(resource.RLIMIT_AS, (soft, resource.RLIM_INFINITY))
 
 
 # --------------------------------------------------------------------------- measurement
@@ -181,6 +138,7 @@ class Runner:
         if not ok:
             m = Measurement(status="build_error", backend=backend, error=f"backend {backend} unusable: {why}")
         else:
+            apply_memory_limit(backend)
             device = self._device(backend)
             self.emit(event="phase", phase="measure")
             _run_hook(test, "measure")
@@ -198,7 +156,7 @@ class Runner:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "validate":
-            return {"error": validate_model(Path(request["path"]))}
+            return {"error": validate_model(Path(request["path"]), int(request.get("max_tensor_bytes", 0)))}
         if op == "info":
             return self.info()
         if op == "measure":
@@ -223,6 +181,7 @@ def _read_requests(requests: queue.Queue[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     role = argv[0] if argv else "measure"
+    apply_memory_limit()  # first, before any import can allocate
     proto_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the event stream
     out = os.fdopen(proto_fd, "w", buffering=1)

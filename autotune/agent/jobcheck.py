@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.agent.schemas import AgentError, JobRequest
 
 if TYPE_CHECKING:
+    from autotune.agent.config import AgentConfig
     from autotune.agent.state import Agent
 
 _ITEMSIZE = {
@@ -32,8 +33,34 @@ _ITEMSIZE = {
 }
 
 
-def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dict[str, float]]:
-    """Check a job request; return its coalescing key, the subprocess spec and timeouts."""
+#: protocol fields that count something
+_INTEGER_FIELDS = frozenset({"warmup_runs", "min_samples", "max_retries"})
+_DEFAULT_BOUND = 1e6
+
+
+def protocol_bounds(cfg: AgentConfig) -> dict[str, float]:
+    """The largest value this agent accepts for each ``Protocol`` field (also in ``/v1/info``).
+
+    Times are bounded by the measure phase's timeout: a protocol that cannot finish within it
+    would only end as ``timeout``.
+    """
+    t = cfg.measure_timeout_s
+    return {
+        "warmup_s": t,
+        "warmup_runs": 100_000,
+        "min_samples": 100_000,
+        "min_time_s": t,
+        "max_time_s": t,
+        "min_sample_ms": 10_000.0,
+        "unstable_iqr": 10.0,
+        "max_retries": 10,
+        "min_cpu_share": 1.0,
+    }
+
+
+def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dict[str, float], int]:
+    """Check a job request; return its coalescing key, the subprocess spec, timeouts, and the
+    bytes its inputs hold while it waits (base64 text)."""
     b = agent.backends.get(req.backend)
     if b is None or not b.available:
         usable = ", ".join(n for n, i in agent.backends.items() if i.available) or "none"
@@ -68,9 +95,18 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
             "bad_request",
             f"threads must be an integer in 1..{agent.cfg.max_threads}, got {threads!r}",
         )
+    bounds = protocol_bounds(agent.cfg)
     for k, v in req.protocol.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise AgentError(400, "bad_request", f"protocol.{k} must be a non-negative number, got {v!r}")
+        if k in _INTEGER_FIELDS and not float(v).is_integer():
+            raise AgentError(400, "bad_request", f"protocol.{k} must be an integer, got {v!r}")
+        if v > bounds.get(k, _DEFAULT_BOUND):
+            raise AgentError(
+                400,
+                "bad_request",
+                f"protocol.{k} = {v!r} is over this agent's bound of {bounds.get(k, _DEFAULT_BOUND):g}",
+            )
     if req.test is not None and not agent.cfg.test_hooks:
         raise AgentError(400, "bad_request", "test hooks are disabled on this agent")
     total = 0
@@ -127,4 +163,5 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         "measure": req.timeouts.measure_s,
     }
     timeouts = {k: min(cap, asked[k] or cap) for k, cap in caps.items()}
-    return key, spec, timeouts
+    held = sum(len(t.data) for t in req.inputs)
+    return key, spec, timeouts, held

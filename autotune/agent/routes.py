@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from autotune import __version__
+from autotune.agent.config import host_allowed, host_names
 from autotune.agent.jobcheck import prepare_job
 from autotune.agent.scheduler import Job, QueueFull
 from autotune.agent.schemas import (
@@ -24,7 +25,7 @@ from autotune.agent.schemas import (
     ModelStored,
 )
 from autotune.agent.state import Agent
-from autotune.agent.store import BadSha, ModelStore, TooLarge
+from autotune.agent.store import BadSha, ModelStore, NoSpace, TooLarge
 from autotune.wire import TERMINAL
 
 if TYPE_CHECKING:  # FastAPI is imported in create_app(), while the job processes start up
@@ -35,7 +36,8 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+async def _read_capped(request: Request, cap: int) -> bytearray:
+    """The body, in one buffer (no further copies), refused past ``cap`` bytes."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > cap:
         raise AgentError(413, "too_large", f"request body over the agent's cap of {cap} bytes")
@@ -44,7 +46,15 @@ async def _read_capped(request: Request, cap: int) -> bytes:
         body += chunk
         if len(body) > cap:
             raise AgentError(413, "too_large", f"request body over the agent's cap of {cap} bytes")
-    return bytes(body)
+    return body
+
+
+def _parse_job(body: bytearray) -> JobRequest:
+    try:
+        return JobRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise AgentError(400, "bad_request", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def create_app(agent: Agent) -> FastAPI:
@@ -55,8 +65,14 @@ def create_app(agent: Agent) -> FastAPI:
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     token = agent.cfg.token
+    names = host_names(agent.cfg)
 
     async def authorize(request: Request) -> None:
+        host = request.headers.get("host", "")
+        if not host_allowed(host, names):
+            raise AgentError(
+                400, "bad_host", f"Host {host[:100]!r} does not name this agent (see --allowed-host)"
+            )
         if token is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -102,17 +118,16 @@ def create_app(agent: Agent) -> FastAPI:
 
     @app.head("/v1/models/{sha}")
     async def has_model(sha: str) -> Response:
-        if not agent.store.has(_sha(sha)):
+        size = agent.store.size(_sha(sha))  # one stat: an eviction in between cannot make it fail
+        if size is None:
             return Response(status_code=404)
-        return Response(status_code=200, headers={"X-Model-Size": str(agent.store.size(sha))})
+        return Response(status_code=200, headers={"X-Model-Size": str(size)})
 
     @app.put("/v1/models/{sha}", response_model=ModelStored, status_code=201)
     async def put_model(sha: str, request: Request) -> Any:
-        _sha(sha)
-        if agent.store.has(sha):
-            return JSONResponse(
-                ModelStored(sha256=sha, size=agent.store.size(sha), created=False).model_dump()
-            )
+        size = agent.store.size(_sha(sha))
+        if size is not None:
+            return JSONResponse(ModelStored(sha256=sha, size=size, created=False).model_dump())
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > agent.store.max_bytes:
             raise AgentError(
@@ -121,8 +136,8 @@ def create_app(agent: Agent) -> FastAPI:
         upload = agent.store.new_upload()
         try:
             async for chunk in request.stream():
-                upload.write(chunk)
-            got = upload.finish()
+                await anyio.to_thread.run_sync(upload.write, chunk)  # hashing and disk checks
+            got = await anyio.to_thread.run_sync(upload.finish)
             if got != sha:
                 raise AgentError(400, "bad_hash", f"the body's sha256 is {got}, not {sha}")
             why = await anyio.to_thread.run_sync(agent.validate, upload.path)
@@ -132,6 +147,8 @@ def create_app(agent: Agent) -> FastAPI:
             agent.store.evict(agent.cfg.max_store_bytes, keep={sha} | agent.scheduler.inflight_models())
         except TooLarge as exc:
             raise AgentError(413, "too_large", str(exc)) from None
+        except NoSpace as exc:
+            raise AgentError(507, "insufficient_storage", str(exc)) from None
         finally:
             upload.discard()
         agent.uploads += 1
@@ -139,20 +156,27 @@ def create_app(agent: Agent) -> FastAPI:
 
     @app.post("/v1/jobs", response_model=JobCreated, status_code=202)
     async def post_job(request: Request) -> JobCreated:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":  # also keeps cross-site "simple" requests out
+            raise AgentError(415, "unsupported_media_type", "a job is sent as Content-Type: application/json")
         body = await _read_capped(request, agent.cfg.max_input_bytes * 4 // 3 + 2**20)
-        try:
-            req = JobRequest.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
+        # JSON parsing, base64 decoding and hashing off the event loop
+        req = await anyio.to_thread.run_sync(_parse_job, body)
+        del body  # the parsed request is the one copy a queued job keeps
+        key, spec, timeouts, held = await anyio.to_thread.run_sync(prepare_job, agent, req)
+        if held > agent.cfg.max_queued_input_bytes:
             raise AgentError(
-                400, "bad_request", f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-            ) from None
-        key, spec, timeouts = prepare_job(agent, req)
+                413,
+                "too_large",
+                f"the job's inputs take {held} bytes, over the agent's queue budget of "
+                f"{agent.cfg.max_queued_input_bytes} bytes",
+            )
         agent.store.touch(req.model_sha256)
         try:
-            job, coalesced = agent.scheduler.submit(key, req.model_sha256, req.backend, spec, timeouts)
+            job, coalesced = agent.scheduler.submit(key, req.model_sha256, req.backend, spec, timeouts, held)
         except QueueFull as exc:
-            raise AgentError(503, "queue_full", str(exc), headers={"Retry-After": "1"}) from None
+            status = 429 if exc.by_bytes else 503
+            raise AgentError(status, "queue_full", str(exc), headers={"Retry-After": "1"}) from None
         return JobCreated(job_id=job.id, status=job.status, coalesced=coalesced)  # type: ignore[arg-type]
 
     def _job(job_id: str) -> Job:

@@ -9,7 +9,7 @@ Safety rules, and where they are enforced:
   the agent listens on loopback only (:mod:`autotune.agent.config`, :mod:`autotune.agent.routes`);
 - a model is stored under its sha256 (checked to be 64 lowercase hex, then checked against the
   bytes), size-capped while it streams in, and validated in a subprocess
-  (:mod:`autotune.agent.store`, :func:`autotune.agent.job.validate_model`);
+  (:mod:`autotune.agent.store`, :func:`autotune.agent.modelcheck.validate_model`);
 - jobs name a model by hash and carry raw tensors (dtype, shape, base64): no pickles, no paths,
   no custom-op libraries (:mod:`autotune.agent.jobcheck`); each job runs in a subprocess with
   per-phase timeouts (:mod:`autotune.agent.worker`).
@@ -24,14 +24,16 @@ from pathlib import Path
 
 from autotune import __version__
 from autotune.agent.config import AgentConfig, bind
+from autotune.agent.guard import guarded_h11
 from autotune.agent.routes import create_app
 from autotune.agent.state import Agent
+from autotune.agent.tls import fingerprint
 
 
-def url_of(sock: socket.socket, host: str) -> str:
+def url_of(sock: socket.socket, host: str, scheme: str = "http") -> str:
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
 def serve(
@@ -46,23 +48,33 @@ def serve(
 
         app = create_app(agent)
         agent.start()
+        keep_alive = 30
         config = uvicorn.Config(
             app,
+            http=guarded_h11(cfg.header_timeout_s, cfg.max_connections_per_client, keep_alive),
             log_level=cfg.log_level,
             access_log=cfg.access_log,
             lifespan="off",
             server_header=False,
-            timeout_keep_alive=30,
+            timeout_keep_alive=keep_alive,
             timeout_graceful_shutdown=3,
-            limit_concurrency=256,
+            limit_concurrency=1024,
+            h11_max_incomplete_event_size=64 * 1024,  # a request head, not a megabyte of headers
+            ssl_certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
+            ssl_keyfile=str(cfg.tls_key) if cfg.tls_key else None,
         )
         server = uvicorn.Server(config)
-        url = url_of(sock, cfg.host)
+        url = url_of(sock, cfg.host, cfg.scheme)
         if port_file is not None:
             port_file.write_text(str(sock.getsockname()[1]))
         backends = ", ".join(n for n, b in agent.backends.items() if b.available) or "none"
         auth = "bearer token required" if cfg.token else "loopback only, no token"
         where = f"{auth}; backends: {backends}; models in {agent.root}"
+        if cfg.tls_cert:
+            pin = fingerprint(Path(cfg.tls_cert))
+            (announce or _print)(
+                f"TLS certificate SHA-256 fingerprint (pin it as options: fingerprint): {pin}"
+            )
         (announce or _print)(f"autotune agent {__version__} listening on {url} ({where})")
         server.run(sockets=[sock])
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 from autotune import __version__
 from autotune.agent.config import AgentConfig
 from autotune.agent.health import Tegrastats, health
+from autotune.agent.jobcheck import protocol_bounds
 from autotune.agent.scheduler import Job, Scheduler
 from autotune.agent.schemas import BackendInfo, InfoResponse, JobView, QueueInfo
 from autotune.agent.store import ModelStore
@@ -26,15 +28,18 @@ class Agent:
         cfg.check()
         self.cfg = cfg
         self.root = Path(cfg.root).expanduser()
-        self.store = ModelStore(self.root, cfg.max_model_bytes)
+        self.store = ModelStore(self.root, cfg.max_model_bytes, cfg.max_store_bytes, cfg.min_free_bytes)
         self.workdir = self.root / "work"
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        memory = cfg.job_memory_bytes
         self.measure_worker = WorkerProcess(
-            "measure", self.workdir, cfg.jobs_per_worker, cfg.startup_timeout_s
+            "measure", self.workdir, cfg.jobs_per_worker, cfg.startup_timeout_s, memory
         )
-        self.validator = WorkerProcess("validate", self.workdir, 1000, cfg.startup_timeout_s)
+        self.validator = WorkerProcess("validate", self.workdir, 1000, cfg.startup_timeout_s, memory)
         self._validate_lock = threading.Lock()
-        self.scheduler = Scheduler(self.measure_worker, cfg.max_queue, decorate=self._decorate)
+        self.scheduler = Scheduler(
+            self.measure_worker, cfg.max_queue, decorate=self._decorate, max_bytes=cfg.max_queued_input_bytes
+        )
         self.instance_id = secrets.token_hex(8)
         self.hostname = socket.gethostname()
         self.started = time.time()
@@ -44,6 +49,9 @@ class Agent:
         self.runtime_fields: set[str] = set()
         self.protocol_fields: set[str] = set()
         self.uploads = 0
+        models = re.escape(str(self.store.models_dir))
+        self._model_path = re.compile(models + r"/([0-9a-f]{64})\.onnx")
+        self._upload_path = re.compile(re.escape(str(self.store.tmp_dir)) + r"/[0-9a-f]+\.part")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -90,21 +98,32 @@ class Agent:
         with self._validate_lock:
             try:
                 self.validator.ensure_started()
-                event = self.validator.request(
-                    {"op": "validate", "path": str(path)}, {"prepare": self.cfg.validate_timeout_s}
-                )
+                request = {"op": "validate", "path": str(path), "max_tensor_bytes": self.cfg.job_memory_bytes}
+                event = self.validator.request(request, {"prepare": self.cfg.validate_timeout_s})
             except PhaseTimeout:
                 return f"validation took longer than {self.cfg.validate_timeout_s:g} s"
             except WorkerDied as exc:
-                return f"validation failed: {exc}"
-        return event.get("error")
+                why = "out of memory" if exc.killed else self.redact(str(exc))
+                return f"validation failed: {why}"
+        error = event.get("error")
+        return self.redact(error) if error else None
+
+    def redact(self, text: str) -> str:
+        """Server paths out of a message for a client: models by id, the rest relative."""
+        text = self._model_path.sub(r"model \1", text)
+        text = self._upload_path.sub("the upload", text)
+        return text.replace(str(self.root), "<agent root>")
 
     # -- jobs ----------------------------------------------------------------------
 
     def _decorate(self, job: Job) -> None:
+        if job.error:
+            job.error = self.redact(job.error)
         if job.measurement is None:
             return
         m = json_safe(job.measurement)
+        if m.get("error"):
+            m["error"] = self.redact(m["error"])
         m.setdefault("fingerprint", {})
         m["fingerprint"].setdefault("agent_version", __version__)
         m.setdefault("extra", {})["agent"] = {
@@ -163,6 +182,11 @@ class Agent:
                 "max_store_bytes": self.cfg.max_store_bytes,
                 "max_input_bytes": self.cfg.max_input_bytes,
                 "max_queue": self.cfg.max_queue,
+                "max_queued_input_bytes": self.cfg.max_queued_input_bytes,
+                "job_memory_bytes": self.cfg.job_memory_bytes,
+                "header_timeout_s": self.cfg.header_timeout_s,
+                "max_connections_per_client": self.cfg.max_connections_per_client,
+                "protocol": protocol_bounds(self.cfg),
                 "max_threads": self.cfg.max_threads,
                 "timeouts_s": {
                     "startup": self.cfg.startup_timeout_s,

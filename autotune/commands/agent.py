@@ -58,6 +58,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=50,
         help="recycle the job process after this many jobs (default: 50; 1 = fresh per job)",
     )
+    p.add_argument(
+        "--max-queued-input-mb", type=float, default=256,
+        help="inputs held by all queued jobs together; more gets 429 (default: 256)",
+    )  # fmt: skip
+    p.add_argument(
+        "--job-memory-mb", type=float, default=None,
+        help="address-space limit of each job process, and the largest static tensor a model may "
+        "declare (default: the machine's memory; 0: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-free-mb", type=float, default=256, help="free disk space uploads must leave (default: 256)"
+    )
+    p.add_argument(
+        "--header-timeout", type=float, default=10,
+        help="seconds a connection has to send a complete request head (default: 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-connections-per-client", type=int, default=32,
+        help="open connections from one client address (default: 32)",
+    )  # fmt: skip
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM): serve https")
+    p.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for --tls-cert")
+    p.add_argument(
+        "--self-signed", action="store_true",
+        help="serve https with a self-signed certificate kept in the root; prints the fingerprint to pin",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="a host name clients use for this agent (Host header check; repeatable)",
+    )  # fmt: skip
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     p.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
@@ -90,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from autotune.errors import UserError
 
     token = read_token(args.token_file)
-    for name in ("max_queue", "jobs_per_process"):
+    for name in ("max_queue", "jobs_per_process", "max_connections_per_client"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     positive = (
@@ -100,20 +130,38 @@ def run(args: argparse.Namespace) -> int:
         "startup_timeout",
         "prepare_timeout",
         "measure_timeout",
+        "max_queued_input_mb",
+        "header_timeout",
     )
     for name in positive:
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    if args.job_memory_mb is not None and args.job_memory_mb < 0:
+        raise UserError(f"--job-memory-mb {args.job_memory_mb}: must be 0 (no limit) or positive")
+    if args.self_signed and (args.tls_cert or args.tls_key):
+        raise UserError("--self-signed or --tls-cert/--tls-key, not both")
     try:
         from autotune.agent.config import AgentConfig
         from autotune.agent.server import serve
     except ImportError as exc:
         raise UserError(f"the agent needs its extra: pip install 'autotune[agent]' ({exc})") from None
+    root = args.root.expanduser() if args.root else cache_root() / "agent"
+    tls_cert, tls_key = args.tls_cert, args.tls_key
+    if args.self_signed:
+        from autotune.agent.tls import self_signed
+
+        try:
+            tls_cert, tls_key = self_signed(root)
+        except (RuntimeError, OSError) as exc:
+            raise UserError(f"--self-signed: {exc}") from None
+    extra = {}
+    if args.job_memory_mb is not None:
+        extra["job_memory_bytes"] = int(args.job_memory_mb * 2**20)
     cfg = AgentConfig(
         host=args.host,
         port=args.port,
         token=token,
-        root=args.root.expanduser() if args.root else cache_root() / "agent",
+        root=root,
         max_model_bytes=int(args.max_model_mb * 2**20),
         max_store_bytes=int(args.max_store_mb * 2**20),
         max_input_bytes=int(args.max_input_mb * 2**20),
@@ -123,8 +171,16 @@ def run(args: argparse.Namespace) -> int:
         prepare_timeout_s=args.prepare_timeout,
         measure_timeout_s=args.measure_timeout,
         jobs_per_worker=args.jobs_per_process,
+        max_queued_input_bytes=int(args.max_queued_input_mb * 2**20),
+        min_free_bytes=int(args.min_free_mb * 2**20),
+        header_timeout_s=args.header_timeout,
+        max_connections_per_client=args.max_connections_per_client,
+        tls_cert=tls_cert.expanduser() if tls_cert else None,
+        tls_key=tls_key.expanduser() if tls_key else None,
+        allowed_hosts=tuple(args.allowed_host),
         log_level=args.log_level,
         access_log=args.access_log,
+        **extra,
     )
     try:
         cfg.check()

@@ -5,9 +5,13 @@ agent runs a job; this module runs it there.
 
 from __future__ import annotations
 
+import hashlib
+import socket
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from autotune._util import error_line, first_line
 from autotune.devices._remote_options import RemoteOptions
@@ -47,14 +51,47 @@ def detail(resp: httpx.Response) -> str:
         return f"HTTP {resp.status_code}"
 
 
+class CertificateMismatch(Exception):
+    """The agent's TLS certificate is not the pinned one: the token is not sent to it."""
+
+
+def _pinned_context(url: str, pin: str, timeout: float) -> ssl.SSLContext:
+    """An SSL context that trusts exactly the agent's certificate, if its SHA-256 is ``pin``.
+
+    The certificate is fetched once without verification (nothing is sent but the TLS
+    handshake), compared with the pin, then made the only trust anchor: every later handshake
+    is verified against it, so a different certificate fails even at the same address.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        with probe.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    got = hashlib.sha256(der or b"").hexdigest()
+    if got != pin:
+        raise CertificateMismatch(
+            f"the agent's TLS certificate has SHA-256 {got}, not the pinned fingerprint {pin}"
+        )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # the pin names the certificate; host names do not matter
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(der))
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+
+
 class AgentClient:
     """One agent: its URL, HTTP client, what it said in ``/v1/info``, which models it holds,
     and when it may be tried again after a failure."""
 
-    def __init__(self, url: str, http: httpx.Client, opts: RemoteOptions, stats: dict[str, int]) -> None:
+    def __init__(self, url: str, opts: RemoteOptions, stats: dict[str, int], headers: dict[str, str]) -> None:
         self.url = url
-        self.http = http
         self.opts = opts
+        self.headers = headers
+        self._http: httpx.Client | None = None
         self.stats = stats  # shared with the pool: uploads, upload_skipped
         self.info: dict[str, Any] = {}
         self.models: set[str] = set()  # sha256 known to be on this agent
@@ -74,8 +111,28 @@ class AgentClient:
     def up(self) -> None:
         self.failures, self.next_try, self.last_error = 0, 0.0, ""
 
+    @property
+    def http(self) -> httpx.Client:
+        """The HTTP client, made on first use (a pinned certificate is fetched then)."""
+        if self._http is None:
+            import httpx
+
+            o = self.opts
+            verify: ssl.SSLContext | bool = True
+            if self.url.startswith("https://"):
+                if o.fingerprint:
+                    verify = _pinned_context(self.url, o.fingerprint, o.connect_timeout_s)
+                elif o.ca_file:
+                    verify = ssl.create_default_context(cafile=str(Path(o.ca_file).expanduser()))
+            timeout = httpx.Timeout(
+                connect=o.connect_timeout_s, read=o.read_timeout_s, write=o.read_timeout_s, pool=5.0
+            )
+            self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, verify=verify)
+        return self._http
+
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
 
     # -- HTTP ----------------------------------------------------------------------
 
@@ -83,11 +140,13 @@ class AgentClient:
         """One request; AgentDown when the agent, not the job, is the problem."""
         try:
             resp = self.http.request(method, url, **kw)
+        except CertificateMismatch as exc:
+            raise AgentDown(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - transport failure: the agent is down
             raise AgentDown(reason(exc)) from None
         if resp.status_code == 401:
             raise AgentDown("token refused")
-        if resp.status_code == 503:  # busy, not broken: try another agent without back-off
+        if resp.status_code in (429, 503):  # busy, not broken: try another agent without back-off
             raise AgentDown(detail(resp), backoff=False)
         if resp.status_code >= 500:
             raise AgentDown(detail(resp))

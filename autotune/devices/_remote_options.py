@@ -22,6 +22,9 @@ class RemoteOptions:
         measure_timeout_s: asks the agent for a shorter measure-phase timeout.
         connect_timeout_s, read_timeout_s, upload_timeout_s: HTTP timeouts.
         poll_wait_s: how long one ``GET /v1/jobs/{id}?wait=`` may be held by the agent.
+        ca_file: CA bundle (PEM) that signed the agents' certificates, for ``https://`` agents.
+        fingerprint: SHA-256 of the agents' certificate (hex, colons allowed), pinned: only that
+            certificate is trusted. ``autotune agent --self-signed`` prints it.
         test_hooks: test-only job hooks, refused by agents that did not enable them.
     """
 
@@ -36,12 +39,16 @@ class RemoteOptions:
     read_timeout_s: float = 30.0
     upload_timeout_s: float = 600.0
     poll_wait_s: float = 10.0
+    ca_file: str | None = None
+    fingerprint: str | None = None
     test_hooks: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.agent_backend, str):
             self.agent_backend = (self.agent_backend,)
         self.agent_backend = tuple(self.agent_backend)
+        if self.fingerprint is not None:
+            self.fingerprint = normalize_fingerprint(self.fingerprint)
 
     @classmethod
     def from_profile(cls, options: Mapping[str, Any], name: str = "remote") -> RemoteOptions:
@@ -78,3 +85,11 @@ class RemoteOptions:
             return cls(**values)
         except ValueError as exc:
             raise UserError(f"device {name!r}: {exc}") from None
+
+
+def normalize_fingerprint(text: str) -> str:
+    """``AB:CD:...`` or ``abcd...`` -> 64 lowercase hex; ValueError when it is not a SHA-256."""
+    hexed = str(text).replace(":", "").strip().lower()
+    if len(hexed) != 64 or any(c not in "0123456789abcdef" for c in hexed):
+        raise ValueError(f"fingerprint {text!r} is not a SHA-256 (64 hex digits, colons allowed)")
+    return hexed

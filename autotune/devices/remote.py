@@ -32,7 +32,7 @@ import numpy as np
 
 from autotune._util import sha256_file
 from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
-from autotune.devices._remote_client import AgentClient, detail, reason
+from autotune.devices._remote_client import AgentClient, CertificateMismatch, detail, reason
 from autotune.devices._remote_options import RemoteOptions
 from autotune.devices._remote_pool import AgentPool, AllAgentsDown
 from autotune.errors import UserError
@@ -80,8 +80,6 @@ class RemoteDevice(Device):
         options: RemoteOptions | None = None,
         **kw: Any,
     ) -> None:
-        import httpx
-
         if not agents:
             raise UserError(
                 f"device {name!r}: no agents; list them in the profile (agents: [...]) or pass --agent URL"
@@ -101,19 +99,18 @@ class RemoteDevice(Device):
             "agent_failures": 0,
         }
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        o = self.opts
-        timeout = httpx.Timeout(
-            connect=o.connect_timeout_s, read=o.read_timeout_s, write=o.read_timeout_s, pool=5.0
-        )
         clients = []
         for url in agents:
             url = url.rstrip("/")
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UserError(f"device {name!r}: agent {url!r} is not an http(s)://host:port URL")
-            http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
-            clients.append(AgentClient(url, http, o, self.stats))
-        self.pool = AgentPool(clients, o.retry_s, self.stats)
+            if parts.scheme == "http" and (self.opts.fingerprint or self.opts.ca_file):
+                raise UserError(
+                    f"device {name!r}: agent {url} is http://, but the profile pins TLS; use https://"
+                )
+            clients.append(AgentClient(url, self.opts, self.stats, headers))
+        self.pool = AgentPool(clients, self.opts.retry_s, self.stats)
         self._sha_cache: dict[tuple[str, int, int], str] = {}
         self._fingerprint: dict[str, Any] = {}
 
@@ -156,6 +153,10 @@ class RemoteDevice(Device):
         for a in self.agents:
             try:
                 resp = a.http.get("/v1/info")
+            except CertificateMismatch as exc:
+                raise UserError(
+                    f"device {self.name!r}: agent {a.url}: {exc}; check options: fingerprint"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - any transport error means unreachable
                 problems.append(f"{a.url} ({reason(exc)})")
                 a.down(reason(exc))
