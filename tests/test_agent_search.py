@@ -327,6 +327,7 @@ def test_no_reachable_agent_is_one_line_and_exit_2(
     message = str(err.value)
     assert "\n" not in message and url in message and "connection refused" in message
     assert "autotune agent --host 0.0.0.0 --port" in message
+    assert "agent-wheel" in message and "autotune[agent]" not in message  # never PyPI's autotune
     # --agent overrides the profile: the URL tried is the one given
     other = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UserError, match=other.replace(".", r"\.")):

@@ -1,7 +1,8 @@
 """The measurement agent: an HTTP server on an edge device that measures ONNX models for
 ``autotune`` running elsewhere (protocol v1, ``docs/agent-protocol.md``).
 
-On the device (``pip install 'autotune[agent]'``, no torch)::
+On the device (this project's wheel with the agent extra, no torch; ``autotune agent-wheel``
+builds it: ``pip install './autotune_hw-<version>-py3-none-any.whl[agent]'``)::
 
     autotune agent --host 0.0.0.0 --port 8765 --token-file ~/.autotune-token
 

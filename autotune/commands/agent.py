@@ -1,6 +1,7 @@
 """Run the measurement agent on an edge device (HTTP, protocol v1; see ``docs/agent-protocol.md``).
 
-Install on the device with ``pip install 'autotune[agent]'`` (no torch). The agent listens on
+Install on the device from this project's wheel (``autotune agent-wheel`` on the workstation, then
+``pip install './autotune_hw-<version>-py3-none-any.whl[agent]'``; no torch). The agent listens on
 loopback unless told otherwise; any other address needs a bearer token, read from
 ``--token-file`` or the AUTOTUNE_AGENT_TOKEN environment variable.
 """
@@ -144,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         from autotune.agent.config import AgentConfig
         from autotune.agent.server import serve
     except ImportError as exc:
-        raise UserError(f"the agent needs its extra: pip install 'autotune[agent]' ({exc})") from None
+        raise UserError(
+            f"the agent needs its extra: pip install './autotune_hw-<version>-py3-none-any.whl[agent]' "
+            f"(or pip install -e '.[agent]' in a checkout) ({exc})"
+        ) from None
     root = args.root.expanduser() if args.root else cache_root() / "agent"
     tls_cert, tls_key = args.tls_cert, args.tls_key
     if args.self_signed:

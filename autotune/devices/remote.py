@@ -47,7 +47,8 @@ __all__ = ["RemoteDevice", "RemoteOptions", "read_client_token"]
 def _start_hint(url: str) -> str:
     port = urlsplit(url).port or 8765
     return (
-        f"start one on the device: pip install 'autotune[agent]' && "
+        "start one on the device: install this project's wheel there (autotune agent-wheel, then "
+        "pip install './autotune_hw-<version>-py3-none-any.whl[agent]'; never 'autotune' from PyPI) and run "
         f"autotune agent --host 0.0.0.0 --port {port} --token-file ~/.autotune-token"
     )
 
@@ -133,7 +134,7 @@ class RemoteDevice(Device):
         try:
             import httpx  # noqa: F401
         except ImportError:
-            return False, "httpx is not installed (pip install 'autotune[search]')"
+            return False, "httpx is not installed (pip install -e '.[search]' in the source checkout)"
         return True, ""
 
     @classmethod
