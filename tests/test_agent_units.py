@@ -27,6 +27,20 @@ def test_remote_options_from_profile() -> None:
         RemoteOptions.from_profile({"retry_s": "soon"}, "jetson")
     with pytest.raises(UserError, match="agent_backend must be a name or a list of names"):
         RemoteOptions.from_profile({"agent_backend": [1]}, "jetson")
+    pin = RemoteOptions.from_profile({"fingerprint": "AB:" * 31 + "CD"}).fingerprint
+    assert pin == "ab" * 31 + "cd"
+    with pytest.raises(UserError, match="is not a SHA-256"):
+        RemoteOptions.from_profile({"fingerprint": "AB:CD"}, "jetson")
+
+
+def test_host_header_check() -> None:
+    from autotune.agent.config import AgentConfig, host_allowed, host_names
+
+    names = host_names(AgentConfig(host="0.0.0.0", allowed_hosts=("Jetson.Lan",)))
+    for ok in ("127.0.0.1:8765", "[::1]:8765", "10.1.2.3", "localhost:8765", "jetson.lan", "JETSON.LAN."):
+        assert host_allowed(ok, names), ok
+    for bad in ("evil.example", "evil.example:8765", "", "[::1", "localhost.evil.example"):
+        assert not host_allowed(bad, names), bad
 
 
 def test_codec_round_trip() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune._util import error_line
 from autotune.agent.worker import PhaseTimeout, WorkerDied, WorkerProcess
 
 USABLE = ("ok", "unstable")
@@ -231,7 +232,7 @@ class Scheduler:
             return ("oom" if exc.killed else "runtime_error"), None, str(exc)
         except Exception as exc:  # noqa: BLE001 - the runner thread must survive anything
             self.worker.stop()
-            return "runtime_error", None, f"agent: {type(exc).__name__}: {exc}"
+            return "runtime_error", None, f"agent: {error_line(exc)}"
         status = str(event.get("status", "runtime_error"))
         measurement = event.get("measurement")
         error = event.get("error") or (measurement or {}).get("error")
