@@ -86,3 +86,19 @@ def test_agent_modules_load_no_runtime() -> None:
     assert "autotune" in loaded and "numpy" in loaded
     for heavy in ("torch", "onnxruntime", "onnx", "fastapi", "uvicorn", "httpx", "optuna"):
         assert heavy not in loaded, f"importing the agent's modules loaded {heavy}"
+
+
+def test_base64_inputs_are_checked_in_chunks() -> None:
+    import base64
+    import hashlib
+
+    from autotune.agent import jobcheck
+
+    raw = bytes(range(256)) * 20_000  # 5 MB: several chunks
+    size, digest = jobcheck._decoded_size_and_sha256(base64.b64encode(raw).decode())
+    assert size == len(raw) and digest == hashlib.sha256(raw).hexdigest()
+    small = base64.b64encode(b"abcd").decode()  # ends in padding: fine
+    assert jobcheck._decoded_size_and_sha256(small)[0] == 4
+    for bad in ("%%%%", "abc", small + small, "QUJD" * 300_000 + "QQ==" + "QUJD" * 300_000):
+        with pytest.raises(ValueError):
+            jobcheck._decoded_size_and_sha256(bad)

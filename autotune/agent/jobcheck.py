@@ -33,6 +33,25 @@ _ITEMSIZE = {
 }
 
 
+_CHUNK = 1 << 20  # base64 characters decoded at a time (a multiple of 4)
+
+
+def _decoded_size_and_sha256(data: str) -> tuple[int, str]:
+    """Size and sha256 of what ``data`` decodes to, without holding the decoded bytes at once.
+
+    ValueError (binascii.Error) when it is not strict base64 (padding only at the very end)."""
+    h = hashlib.sha256()
+    size = 0
+    for start in range(0, len(data), _CHUNK):
+        piece = data[start : start + _CHUNK]
+        if "=" in piece and start + _CHUNK < len(data):
+            raise ValueError("padding inside the data")
+        raw = base64.b64decode(piece, validate=True)
+        size += len(raw)
+        h.update(raw)
+    return size, h.hexdigest()
+
+
 #: protocol fields that count something
 _INTEGER_FIELDS = frozenset({"warmup_runs", "min_samples", "max_retries"})
 _DEFAULT_BOUND = 1e6
@@ -119,22 +138,22 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         if any(d < 0 for d in t.shape):
             raise AgentError(400, "bad_request", f"input {t.name!r}: negative dimension in {t.shape}")
         try:
-            raw = base64.b64decode(t.data, validate=True)
+            size, digest = _decoded_size_and_sha256(t.data)
         except (binascii.Error, ValueError):
             raise AgentError(400, "bad_request", f"input {t.name!r}: data is not base64") from None
         expected = math.prod(t.shape) * _ITEMSIZE[t.dtype]
-        if len(raw) != expected:
+        if size != expected:
             raise AgentError(
                 400,
                 "bad_request",
-                f"input {t.name!r}: {len(raw)} bytes, shape {t.shape} {t.dtype} needs {expected}",
+                f"input {t.name!r}: {size} bytes, shape {t.shape} {t.dtype} needs {expected}",
             )
-        total += len(raw)
+        total += size
         if total > agent.cfg.max_input_bytes:
             raise AgentError(
                 413, "too_large", f"inputs exceed the agent's cap of {agent.cfg.max_input_bytes} bytes"
             )
-        digests.append([t.name, t.dtype, list(t.shape), hashlib.sha256(raw).hexdigest()])
+        digests.append([t.name, t.dtype, list(t.shape), digest])
     identity = {
         "model": req.model_sha256,
         "backend": req.backend,
@@ -149,7 +168,10 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         "backend": req.backend,
         "options": req.options,
         "protocol": req.protocol,
-        "inputs": [t.model_dump() for t in req.inputs],
+        # the request's own strings, not copies: a queued job holds its inputs once
+        "inputs": [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data} for t in req.inputs
+        ],
         "test": req.test,
     }
     caps = {

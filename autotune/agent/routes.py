@@ -49,6 +49,17 @@ async def _read_capped(request: Request, cap: int) -> bytearray:
     return body
 
 
+def _release_freed_memory() -> None:
+    """Give the transient buffers of a large request back to the OS (glibc keeps freed heap and
+    per-thread arenas otherwise, so the agent's footprint would grow with each big job)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _parse_job(body: bytearray) -> JobRequest:
     try:
         return JobRequest.model_validate_json(body)
@@ -162,8 +173,11 @@ def create_app(agent: Agent) -> FastAPI:
         body = await _read_capped(request, agent.cfg.max_input_bytes * 4 // 3 + 2**20)
         # JSON parsing, base64 decoding and hashing off the event loop
         req = await anyio.to_thread.run_sync(_parse_job, body)
+        big = len(body) > 2**20
         del body  # the parsed request is the one copy a queued job keeps
         key, spec, timeouts, held = await anyio.to_thread.run_sync(prepare_job, agent, req)
+        if big:
+            _release_freed_memory()
         if held > agent.cfg.max_queued_input_bytes:
             raise AgentError(
                 413,
