@@ -44,8 +44,8 @@ class AgentConfig:
     max_queued_input_bytes: int = 256 * 2**20
     #: free disk space every upload must leave (507 below it)
     min_free_bytes: int = 256 * 2**20
-    #: address-space limit of every job process, and the largest static tensor a model may
-    #: declare (0: no limit). Default: the machine's memory.
+    #: address space a job may add to its process (RLIMIT_AS, CPU backends), and the largest
+    #: static tensor a model may declare (0: no limit). Default: the machine's memory.
     job_memory_bytes: int = field(default_factory=lambda: psutil.virtual_memory().total)
     backends: tuple[str, ...] | None = None  # allow-list; None: every backend usable here
     startup_timeout_s: float = 120.0

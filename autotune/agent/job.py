@@ -48,17 +48,30 @@ def test_hooks_enabled() -> bool:
 
 
 def apply_memory_limit(backend: str | None = None) -> None:
-    """Cap this process's address space (``RLIMIT_AS`` soft limit) at the agent's job budget, so
-    a model that allocates too much fails here as ``oom`` instead of waking the kernel's OOM
-    killer. CUDA reserves far more address space than memory, so GPU backends run with the soft
-    limit lifted (the hard limit stays unlimited for that reason)."""
+    """Let this process's address space grow by at most the agent's job budget from here
+    (``RLIMIT_AS`` soft limit), so a model that allocates too much fails as ``oom`` instead of
+    waking the kernel's OOM killer. ``backend`` None: the process itself (start-up, validation).
+
+    CUDA reserves far more address space than memory, so GPU backends (and the backend probe
+    behind ``/v1/info``) run with the soft limit lifted; the hard limit stays unlimited for
+    that reason. The budget counts from the current size, so a process that already mapped a
+    GPU runtime can still run CPU jobs under it.
+    """
     import resource
 
-    limit = int(os.environ.get(MEMORY_ENV) or 0)
-    if limit <= 0:
+    budget = int(os.environ.get(MEMORY_ENV) or 0)
+    if budget <= 0:
         return
-    soft = limit if backend in (None, *CPU_BACKENDS) else resource.RLIM_INFINITY
-    resource.setrlimit(resource.RLIMIT_AS, (soft, resource.RLIM_INFINITY))
+    if backend is not None and backend not in CPU_BACKENDS:
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (_address_space() + budget, resource.RLIM_INFINITY))
+
+
+def _address_space() -> int:
+    """This process's virtual memory size in bytes (``VmSize``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- measurement
@@ -94,6 +107,8 @@ class Runner:
 
     def info(self) -> dict[str, Any]:
         from dataclasses import fields
+
+        apply_memory_limit("info")  # probing GPU backends may initialise CUDA
 
         from autotune import __version__
         from autotune.devices import BACKENDS, Protocol, RuntimeOptions
