@@ -20,7 +20,10 @@ Layout (one concept per module):
 - :mod:`autotune.agent.config` -- :class:`AgentConfig`, the loopback check, the listening socket;
 - :mod:`autotune.agent.state` -- :class:`Agent`, the state behind the routes;
 - :mod:`autotune.agent.jobcheck` -- the job validator (``POST /v1/jobs`` bodies);
-- :mod:`autotune.agent.routes` -- the FastAPI app and bearer-token auth;
+- :mod:`autotune.agent.routes` -- the FastAPI app, bearer-token auth, Host and Content-Type checks;
+- :mod:`autotune.agent.guard` -- header timeout and per-address connection cap (uvicorn protocol);
+- :mod:`autotune.agent.tls` -- the self-signed certificate and the fingerprint clients pin;
+- :mod:`autotune.agent.modelcheck` -- the upload validator (run in a job subprocess);
 - :mod:`autotune.agent.server` -- :func:`serve`;
 - :mod:`autotune.agent.process` -- start a local agent process (tests, benchmarks, scripts).
 
