@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -208,7 +207,10 @@ def create_app(agent: Agent) -> FastAPI:
         if wait > 0 and job.status not in TERMINAL:
             loop = asyncio.get_running_loop()
             finished = asyncio.Event()
-            notify: Callable[[], None] = lambda: loop.call_soon_threadsafe(finished.set)  # noqa: E731
+
+            def notify() -> None:
+                loop.call_soon_threadsafe(finished.set)
+
             agent.scheduler.add_waiter(job, notify)
             try:
                 await asyncio.wait_for(finished.wait(), timeout=min(wait, 30.0))

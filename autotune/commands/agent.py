@@ -158,9 +158,6 @@ def run(args: argparse.Namespace) -> int:
             tls_cert, tls_key = self_signed(root)
         except (RuntimeError, OSError) as exc:
             raise UserError(f"--self-signed: {exc}") from None
-    extra = {}
-    if args.job_memory_mb is not None:
-        extra["job_memory_bytes"] = int(args.job_memory_mb * 2**20)
     cfg = AgentConfig(
         host=args.host,
         port=args.port,
@@ -184,8 +181,9 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(args.allowed_host),
         log_level=args.log_level,
         access_log=args.access_log,
-        **extra,
     )
+    if args.job_memory_mb is not None:
+        cfg.job_memory_bytes = int(args.job_memory_mb * 2**20)
     try:
         cfg.check()
     except ValueError as exc:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from autotune._util import error_line, first_line
 from autotune.devices._remote_options import RemoteOptions
-from autotune.records import Measurement
+from autotune.records import Measurement, Status
 from autotune.wire import TERMINAL, measurement_from_wire
 
 if TYPE_CHECKING:
@@ -69,8 +69,8 @@ def _pinned_context(url: str, pin: str, timeout: float) -> ssl.SSLContext:
     probe.verify_mode = ssl.CERT_NONE
     with socket.create_connection((host, port), timeout=timeout) as raw:
         with probe.wrap_socket(raw, server_hostname=host) as tls:
-            der = tls.getpeercert(binary_form=True)
-    got = hashlib.sha256(der or b"").hexdigest()
+            der = tls.getpeercert(binary_form=True) or b""
+    got = hashlib.sha256(der).hexdigest()
     if got != pin:
         raise CertificateMismatch(
             f"the agent's TLS certificate has SHA-256 {got}, not the pinned fingerprint {pin}"
@@ -175,7 +175,7 @@ class AgentClient:
             if resp.status_code == 201:
                 self.stats["uploads"] += 1
             return None
-        status = "invalid_model" if resp.status_code in (400, 413) else "runtime_error"
+        status: Status = "invalid_model" if resp.status_code in (400, 413) else "runtime_error"
         return Measurement(
             status=status, backend=backend, error=f"upload to {self.url} refused: {detail(resp)}"
         )
