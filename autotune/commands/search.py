@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")
 
+    from autotune.commands._task import load_task
     from autotune.devices import Protocol
     from autotune.study import SearchConfig, run_search
-    from autotune.task import load_task
 
     task = load_task(args.model)
     cfg = SearchConfig(
