@@ -64,7 +64,7 @@ def search(
         if example_inputs is None or evaluate is None:
             raise TypeError("search() needs example_inputs and evaluate with a torch model")
         task = Task(
-            model=model,
+            source=model,
             example_inputs=example_inputs if isinstance(example_inputs, tuple) else (example_inputs,),
             evaluate=evaluate,
             calibration=list(calibration or []),

@@ -51,7 +51,7 @@ class ArtifactBuilder:
         self.artifact_dir = artifact_dir
         artifact_dir.mkdir(parents=True, exist_ok=True)
         # the unmodified model's ONNX: exported once, shared by every bits-only candidate
-        self._unmodified: Path | None = task.onnx_path
+        self._unmodified: Path | None = task.source if isinstance(task.source, Path) else None
         self._workdir = tempfile.TemporaryDirectory(prefix="autotune-build-")
 
     def build(self, candidate: Candidate) -> Artifact:

@@ -72,11 +72,10 @@ def onnx_task(path: Path, seed: int = 0) -> Task:
 
     calibration = [tuple(rng.standard_normal(s).astype(np.float32) for _, s in shapes) for _ in range(8)]
     return Task(
-        model=None,
+        source=path,
         example_inputs=batch1,
         evaluate=evaluate,
         calibration=calibration,
         name=path.stem,
         metric="fidelity",
-        onnx_path=path,
     )

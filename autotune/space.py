@@ -233,8 +233,8 @@ def build_space(
             notes.append(f"{knob_name} {dropped} not searched on {profile.name}: {why}")
         allowed[knob_name] = kept or [knob.default]
 
-    if task.onnx_path is not None:
-        layers, ignored = _discover_onnx(task.onnx_path, allowed, notes)
+    if isinstance(task.source, Path):
+        layers, ignored = _discover_onnx(task.source, allowed, notes)
     else:
         layers, ignored = _discover_torch(task, preset, allowed, notes)
 

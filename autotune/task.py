@@ -36,7 +36,8 @@ class Task:
     """A model plus how to judge it.
 
     Args:
-        model: the FP32 model to compress (put in eval mode by autotune); None for an ONNX task.
+        source: what to compress: the FP32 torch model (put in eval mode by autotune), or the
+            path of an ONNX file (then only bit-width and runtime knobs are searched).
         example_inputs: one batch at the deployment batch size; latency is measured on it.
         evaluate: ``evaluate(runner) -> float``, higher is better (accuracy in percent, say).
         calibration: input batches for static int8 quantization (tuples of arrays).
@@ -45,16 +46,17 @@ class Task:
         metric: what ``evaluate`` returns, shown in reports ("accuracy", "fidelity", ...).
     """
 
-    model: torch.nn.Module | None
+    source: torch.nn.Module | Path
     example_inputs: tuple[torch.Tensor, ...]
     evaluate: Evaluate
     calibration: Sequence[tuple[np.ndarray, ...]] = field(default_factory=list)
     finetune: Finetune | None = None
     name: str = "model"
     metric: str = "accuracy"
-    onnx_path: Path | None = None  # set when the task wraps an ONNX file (no torch knobs)
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, str):
+            self.source = Path(self.source)
         if isinstance(self.example_inputs, torch.Tensor):
             self.example_inputs = (self.example_inputs,)
         self.example_inputs = tuple(self.example_inputs)
@@ -64,3 +66,10 @@ class Task:
             tuple(np.asarray(a) for a in (b if isinstance(b, (tuple, list)) else (b,)))
             for b in self.calibration
         ]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch model; only a torch task has one (check ``isinstance(task.source, Path)``)."""
+        if isinstance(self.source, Path):
+            raise TypeError(f"task {self.name!r} wraps the ONNX file {self.source}, not a torch model")
+        return self.source

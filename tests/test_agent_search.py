@@ -51,7 +51,7 @@ def tiny_task() -> Task:
     def evaluate(run: Any) -> float:
         return float(100.0 - np.abs(run(x) - reference).mean())
 
-    return Task(model=model, example_inputs=(x,), evaluate=evaluate, name="tiny")
+    return Task(source=model, example_inputs=(x,), evaluate=evaluate, name="tiny")
 
 
 def write_profile(path: Path, agents: list[str], **options: Any) -> Path:

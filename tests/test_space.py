@@ -13,7 +13,7 @@ from autotune.zoo import MLP, ConcatNet, TinyTransformer, resnet18
 
 
 def task_for(model: torch.nn.Module, x: torch.Tensor) -> Task:
-    return Task(model=model.eval(), example_inputs=(x,), evaluate=lambda r: 0.0)
+    return Task(source=model.eval(), example_inputs=(x,), evaluate=lambda r: 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,13 @@ def test_unknown_device_and_preset_list_the_choices() -> None:
     with pytest.raises(UserError, match="default"):
         load_preset("nosuch")
     assert "cpu" in available_profiles()
+
+
+def test_task_source_is_a_torch_model_or_an_onnx_file(tmp_path: Path) -> None:
+    model = MLP().eval()
+    torch_task = task_for(model, torch.randn(1, 64))
+    assert torch_task.model is model
+    onnx_task = Task(source=str(tmp_path / "m.onnx"), example_inputs=(torch.randn(1, 64),), evaluate=len)
+    assert onnx_task.source == tmp_path / "m.onnx"
+    with pytest.raises(TypeError, match="ONNX file"):
+        _ = onnx_task.model
