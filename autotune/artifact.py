@@ -38,9 +38,6 @@ class Artifact:
     size_bytes: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256, "size_bytes": self.size_bytes}
-
 
 class ArtifactBuilder:
     """Builds candidates of one task into a content-addressed artifact folder."""

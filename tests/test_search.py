@@ -85,8 +85,8 @@ def test_resume_continues_to_the_requested_count(tmp_path: Path) -> None:
 def test_failed_candidates_become_failed_trials_and_the_study_goes_on(tmp_path: Path) -> None:
     result = run(flaky_task(), tmp_path, trials=8, study_name="flaky")
     assert result.failures, "int8 candidates fail in evaluate"
-    assert all(f.user_attrs["fail_stage"] == "evaluate" for f in result.failures)
-    assert "exploded on purpose" in result.failures[0].user_attrs["fail_reason"]
+    assert all(f.stage == "evaluate" for f in result.failures)
+    assert "exploded on purpose" in result.failures[0].reason
     assert len(result.trials) + len(result.failures) == 8
     assert "fp32" in result.baselines
 
@@ -124,10 +124,10 @@ def test_models_the_core_tests_never_saw(tmp_path: Path, make: type, shape: tupl
     task = agreement_task(make(), torch.randn(*shape), make.__name__)
     result = run(task, tmp_path, trials=8)
     assert len(result.trials) + len(result.failures) == 8
-    assert not result.failures, [f.user_attrs["fail_reason"] for f in result.failures]
+    assert not result.failures, [f.reason for f in result.failures]
     assert result.best is not None
     if make is TinyTransformer:
-        space = result.meta["space"]
+        space = result.meta.space
         assert any(4 in layer["knobs"]["bits"] for layer in space["layers"])
 
 

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         report=args.report,
     )
     result = run_search(task, cfg)
-    for note in result.meta.get("space", {}).get("notes", []):
+    for note in result.meta.notes:
         print(f"note: {note}")
     print(result.summary())
     if result.report_path:
