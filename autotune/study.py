@@ -11,7 +11,6 @@ import datetime as dt
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ from tqdm import tqdm
 from autotune import __version__
 from autotune._util import error_line
 from autotune.artifact import ArtifactBuilder
-from autotune.budget import format_ms, parse_budget
-from autotune.devices import Device, Protocol, device_for_profile
+from autotune.budget import format_ms
+from autotune.config import SearchConfig
+from autotune.devices import Device, device_for_profile
 from autotune.errors import CandidateError, UserError
 from autotune.evaluate import evaluate_artifact
 from autotune.measure import Measurer
@@ -34,24 +34,6 @@ from autotune.result import ParetoSet
 from autotune.run import DB_NAME, RunMeta, TrialRecord
 from autotune.space import SearchSpace, build_space, load_preset
 from autotune.task import Task
-
-
-@dataclass
-class SearchConfig:
-    budget: str | float
-    device: str = "cpu"
-    trials: int = 30
-    space: str | None = None
-    storage: str | None = None
-    study_name: str | None = None
-    out_dir: Path = Path("runs")
-    seed: int = 0
-    threads: int | None = None
-    protocol: Protocol = field(default_factory=Protocol)
-    agent: str | None = None
-    remeasure: bool = False
-    progress: bool = True
-    report: Path | bool | None = None  # None: reports/<study>.html; False: no report
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
@@ -89,9 +71,7 @@ def _counted(study: optuna.Study) -> int:
 
 
 def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
-    budget_ms = parse_budget(cfg.budget)
-    if cfg.trials < 1:
-        raise UserError(f"--trials {cfg.trials}: must be at least 1")
+    budget_ms = cfg.budget_ms
     profile = load_profile(cfg.device)
     device = device_for_profile(profile, agent=cfg.agent)
     preset = load_preset(cfg.space)
@@ -174,7 +154,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
         device.close()
     result = ParetoSet(study, run_dir, storage=storage_url)
     if cfg.report is not False:
-        result.report_path = result.report(cfg.report)
+        result.report_path = result.report(None if cfg.report is True else cfg.report)
     return result
 
 

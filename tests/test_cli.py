@@ -56,6 +56,7 @@ def test_help_lists_options_and_commands(tmp_path: Path) -> None:
         (["--budget", "10ms", "--space", "nosuch"], "unknown preset"),
         (["--budget", "10ms", "--trials", "many"], "invalid int value"),
         (["--budget", "10ms", "--trials", "0"], "at least 1"),
+        (["--budget", "10ms", "--threads", "0"], "--threads 0: must be at least 1"),
         ([], "--budget"),
     ],
 )

@@ -153,3 +153,19 @@ def test_plain_model_api_with_defaults(tmp_path: Path) -> None:
     assert result.best is not None
     storage = f"sqlite:///{tmp_path / result.study.study_name / 'study.db'}"
     assert optuna.load_study(study_name=result.study.study_name, storage=storage).trials
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"budget": "fast"}, "not a latency"),
+        ({"budget": "10ms", "trials": 0}, "--trials 0: must be at least 1"),
+        ({"budget": "10ms", "threads": 0}, "--threads 0: must be at least 1"),
+    ],
+)
+def test_bad_options_fail_before_any_model_work(tmp_path: Path, options: dict, needle: str) -> None:
+    with pytest.raises(autotune.UserError, match=needle):
+        autotune.search(conv_task(), out_dir=tmp_path / "runs", **options)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(TypeError, match="trails"):
+        autotune.search(conv_task(), budget="10ms", trails=5)
