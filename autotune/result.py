@@ -200,6 +200,12 @@ class ParetoSet:
                 raise UserError(f"trial {number} failed ({f.reason}){where}")
         raise UserError(f"trial {number} is not a completed trial of study {self.study.study_name!r}")
 
+    @property
+    def tracebacks_dir(self) -> Path | None:
+        """Where the failed candidates' full tracebacks are (None when none was stored here)."""
+        paths = [f.traceback_path for f in self.failures if f.traceback_path]
+        return paths[0].parent if paths else None
+
     def failure_reasons(self) -> Counter[str]:
         return Counter(f.stage for f in self.failures)
 
@@ -247,7 +253,11 @@ class ParetoSet:
             f"budget {budget} on {device}"
         )
         if n_fail:
-            lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in self.failure_reasons().items()))
+            lines.append(
+                "failures: "
+                + ", ".join(f"{k} x{v}" for k, v in self.failure_reasons().items())
+                + (f"; full tracebacks in {self.tracebacks_dir}" if self.tracebacks_dir else "")
+            )
         if self.pareto:
             lines.append(f"Pareto set under the budget ({len(self.pareto)} candidates, * = best):")
         else:

@@ -7,10 +7,13 @@ Re-running with the same study name resumes and continues to the requested trial
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import time
+import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from autotune.measure import Measurer
 from autotune.onnx_export import input_names
 from autotune.profiles import DeviceProfile, load_profile
 from autotune.result import ParetoSet
-from autotune.run import DB_NAME, RunMeta, TrialRecord
+from autotune.run import DB_NAME, FAILURES_DIR, RunMeta, TrialRecord
 from autotune.space import SearchSpace, build_space, load_preset
 from autotune.task import Task
 
@@ -70,7 +73,34 @@ def _counted(study: optuna.Study) -> int:
     )
 
 
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """For the search only: no Optuna log line per failed trial (the summary groups the reasons
+    and failures/<trial>.txt keeps each traceback) and no experimental-feature warnings."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _save_traceback(run_dir: Path, number: int, exc: BaseException) -> str:
+    """Write a failed candidate's full traceback; returns its path relative to the run directory."""
+    rel = Path(FAILURES_DIR) / f"{number}.txt"
+    (run_dir / rel).parent.mkdir(exist_ok=True)
+    (run_dir / rel).write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    return rel.as_posix()
+
+
 def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
+    with _quiet_optuna():
+        return _search(task, cfg)
+
+
+def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     budget_ms = cfg.budget_ms
     profile = load_profile(cfg.device)
     device = device_for_profile(profile, agent=cfg.agent)
@@ -79,8 +109,6 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     run_dir = Path(cfg.out_dir) / study_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by reason in the summary
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage_url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
     storage = _storage(storage_url)
     space = build_space(task, preset, profile, threads=cfg.threads)
@@ -126,6 +154,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
                 timings["evaluate"] = time.perf_counter() - t0
         except CandidateError as exc:
             record.fail_stage, record.fail_reason = exc.stage, str(exc)
+            record.traceback = _save_traceback(run_dir, trial.number, exc)
             raise
         finally:
             record.save(trial)

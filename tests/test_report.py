@@ -181,7 +181,15 @@ def test_report_command(result: ParetoSet, runs: Path, tmp_path: Path, monkeypat
     assert main(["report", "--storage", f"sqlite:///{runs / 'main' / 'study.db'}", "--study", "main",
                  "-o", "b.html"]) == 0  # fmt: skip
     assert (tmp_path / "b.html").read_text().count("plotly-graph-div") >= 5
-    assert "report: b.html" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "report: b.html" in out
+    failures = runs / "main" / "failures"
+    assert (
+        result.failures
+        and f"failed trial(s), grouped by reason in the report; full tracebacks in {failures}" in out
+    )
+    html = (tmp_path / "b.html").read_text()
+    assert "full traceback (first trial)" in html and f"failures/{result.failures[0].number}.txt" in html
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert main(["report"]) == 2
     assert main(["report", str(runs / "main"), "-o", "x.pdf"]) == 2

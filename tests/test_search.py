@@ -1,6 +1,8 @@
 """End-to-end searches through the Python API on small models (quick protocol)."""
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from tiny_tasks import agreement_task, conv_task, flaky_task
 
 import autotune
+from autotune import cli
 from autotune.devices import Protocol
 from autotune.result import ParetoSet
 from autotune.zoo import MLP, ConcatNet, TinyTransformer
@@ -82,13 +85,28 @@ def test_resume_continues_to_the_requested_count(tmp_path: Path) -> None:
     assert sum(1 for t in second.trials if t.baseline) == 6
 
 
-def test_failed_candidates_become_failed_trials_and_the_study_goes_on(tmp_path: Path) -> None:
+def test_failed_candidates_become_failed_trials_and_the_study_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root_level, verbosity = logging.getLogger().level, optuna.logging.get_verbosity()
     result = run(flaky_task(), tmp_path, trials=8, study_name="flaky")
+    # no process-wide side effects: logger levels are as they were, no warning filter of ours is left
+    assert (logging.getLogger().level, optuna.logging.get_verbosity()) == (root_level, verbosity)
+    assert not [f for f in warnings.filters if f[2] is optuna.exceptions.ExperimentalWarning]
     assert result.failures, "int8 candidates fail in evaluate"
     assert all(f.stage == "evaluate" for f in result.failures)
-    assert "exploded on purpose" in result.failures[0].reason
+    failed = result.failures[0]
+    assert "exploded on purpose" in failed.reason and "\n" not in failed.reason
     assert len(result.trials) + len(result.failures) == 8
     assert "fp32" in result.baselines
+    # the one-line reason is in the summary, the full traceback in a file beside the study
+    assert failed.traceback_path == result.run_dir / "failures" / f"{failed.number}.txt"
+    text = failed.traceback_path.read_text()
+    assert text.startswith("Traceback") and "in evaluate" in text
+    assert "RuntimeError: evaluation exploded on purpose" in text
+    assert f"full tracebacks in {result.run_dir / 'failures'}" in result.summary()
+    assert cli.main(["export", str(result.run_dir), "--trial", str(failed.number)]) == 2
+    assert f"full traceback: {failed.traceback_path}" in capsys.readouterr().err
 
 
 def test_no_feasible_candidate_is_said_plainly_and_everything_is_saved(tmp_path: Path) -> None:

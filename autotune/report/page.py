@@ -270,19 +270,24 @@ def candidates_table(view: View) -> str:
 
 def failures_table(result: ParetoSet) -> str:
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    tracebacks: dict[tuple[str, str], str] = {}  # the first trial's full traceback, per group
     for t in result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         record = TrialRecord.from_attrs(t.user_attrs)
         stage = record.fail_stage or "worker"
         reason = record.fail_reason or "no reason recorded: the worker stopped (killed or interrupted)"
-        groups[(stage, first_line(reason, 300))].append(t.number)
+        key = (stage, first_line(reason, 300))
+        groups[key].append(t.number)
+        if record.traceback and key not in tracebacks:
+            tracebacks[key] = _display_path(result.run_dir / record.traceback)
     if not groups:
         return '<p class="note">No trial failed.</p>'
     rows = "".join(
         f'<tr><td>{esc(stage)}</td><td class="num">{len(nums)}</td><td>{esc(reason)}</td>'
-        f"<td>{esc(', '.join(map(str, nums[:30])) + (' ...' if len(nums) > 30 else ''))}</td></tr>"
+        f"<td>{esc(', '.join(map(str, nums[:30])) + (' ...' if len(nums) > 30 else ''))}</td>"
+        f"<td><code>{esc(tracebacks.get((stage, reason), ''))}</code></td></tr>"
         for (stage, reason), nums in sorted(groups.items(), key=lambda kv: -len(kv[1]))
     )
     return (
-        '<table><tr><th>stage</th><th class="num">count</th><th>reason</th><th>trials</th></tr>'
-        f"{rows}</table>"
+        '<table><tr><th>stage</th><th class="num">count</th><th>reason</th><th>trials</th>'
+        f"<th>full traceback (first trial)</th></tr>{rows}</table>"
     )
