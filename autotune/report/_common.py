@@ -120,7 +120,7 @@ def latency_spread(t: TrialResult) -> str:
 def latency_flags(t: TrialResult) -> list[str]:
     """Why not to trust a latency blindly: unstable, device drift during the measurement."""
     m = t.measurement
-    flags = []
+    flags: list[str] = []
     if m.status != "ok":
         flags.append(m.status)
     if drifted(t):
