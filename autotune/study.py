@@ -38,6 +38,8 @@ from autotune.run import DB_NAME, FAILURES_DIR, RunMeta, TrialRecord
 from autotune.space import SearchSpace, build_space, load_preset
 from autotune.task import Task
 
+__all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-exported for callers
+
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
     names = input_names(len(task.example_inputs))

@@ -187,3 +187,46 @@ def test_bad_options_fail_before_any_model_work(tmp_path: Path, options: dict, n
     assert not (tmp_path / "runs").exists()
     with pytest.raises(TypeError, match="trails"):
         autotune.search(conv_task(), budget="10ms", trails=5)
+
+
+def test_run_records_round_trip_through_optuna_attrs() -> None:
+    from autotune.records import Measurement, RuntimeOptions
+    from autotune.run import RunMeta, TrialRecord
+    from autotune.space import Candidate
+
+    samples = [float(i) for i in range(1000)]
+    record = TrialRecord(
+        candidate=Candidate({"stem": {"bits": 8}}, RuntimeOptions(threads=2)),
+        artifact_path="artifacts/ab.onnx",
+        sha256="ab",
+        size_bytes=10,
+        measurement=Measurement(status="ok", backend="ort-cpu", n=1000, samples_ms=samples),
+        timings={"export": 0.5},
+        fail_stage="evaluate",
+        fail_reason="evaluate: boom",
+        traceback="failures/3.txt",
+    )
+    attrs = record.to_attrs()
+    # the stored keys are those earlier runs wrote, so old studies still load
+    assert set(attrs) == {
+        "config",
+        "artifact",
+        "measurement",
+        "timings",
+        "fail_stage",
+        "fail_reason",
+        "traceback",
+    }
+    assert len(attrs["measurement"]["samples_ms"]) == 256  # capped for storage
+    back = TrialRecord.from_attrs(json.loads(json.dumps(attrs)))
+    assert (
+        back.candidate == record.candidate and back.failed_by_candidate and back.traceback == "failures/3.txt"
+    )
+    assert TrialRecord(baseline="fp32").to_attrs() == {"baseline": "fp32"}
+    assert not TrialRecord.from_attrs({}).failed_by_candidate
+
+    meta = RunMeta(task="t", budget_ms=0.6, budget="0.6ms", measurer={"measured": 3})
+    stored = json.loads(json.dumps(meta.to_attrs()))
+    assert stored["last_run"] == {"measurer": {"measured": 3}} and "sensitivity" not in stored
+    assert RunMeta.from_attrs(stored) == meta
+    assert RunMeta.from_attrs({}).budget_ms == float("inf")
