@@ -31,6 +31,19 @@ from autotune.task import Task
 T = TypeVar("T")
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C hidden inside another error: torch-pruning's tracer retries after a bare
+    ``except:``, so a KeyboardInterrupt there comes out as the retry's TypeError."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 @dataclass
 class Artifact:
     path: Path
@@ -62,6 +75,8 @@ class ArtifactBuilder:
             except CandidateError:
                 raise
             except Exception as exc:
+                if _interrupted(exc):
+                    raise KeyboardInterrupt from exc
                 msg = error_line(exc)
                 raise CandidateError(name, msg) from exc
             finally:

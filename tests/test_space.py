@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_tasks import conv_task
 
+from autotune.artifact import ArtifactBuilder
 from autotune.errors import UserError
 from autotune.profiles import available_profiles, load_profile
-from autotune.space import build_space, load_preset
+from autotune.space import Candidate, build_space, load_preset
 from autotune.task import Task
 from autotune.zoo import MLP, ConcatNet, TinyTransformer, resnet18
 
@@ -127,3 +129,19 @@ def test_task_source_is_a_torch_model_or_an_onnx_file(tmp_path: Path) -> None:
     assert onnx_task.source == tmp_path / "m.onnx"
     with pytest.raises(TypeError, match="ONNX file"):
         _ = onnx_task.model
+
+
+def test_ctrl_c_swallowed_by_a_library_still_stops_the_build(tmp_path: Path, cpu: object) -> None:
+    task = conv_task()
+
+    def finetune(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:  # torch-pruning's tracer: a bare except, then a retry that fails
+            raise TypeError("the retry failed too")  # noqa: B904
+
+    task.finetune = finetune
+    space = build_space(task, load_preset(None), cpu)  # type: ignore[arg-type]
+    layer = next(layer.name for layer in space.layers if len(layer.knobs.get("width", [])) > 1)
+    with pytest.raises(KeyboardInterrupt):
+        ArtifactBuilder(task, space, tmp_path).build(Candidate({layer: {"width": 0.5}}))
