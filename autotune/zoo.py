@@ -2,7 +2,9 @@
 
 Each model covers a structure the compression passes must handle: residual adds and a
 depthwise conv (``DigitsNet``, ``resnet18``), channel concatenation (``ConcatNet``), plain
-Linear stacks (``MLP``) and attention with 3-D MatMuls (``TinyTransformer``).
+Linear stacks (``MLP``), attention with 3-D MatMuls (``TinyTransformer``), channel split +
+shuffle (``ShuffleNet``, which torch-pruning cannot trace) and depthwise + squeeze-excite +
+hardswish blocks (``MobileNetV3``).
 """
 
 from __future__ import annotations
@@ -229,6 +231,118 @@ class TinyTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(x + self.pos)
         return self.head(self.norm(x).mean(dim=1))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: (b, g, c/g, h, w) -> transpose -> (b, c, h, w)."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit: stride 1 splits the channels in half; stride 2 runs both branches."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                *_conv_bn(cin, cin, 3, stride, groups=cin), *_conv_bn(cin, half, 1), nn.ReLU(inplace=True)
+            )
+        inner = cin if stride > 1 else half
+        self.branch2 = nn.Sequential(
+            *_conv_bn(inner, half, 1),
+            nn.ReLU(inplace=True),
+            *_conv_bn(half, half, 3, stride, groups=half),
+            *_conv_bn(half, half, 1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            out = torch.cat([a, self.branch2(b)], dim=1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNet(nn.Module):
+    """ShuffleNetV2-like CNN: stem, two stages of shuffle units, 1x1 head conv, Linear ``fc``."""
+
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (48, 96)
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(in_channels, 24, 3, stride=2), nn.ReLU(inplace=True))
+        stages, cin = [], 24
+        for cout in widths:
+            stages.append(nn.Sequential(ShuffleUnit(cin, cout, stride=2), ShuffleUnit(cout, cout)))
+            cin = cout
+        self.stage2, self.stage3 = stages
+        self.head = nn.Sequential(*_conv_bn(cin, 128, 1), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.stage3(self.stage2(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: global pool, 1x1 reduce, ReLU, 1x1 expand, hardsigmoid gate."""
+
+    def __init__(self, channels: int, reduce: int = 4) -> None:
+        super().__init__()
+        squeezed = max(8, channels // reduce)
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))
+        return x * nn.functional.hardsigmoid(self.expand(s))
+
+
+class MobileBlock(nn.Module):
+    """MobileNetV3 block: 1x1 expand, depthwise k x k, optional SE, 1x1 project; hardswish."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, kernel: int, stride: int, se: bool) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(*_conv_bn(cin, hidden, 1), nn.Hardswish())
+        self.dw = nn.Sequential(*_conv_bn(hidden, hidden, kernel, stride, groups=hidden), nn.Hardswish())
+        self.se = SqueezeExcite(hidden) if se else nn.Identity()
+        self.project = _conv_bn(hidden, cout, 1)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.dw(self.expand(x))))
+        return x + out if self.residual else out
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3-small-like CNN: hardswish stem, depthwise/SE/hardswish blocks, Linear head."""
+
+    #: (hidden, out, kernel, stride, squeeze-excite) per block
+    BLOCKS = ((48, 24, 3, 2, True), (72, 24, 3, 1, False), (96, 40, 5, 2, True), (120, 40, 5, 1, True))
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(in_channels, 16, 3, stride=2), nn.Hardswish())
+        blocks, cin = [], 16
+        for hidden, cout, kernel, stride, se in self.BLOCKS:
+            blocks.append(MobileBlock(cin, hidden, cout, kernel, stride, se))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(*_conv_bn(cin, 160, 1), nn.Hardswish())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(160, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 def _init_weights(model: nn.Module) -> None:
