@@ -20,11 +20,12 @@ import optuna
 
 from autotune._util import error_line
 from autotune._yaml import check_keys, load_mapping
-from autotune.compress import check_width_roots, prunable_layers, supports_two_four, width_groups
+from autotune.compress import prunable_layers, supports_two_four
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
 from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue
 from autotune.onnx_export import export_onnx, layer_nodes, output_nodes, weighted_nodes
+from autotune.probe import quantizable, width_roots
 from autotune.profiles import DeviceProfile, data_dir
 from autotune.task import Task
 
@@ -294,10 +295,16 @@ def _discover_torch(
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"the model does not export to ONNX: {error_line(exc)}") from None
         graph = onnx.load(str(path))
-    nodes = layer_nodes(graph, set(modules))
+        nodes = layer_nodes(graph, set(modules))
+        selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
+        bits_ok, bit_notes = quantizable(
+            path,
+            {nodes[n].name: _bits_for(nodes[n].op_type, allowed["bits"]) for n in selected if n in nodes},
+            task.calibration,
+        )
+        notes.extend(bit_notes)
     outputs = output_nodes(graph)
     output_layers = [name for name, node in nodes.items() if node.name in outputs]
-    selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
     kept = [n for n in modules if n not in selected]
     unmapped = [n for n in selected if n not in nodes]
     if unmapped:
@@ -308,17 +315,17 @@ def _discover_torch(
     ignored = sorted(set(output_layers) | set(kept))
     roots: list[str] = []
     if any(w != 1.0 for w in allowed["width"]):
-        roots = [r for r in width_groups(model, task.example_inputs, ignored) if r in nodes and r in selected]
-        roots, broken = check_width_roots(model, task.example_inputs, roots, ignored)
-        for root, why in broken.items():
-            notes.append(f"width of {root} not searched: torch-pruning cannot narrow it ({why})")
+        candidates = [r for r in selected if r in nodes]
+        narrowest = min(allowed["width"])
+        roots, width_notes = width_roots(model, task.example_inputs, ignored, candidates, narrowest)
+        notes.extend(width_notes)
 
     layers = []
     for name in selected:
         if name not in nodes:
             continue
         node = nodes[name]
-        knobs: dict[str, list[KnobValue]] = {"bits": _bits_for(node.op_type, allowed["bits"])}
+        knobs: dict[str, list[KnobValue]] = {"bits": bits_ok.get(node.name) or [32]}
         if name in roots:
             knobs["width"] = list(allowed["width"])
         sparsity = [s for s in allowed["sparsity"] if s != "2:4" or supports_two_four(modules[name])]
