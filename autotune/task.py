@@ -56,6 +56,9 @@ class Task:
     name: str = "model"
     metric: str = "accuracy"
     onnx_path: Path | None = None  # set when the task wraps an ONNX file (no torch knobs)
+    #: unlabeled input batches for built-in recovery (BatchNorm re-estimation, distillation);
+    #: None: the calibration batches
+    recovery_data: Sequence[tuple[np.ndarray, ...]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.example_inputs, torch.Tensor):
