@@ -96,21 +96,22 @@ class DigitsNet(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 for 3x224x224 inputs, parameter names identical to torchvision's."""
+    """ResNet-18 (3x224x224 by default), parameter names identical to torchvision's;
+    ``width`` is the first stage's channel count (64 in torchvision)."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = 1000, width: int = 64, in_channels: int = 3) -> None:
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        w = self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, w, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(64, 2)
-        self.layer2 = self._make_layer(128, 2, stride=2)
-        self.layer3 = self._make_layer(256, 2, stride=2)
-        self.layer4 = self._make_layer(512, 2, stride=2)
+        self.layer1 = self._make_layer(w, 2)
+        self.layer2 = self._make_layer(2 * w, 2, stride=2)
+        self.layer3 = self._make_layer(4 * w, 2, stride=2)
+        self.layer4 = self._make_layer(8 * w, 2, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(8 * w, num_classes)
         _init_weights(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -125,9 +126,9 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes: int = 1000) -> ResNet18:
+def resnet18(num_classes: int = 1000, width: int = 64, in_channels: int = 3) -> ResNet18:
     """A randomly initialised ResNet-18 (BasicBlock, [2, 2, 2, 2]), torchvision layer names."""
-    return ResNet18(num_classes)
+    return ResNet18(num_classes, width, in_channels)
 
 
 class ConcatNet(nn.Module):
@@ -177,10 +178,7 @@ class Attention(nn.Module):
             raise ValueError(f"dim {dim} not divisible by heads {heads}")
         self.heads = heads
         self.head_dim = dim // heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         b, s, _ = t.shape
@@ -271,17 +269,12 @@ class ShuffleUnit(nn.Module):
 class ShuffleNet(nn.Module):
     """ShuffleNetV2-like CNN: stem, two stages of shuffle units, 1x1 head conv, Linear ``fc``."""
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (48, 96)
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, w: int = 48) -> None:
         super().__init__()
         self.stem = nn.Sequential(*_conv_bn(in_channels, 24, 3, stride=2), nn.ReLU(inplace=True))
-        stages, cin = [], 24
-        for cout in widths:
-            stages.append(nn.Sequential(ShuffleUnit(cin, cout, stride=2), ShuffleUnit(cout, cout)))
-            cin = cout
-        self.stage2, self.stage3 = stages
-        self.head = nn.Sequential(*_conv_bn(cin, 128, 1), nn.ReLU(inplace=True))
+        self.stage2 = nn.Sequential(ShuffleUnit(24, w, stride=2), ShuffleUnit(w, w))
+        self.stage3 = nn.Sequential(ShuffleUnit(w, 2 * w, stride=2), ShuffleUnit(2 * w, 2 * w))
+        self.head = nn.Sequential(*_conv_bn(2 * w, 128, 1), nn.ReLU(inplace=True))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(128, num_classes)
         _init_weights(self)
@@ -296,9 +289,8 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduce: int = 4) -> None:
         super().__init__()
-        squeezed = max(8, channels // reduce)
-        self.reduce = nn.Conv2d(channels, squeezed, 1)
-        self.expand = nn.Conv2d(squeezed, channels, 1)
+        self.reduce = nn.Conv2d(channels, max(8, channels // reduce), 1)
+        self.expand = nn.Conv2d(self.reduce.out_channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))
