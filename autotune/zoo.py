@@ -314,16 +314,18 @@ class MobileBlock(nn.Module):
 
 
 class MobileNetV3(nn.Module):
-    """MobileNetV3-small-like CNN: hardswish stem, depthwise/SE/hardswish blocks, Linear head."""
+    """MobileNetV3-small-like CNN: hardswish stem, depthwise/SE/hardswish blocks, Linear head;
+    ``scale`` multiplies every block's channels."""
 
     #: (hidden, out, kernel, stride, squeeze-excite) per block
     BLOCKS = ((48, 24, 3, 2, True), (72, 24, 3, 1, False), (96, 40, 5, 2, True), (120, 40, 5, 1, True))
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, scale: int = 1) -> None:
         super().__init__()
         self.stem = nn.Sequential(*_conv_bn(in_channels, 16, 3, stride=2), nn.Hardswish())
         blocks, cin = [], 16
         for hidden, cout, kernel, stride, se in self.BLOCKS:
+            hidden, cout = hidden * scale, cout * scale
             blocks.append(MobileBlock(cin, hidden, cout, kernel, stride, se))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
