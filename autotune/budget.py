@@ -84,3 +84,45 @@ def format_ms(ms: float) -> str:
     if ms < 0.1:
         return f"{ms * 1e3:g}us"
     return f"{ms:g}ms"
+
+
+@dataclass(frozen=True)
+class MaxDrop:
+    """``--max-drop``: the accuracy floor, in points (``1.0``) or relative to FP32 (``1%``)."""
+
+    points: float | None = None
+    fraction: float | None = None
+
+    def floor(self, reference: float) -> float:
+        """Lowest acceptable score given the unmodified model's ``reference`` score."""
+        if self.points is not None:
+            return reference - self.points
+        return reference * (1.0 - float(self.fraction))  # type: ignore[arg-type]
+
+    @property
+    def label(self) -> str:
+        return f"{self.points:g} points" if self.points is not None else f"{self.fraction * 100:g}%"  # type: ignore[operator]
+
+
+def parse_max_drop(text: str | float) -> MaxDrop:
+    accepted = "points of the metric (1.0) or a share of the unmodified model's score (1%)"
+    s = str(text).strip()
+    relative = s.endswith("%")
+    try:
+        value = float(s[:-1] if relative else s)
+    except ValueError:
+        raise UserError(f"--max-drop {text!r}: not a number; expected {accepted}") from None
+    if not math.isfinite(value) or value < 0 or (relative and value >= 100):
+        raise UserError(f"--max-drop {text!r}: out of range; expected {accepted}")
+    return MaxDrop(fraction=value / 100) if relative else MaxDrop(points=value)
+
+
+_DURATION = re.compile(r"^\s*(\d*\.?\d+)\s*(s|m|min|h)?\s*$")
+
+
+def parse_duration(text: str | float) -> float:
+    """``--timeout``: ``30m``, ``90s``, ``1.5h`` or seconds as a number -> seconds."""
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--timeout {text!r}: expected a positive duration: 90s, 30m, 1.5h")
+    return float(match.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
