@@ -179,29 +179,40 @@ class SearchSpace:
         return Candidate(layers=layers, runtime=RuntimeOptions(threads=threads))
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """Uniform configurations enqueued first, so the result never loses to them."""
+        """Uniform configurations enqueued first, so the result never loses to them, then the most
+        aggressive one the space allows ("floor"). Each is named by the values it really got: a
+        preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5"."""
         params = self.parameters()
-        recipes = {
-            "fp32": {},
-            "int8": {"bits": 8},
-            "w0.75": {"width": 0.75},
-            "w0.5": {"width": 0.5},
-            "w0.75+int8": {"width": 0.75, "bits": 8},
-            "w0.5+int8": {"width": 0.5, "bits": 8},
-        }
+        widths = sorted({w for layer in self.layers for w in layer.knobs.get("width", [])}, reverse=True)
+        has_int8 = any(8 in layer.knobs.get("bits", []) for layer in self.layers)
+        recipes = [{"width": w, "bits": b} for w in widths or [1.0] for b in ((32, 8) if has_int8 else (32,))]
+        # fp32, int8, then moderate widths, their int8 versions, then the narrow ones
+        recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
         out: dict[str, dict[str, Any]] = {}
-        seen: list[dict[str, Any]] = []
-        for name, recipe in recipes.items():
+        for recipe in [*recipes, {"width": "min", "bits": "min"}]:
             p: dict[str, Any] = {}
             for pname, choices in params.items():
                 knob = pname.rsplit(":", 1)[1]
                 default = KNOBS[knob].default if knob in KNOBS else choices[0]
                 want = recipe.get(knob, default)
-                p[pname] = want if want in choices else (default if default in choices else choices[0])
-            if p not in seen:
-                seen.append(p)
-                out[name] = p
+                if want == "min":
+                    p[pname] = min(choices, key=lambda v: float(v) if isinstance(v, (int, float)) else 0.0)
+                else:
+                    p[pname] = want if want in choices else (default if default in choices else choices[0])
+            if p not in out.values():
+                name = "floor" if recipe["width"] == "min" else self._uniform_name(p)
+                out[name if name not in out else f"{name}#{len(out)}"] = p
         return out
+
+    @staticmethod
+    def _uniform_name(params: dict[str, Any]) -> str:
+        """``fp32``, ``int8``, ``w0.5``, ``w0.5+int8``: what the configuration really is."""
+        parts = []
+        for knob, label, default in (("width", "w", 1.0), ("bits", "int", 32)):
+            values = sorted({v for k, v in params.items() if k.endswith(f":{knob}")}, reverse=True)
+            if values and values != [default]:
+                parts.append(label + "/".join(f"{v:g}" for v in values))
+        return "+".join(parts) or "fp32"
 
     def summary(self) -> dict[str, Any]:
         return {

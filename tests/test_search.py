@@ -29,7 +29,16 @@ def run(task: autotune.Task, tmp_path: Path, **kw: object) -> autotune.ParetoSet
 def test_search_returns_feasible_pareto_set_with_baselines(tmp_path: Path) -> None:
     result = run(conv_task(), tmp_path, study_name="s")
     assert len(result.trials) == 8
-    assert set(result.baselines) == {"fp32", "int8", "w0.75", "w0.5", "w0.75+int8", "w0.5+int8"}
+    assert set(result.baselines) == {
+        "fp32",
+        "int8",
+        "w0.75",
+        "w0.5",
+        "w0.75+int8",
+        "w0.5+int8",
+        "w0.25",
+        "w0.25+int8",
+    }
     assert result.pareto and all(t.feasible for t in result.pareto)
     assert result.best is not None and result.best.accuracy == max(t.accuracy for t in result.feasible)
     fp32 = result.baselines["fp32"]
@@ -79,7 +88,7 @@ def test_resume_continues_to_the_requested_count(tmp_path: Path) -> None:
     numbers = sorted(t.number for t in second.trials)
     assert numbers[:7] == sorted(t.number for t in first.trials)
     # baselines were not enqueued a second time
-    assert sum(1 for t in second.trials if t.baseline) == 6
+    assert sum(1 for t in second.trials if t.baseline) == 8
 
 
 def test_failed_candidates_become_failed_trials_and_the_study_goes_on(tmp_path: Path) -> None:
