@@ -200,16 +200,17 @@ class SearchSpace:
                 else:
                     p[pname] = want if want in choices else (default if default in choices else choices[0])
             if p not in out.values():
-                name = "floor" if recipe["width"] == "min" else self._uniform_name(p)
+                name = "floor" if recipe["width"] == "min" else self._uniform_name(self.candidate(p))
                 out[name if name not in out else f"{name}#{len(out)}"] = p
         return out
 
-    @staticmethod
-    def _uniform_name(params: dict[str, Any]) -> str:
+    def _uniform_name(self, candidate: Candidate) -> str:
         """``fp32``, ``int8``, ``w0.5``, ``w0.5+int8``: what the configuration really is."""
         parts = []
         for knob, label, default in (("width", "w", 1.0), ("bits", "int", 32)):
-            values = sorted({v for k, v in params.items() if k.endswith(f":{knob}")}, reverse=True)
+            values = sorted(
+                {candidate.value(lay.name, knob) for lay in self.layers if knob in lay.knobs}, reverse=True
+            )
             if values and values != [default]:
                 parts.append(label + "/".join(f"{v:g}" for v in values))
         return "+".join(parts) or "fp32"
