@@ -29,10 +29,10 @@ def test_channel_shuffle_net_searches_without_width_and_says_why(tmp_path: Path)
     torch.manual_seed(0)
     task = agreement_task(ShuffleNet(), torch.randn(32, 1, 32, 32), "shufflenet")
     result = run(task, tmp_path)
-    notes = result.meta["space"]["notes"]
+    notes = result.meta.notes
     width_notes = [n for n in notes if n.startswith("width not searched")]
     assert width_notes and "torch-pruning" in width_notes[0] and "\n" not in width_notes[0]
-    assert not any("width" in layer["knobs"] for layer in result.meta["space"]["layers"])
+    assert not any("width" in layer["knobs"] for layer in result.meta.space["layers"])
     # the remaining knobs are still searched: int8 somewhere, every trial built and scored
     assert not result.failures, [f.user_attrs["fail_reason"] for f in result.failures]
     assert len(result.trials) == 7 and "int8" in result.baselines
@@ -44,7 +44,7 @@ def test_mobile_net_with_squeeze_excite_and_hardswish_prunes_and_quantizes(tmp_p
     task = agreement_task(MobileNetV3(), torch.randn(32, 1, 64, 64), "mobilenetv3")
     result = run(task, tmp_path)
     assert not result.failures, [f.user_attrs["fail_reason"] for f in result.failures]
-    widths = [layer["name"] for layer in result.meta["space"]["layers"] if "width" in layer["knobs"]]
+    widths = [layer["name"] for layer in result.meta.space["layers"] if "width" in layer["knobs"]]
     assert any(".se." in name for name in widths)  # SE convs couple with their block's channels
     narrow = result.baselines["w0.5"]
     assert narrow.size_bytes < 0.6 * result.baselines["fp32"].size_bytes
