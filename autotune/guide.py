@@ -11,10 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 
 from autotune.errors import UserError
 from autotune.evaluate import evaluate_artifact
 from autotune.records import RuntimeOptions
+from autotune.sensitivity import FILE_NAME as SENSITIVITY_FILE
+from autotune.sensitivity import (
+    Table,
+    breaking_values,
+    candidate_probe,
+    drop_values,
+    greedy_candidates,
+    measure_sensitivity,
+)
 from autotune.space import Candidate, SearchSpace
 from autotune.task import Task
 
@@ -92,7 +103,7 @@ def infeasible_message(
     return " ".join(lines)
 
 
-def sensitivity_for_report(table: Any) -> dict[str, dict[str, float]]:
+def sensitivity_for_report(table: Table) -> dict[str, dict[str, float]]:
     """``{layer: {"width 0.5": Δ accuracy}}``: the shape the report's sensitivity section reads."""
     out: dict[str, dict[str, float]] = {}
     for e in table.entries:
@@ -101,13 +112,32 @@ def sensitivity_for_report(table: Any) -> dict[str, dict[str, float]]:
     return out
 
 
-def closest(trials: Sequence[Any], budget_ms: float, floor: float | None, k: int = 5) -> list[Any]:
-    """When nothing meets both limits: the most accurate under budget, else the fastest."""
-    under = [t for t in trials if t.latency_ms <= budget_ms]
-    if under:
-        return sorted(under, key=lambda t: -t.accuracy)[:k]
-    return sorted(trials, key=lambda t: t.latency_ms)[:k]
+def sensitivity_guidance(
+    task: Task,
+    space: SearchSpace,
+    builder: Any,
+    measurer: Any,
+    run_dir: Path,
+    reference: Reference,
+    floor: float | None,
+    budget_ms: float,
+) -> tuple[Table, list[dict[str, Any]]]:
+    """The per-layer table (cached in the run directory), values that alone break the floor
+    dropped from the space, and greedy NetAdapt-style candidates for the budget."""
+    probe = candidate_probe(task, space, builder, measurer)
+    table = measure_sensitivity(space, probe, cache=run_dir / SENSITIVITY_FILE)
+    if floor is not None:
+        space.notes.extend(drop_values(space, breaking_values(table, reference.accuracy - floor)))
+    params = space.parameters()
+    table.entries = [e for e in table.entries if e.value in params.get(e.param, [])]
+    return table, greedy_candidates(space, table, budget_ms)
 
 
-def unrecovered_accuracy(task: Task, path: Path | None) -> float | None:
-    return None if path is None else evaluate_artifact(task, path)
+def baseline_latencies(study: optuna.Study) -> list[tuple[str, float]]:
+    """(name, median ms) of the study's completed baselines: what the feasibility probe saw."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        name = t.user_attrs.get("baseline")
+        if name is not None and not name.startswith("greedy"):
+            out.append((name, t.values[1]))
+    return out
