@@ -38,6 +38,8 @@ class SearchConfig:
         sampler: ``auto``, ``tpe``, ``nsga2``, ``gp`` or ``random``.
         recover: ``bn`` (BatchNorm re-estimation, the default), ``kd`` (+ distillation) or ``none``.
         recover_steps: distillation steps per pruned candidate with ``recover="kd"``.
+        recover_final_steps: distillation steps for the most accurate pruned candidates under the
+            budget, re-built as extra trials at the end (0: off).
         sensitivity: measure per-layer sensitivity first; it drops values that alone break the
             floor and enqueues greedy candidates after the baselines.
         timeout: wall-clock limit (``"30m"``, ``"90s"`` or seconds); the search ends cleanly.
@@ -62,6 +64,7 @@ class SearchConfig:
     sampler: str = "auto"
     recover: str = "bn"
     recover_steps: int = 100
+    recover_final_steps: int = 0
     sensitivity: bool = False
     timeout: str | float | None = None
     budget_spec: Budget = field(init=False)  # absolute, or relative to the unmodified model
@@ -79,8 +82,10 @@ class SearchConfig:
             raise UserError(f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.recover not in MODES:
             raise UserError(f"--recover {self.recover!r}: choose one of {', '.join(MODES)}")
-        if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
-            raise UserError(f"--recover-steps {self.recover_steps}: must be zero or more")
+        for name in ("recover_steps", "recover_final_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise UserError(f"--{name.replace('_', '-')} {value}: must be zero or more")
         if not _positive_int(self.trials):
             raise UserError(f"--trials {self.trials}: must be at least 1")
         if self.threads is not None and not _positive_int(self.threads):

@@ -141,3 +141,24 @@ def baseline_latencies(study: optuna.Study) -> list[tuple[str, float]]:
         if name is not None and not name.startswith("greedy"):
             out.append((name, t.values[1]))
     return out
+
+
+def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 3) -> int:
+    """Re-queue the ``k`` most accurate pruned trials under the budget for a longer recovery
+    (``final_of`` marks them); returns how many were queued."""
+    done = {t.user_attrs.get("final_of") for t in study.get_trials(deepcopy=False)}
+    pruned = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values[1] <= budget_ms
+        and "final_of" not in t.user_attrs
+        and any(
+            "width" in c or "sparsity" in c for c in t.user_attrs.get("config", {}).get("layers", {}).values()
+        )
+    ]
+    best = sorted(pruned, key=lambda t: -t.values[0])[:k]
+    for t in best:
+        if t.number not in done:
+            attrs = {"baseline": f"final-kd#{t.number}", "final_of": t.number}
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+    return sum(t.number not in done for t in best)

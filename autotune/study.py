@@ -33,6 +33,7 @@ from autotune.evaluate import evaluate_artifact
 from autotune.guide import (
     Reference,
     baseline_latencies,
+    enqueue_final,
     infeasible_message,
     measure_reference,
     sensitivity_for_report,
@@ -133,6 +134,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     )
     recovery = Recovery(mode=cfg.recover, steps=cfg.recover_steps)
     builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery)
+    final = Recovery(mode="kd", steps=cfg.recover_final_steps)
+    final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final)
     measurer = Measurer(device, cfg.protocol, cache_dir=run_dir / "measurements", remeasure=cfg.remeasure)
     inputs = _trial_inputs(task)
     started = time.time()
@@ -169,7 +172,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         record = TrialRecord(candidate=candidate)
         record.save(trial)
         try:
-            artifact = builder.build(candidate)
+            artifact = (final_builder if "final_of" in trial.user_attrs else builder).build(candidate)
             timings = record.timings = artifact.timings
             record.artifact_path = str(artifact.path.relative_to(run_dir))
             record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
@@ -236,6 +239,9 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
                 if meta.infeasible and not cfg.keep_going:
                     meta.stopped = "infeasible"
                     break
+        # more recovery for the most accurate pruned candidates under the budget, as new trials
+        if cfg.recover_final_steps and not meta.stopped and (n := enqueue_final(study, budget_ms)):
+            study.optimize(objective, n_trials=n, catch=(CandidateError,), callbacks=[bar.update])
     finally:
         bar.close()
         meta.wall_s += time.time() - started

@@ -93,3 +93,13 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     ):
         with pytest.raises(UserError, match=needle):
             run(tmp_path, **kw)
+
+
+def test_the_most_accurate_pruned_candidates_get_a_longer_recovery_at_the_end(tmp_path: Path) -> None:
+    result = run(tmp_path, trials=8, recover_final_steps=5)
+    finals = [t for t in result.trials if t.baseline and t.baseline.startswith("final-kd#")]
+    assert 1 <= len(finals) <= 3
+    for t in finals:
+        assert t.recovery is not None and t.recovery["ran"] == ["bn", "kd"]
+        original = result.trial(int(t.baseline.split("#")[1]))
+        assert original.candidate == t.candidate

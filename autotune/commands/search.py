@@ -67,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--recover-steps", type=int, default=100, help="distillation steps with --recover kd (default: 100)"
     )
     p.add_argument(
+        "--recover-final-steps",
+        type=int,
+        default=0,
+        help="distill the 3 most accurate pruned candidates under the budget this many steps, "
+        "as extra trials at the end (default: 0, off)",
+    )
+    p.add_argument(
         "--sensitivity",
         action="store_true",
         help="measure per-layer sensitivity first: guides the search, shown in the report",
@@ -101,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         recover=args.recover,
         recover_steps=args.recover_steps,
+        recover_final_steps=args.recover_final_steps,
         sensitivity=args.sensitivity,
         timeout=args.timeout,
     )
