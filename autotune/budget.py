@@ -101,7 +101,9 @@ class MaxDrop:
 
     @property
     def label(self) -> str:
-        return f"{self.points:g} points" if self.points is not None else f"{self.fraction * 100:g}%"  # type: ignore[operator]
+        if self.points is not None:
+            return f"{self.points:g} point{'' if self.points == 1 else 's'}"
+        return f"{self.fraction * 100:g}%"  # type: ignore[operator]
 
 
 def parse_max_drop(text: str | float) -> MaxDrop:
