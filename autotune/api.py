@@ -36,7 +36,9 @@ def search(
         name: the task's name in study names and reports.
         **options: the fields of :class:`~autotune.study.SearchConfig`: ``budget`` (required),
             ``device``, ``trials``, ``space``, ``storage``, ``study_name``, ``out_dir``, ``seed``,
-            ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``.
+            ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``,
+            ``max_drop``, ``keep_going``, ``sampler``, ``recover``, ``recover_steps``,
+            ``recover_final_steps``, ``sensitivity``, ``timeout``.
 
     Returns:
         The :class:`ParetoSet`: ``.pareto``, ``.best``, ``.report()``, ``.best.export()``.

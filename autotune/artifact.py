@@ -1,8 +1,9 @@
 """Artifact: the deployable ONNX file of one candidate, content-hashed.
 
-candidate -> (width, sparsity, optional fine-tuning on a copy of the torch model) -> ONNX
-export -> per-layer quantization -> ``artifacts/<sha256>.onnx``. Every stage is timed; a stage
-that fails raises :class:`CandidateError` naming it.
+candidate -> (width, sparsity, recovery on a copy of the torch model) -> ONNX export ->
+per-layer quantization -> ``artifacts/<sha256>.onnx``. Every stage is timed; a stage that fails
+raises :class:`CandidateError` naming it. When recovery ran, the same candidate without recovery
+is built too (into a scratch folder), so its accuracy before recovery can be recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from autotune.compress import apply_sparsity, make_permanent, prune_width
 from autotune.errors import CandidateError
 from autotune.onnx_export import export_onnx
 from autotune.quantize import quantize_model
+from autotune.recover import Recovery, recover
 from autotune.space import Candidate, SearchSpace
 from autotune.task import Task
 
@@ -50,14 +52,25 @@ class Artifact:
     sha256: str
     size_bytes: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    recovery: list[str] = field(default_factory=list)  # what recovery ran: bn, kd, finetune
+    unrecovered: Path | None = None  # the same candidate built without recovery (scratch file)
 
 
 class ArtifactBuilder:
     """Builds candidates of one task into a content-addressed artifact folder."""
 
-    def __init__(self, task: Task, space: SearchSpace, artifact_dir: Path) -> None:
+    def __init__(
+        self,
+        task: Task,
+        space: SearchSpace,
+        artifact_dir: Path,
+        recovery: Recovery | None = None,
+        keep_unrecovered: bool = True,
+    ) -> None:
         self.task = task
         self.space = space
+        self.recovery = recovery or Recovery()
+        self.keep_unrecovered = keep_unrecovered
         self.artifact_dir = artifact_dir
         artifact_dir.mkdir(parents=True, exist_ok=True)
         # the unmodified model's ONNX: exported once, shared by every bits-only candidate
@@ -82,6 +95,8 @@ class ArtifactBuilder:
             finally:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
+        ran: list[str] = []
+        unrecovered: Path | None = None
         with tempfile.TemporaryDirectory() as tmp:
             if not self._changes_torch_model(candidate):
                 if self._unmodified is None:
@@ -92,34 +107,52 @@ class ArtifactBuilder:
                 fp32 = self._unmodified
             else:
                 fp32 = Path(tmp) / "model.onnx"
-                model = self._compress(candidate, stage)
+                before = Path(tmp) / "unrecovered.onnx" if self.keep_unrecovered else None
+                model, ran = self._compress(candidate, stage, before)
                 with stage("export"):
                     export_onnx(model, self.task.example_inputs, fp32)
-            bits = {
-                layer.onnx_node: int(candidate.value(layer.name, "bits"))
-                for layer in self.space.layers
-                if candidate.value(layer.name, "bits") != 32
-            }
+                if ran and before is not None:
+                    unrecovered = Path(self._workdir.name) / "unrecovered.onnx"
+                    with stage("quantize"):
+                        self._quantize(candidate, before, unrecovered)
             final = Path(tmp) / "final.onnx"
             with stage("quantize"):
-                if bits:
-                    quantize_model(fp32, final, bits, self.task.calibration)
-                else:
-                    shutil.copyfile(fp32, final)
+                self._quantize(candidate, fp32, final)
             digest = sha256_file(final)
             target = self.artifact_dir / f"{digest}.onnx"
             if not target.exists():
                 tmp_target = target.with_suffix(f".tmp{os.getpid()}")
                 shutil.copyfile(final, tmp_target)
                 os.replace(tmp_target, target)  # atomic: parallel workers may build the same one
-        return Artifact(path=target, sha256=digest, size_bytes=target.stat().st_size, timings=timings)
+        return Artifact(
+            path=target,
+            sha256=digest,
+            size_bytes=target.stat().st_size,
+            timings=timings,
+            recovery=ran,
+            unrecovered=unrecovered,
+        )
+
+    def _quantize(self, candidate: Candidate, src: Path, dst: Path) -> None:
+        bits = {
+            layer.onnx_node: int(candidate.value(layer.name, "bits"))
+            for layer in self.space.layers
+            if candidate.value(layer.name, "bits") != 32
+        }
+        if bits:
+            quantize_model(src, dst, bits, self.task.calibration)
+        else:
+            shutil.copyfile(src, dst)
 
     @staticmethod
     def _changes_torch_model(candidate: Candidate) -> bool:
         """Width or sparsity set anywhere (defaults are not stored in a candidate)."""
         return any("width" in cfg or "sparsity" in cfg for cfg in candidate.layers.values())
 
-    def _compress(self, candidate: Candidate, stage: Callable[[str], Any]) -> torch.nn.Module:
+    def _compress(
+        self, candidate: Candidate, stage: Callable[[str], Any], before: Path | None
+    ) -> tuple[torch.nn.Module, list[str]]:
+        """Pruned (and recovered) copy of the model; ``before`` gets the un-recovered export."""
         teacher = self.task.model.eval()
         widths = {name: float(cfg["width"]) for name, cfg in candidate.layers.items() if "width" in cfg}
         sparsity = {name: cfg["sparsity"] for name, cfg in candidate.layers.items() if "sparsity" in cfg}
@@ -127,10 +160,16 @@ class ArtifactBuilder:
             model = copy.deepcopy(teacher)
             prune_width(model, self.task.example_inputs, widths, self.space.ignored)
             masked = apply_sparsity(model, sparsity)
-        if (widths or masked) and self.task.finetune is not None:
-            with stage("finetune"):
-                self.task.finetune(model, teacher)
+        ran: list[str] = []
+        if widths or masked:
+            if before is not None:
+                with stage("export"):
+                    unrecovered = copy.deepcopy(model)
+                    make_permanent([m for m in unrecovered.modules() if hasattr(m, "weight_orig")])
+                    export_onnx(unrecovered.eval(), self.task.example_inputs, before)
+            with stage("finetune"):  # the stage name the cost split already uses for recovery
+                ran = recover(model, teacher, self.task, self.recovery)
         with stage("compress"):
             make_permanent(masked)
             model.eval()
-        return model
+        return model, ran

@@ -1,28 +1,81 @@
-"""Latency budgets: ``10ms``, ``10 ms``, ``0.01s``, ``500us`` -> milliseconds."""
+"""Latency budgets: absolute (``10ms``, ``10 ms``, ``0.01s``, ``500us`` -> milliseconds) or
+relative to the unmodified model's median latency on the target device (``50%``, ``0.5x``).
+
+A relative budget means the same thing on every machine; it is resolved once the unmodified
+model has been measured, and the resolved milliseconds are stored with the study.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from autotune.errors import UserError
 
 _UNITS_MS = {"s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}
-_PATTERN = re.compile(r"^\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*(s|ms|us|µs)\s*$")
+_NUMBER = r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"
+_PATTERN = re.compile(rf"^\s*{_NUMBER}\s*(s|ms|us|µs)\s*$")
+_RELATIVE = re.compile(rf"^\s*{_NUMBER}\s*(%|x)\s*$")
 ACCEPTED = "a positive number with a unit: 10ms, 10 ms, 0.01s, 500us"
+ACCEPTED_ANY = f"{ACCEPTED}, or a share of the unmodified model's latency: 50%, 0.5x"
 
 
-def parse_budget(text: str | float) -> float:
+@dataclass(frozen=True)
+class Budget:
+    """A parsed ``--budget``: exactly one of ``ms`` (absolute) or ``fraction`` (of FP32) is set."""
+
+    ms: float | None = None
+    fraction: float | None = None
+
+    @property
+    def relative(self) -> bool:
+        return self.fraction is not None
+
+    def resolve(self, reference_ms: float | None = None) -> float:
+        """Milliseconds; a relative budget needs the unmodified model's median latency."""
+        if self.ms is not None:
+            return self.ms
+        if reference_ms is None:
+            raise ValueError("a relative budget needs the reference latency")
+        return float(self.fraction) * reference_ms  # type: ignore[arg-type]
+
+    @property
+    def label(self) -> str:
+        """``50%`` or ``0.6ms``: what the user asked for (study names use it too)."""
+        if self.fraction is not None:
+            return f"{self.fraction * 100:g}%"
+        return format_ms(self.ms)  # type: ignore[arg-type]
+
+    @property
+    def slug(self) -> str:
+        """The label as a path-friendly name part: ``50pct`` or ``0.6ms``."""
+        return self.label.replace("%", "pct")
+
+
+def parse_budget_spec(text: str | float) -> Budget:
+    """Absolute or relative budget; a bare number is taken as milliseconds."""
+    if isinstance(text, str):
+        match = _RELATIVE.match(text)
+        if match:
+            value = float(match.group(1)) / (100.0 if match.group(2) == "%" else 1.0)
+            if not math.isfinite(value) or value <= 0:
+                raise UserError(f"--budget {text!r}: must be greater than zero; expected {ACCEPTED_ANY}")
+            return Budget(fraction=value)
+    return Budget(ms=parse_budget(text, ACCEPTED_ANY))
+
+
+def parse_budget(text: str | float, accepted: str = ACCEPTED) -> float:
     """Return the budget in milliseconds; a float is taken as milliseconds already."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
         match = _PATTERN.match(str(text))
         if not match:
-            raise UserError(f"--budget {text!r}: not a latency; expected {ACCEPTED}")
+            raise UserError(f"--budget {text!r}: not a latency; expected {accepted}")
         value = float(match.group(1)) * _UNITS_MS[match.group(2)]
     if not math.isfinite(value) or value <= 0:
-        raise UserError(f"--budget {text!r}: must be greater than zero; expected {ACCEPTED}")
+        raise UserError(f"--budget {text!r}: must be greater than zero; expected {accepted}")
     return value
 
 
@@ -31,3 +84,47 @@ def format_ms(ms: float) -> str:
     if ms < 0.1:
         return f"{ms * 1e3:g}us"
     return f"{ms:g}ms"
+
+
+@dataclass(frozen=True)
+class MaxDrop:
+    """``--max-drop``: the accuracy floor, in points (``1.0``) or relative to FP32 (``1%``)."""
+
+    points: float | None = None
+    fraction: float | None = None
+
+    def floor(self, reference: float) -> float:
+        """Lowest acceptable score given the unmodified model's ``reference`` score."""
+        if self.points is not None:
+            return reference - self.points
+        return reference * (1.0 - float(self.fraction))  # type: ignore[arg-type]
+
+    @property
+    def label(self) -> str:
+        if self.points is not None:
+            return f"{self.points:g} point{'' if self.points == 1 else 's'}"
+        return f"{self.fraction * 100:g}%"  # type: ignore[operator]
+
+
+def parse_max_drop(text: str | float) -> MaxDrop:
+    accepted = "points of the metric (1.0) or a share of the unmodified model's score (1%)"
+    s = str(text).strip()
+    relative = s.endswith("%")
+    try:
+        value = float(s[:-1] if relative else s)
+    except ValueError:
+        raise UserError(f"--max-drop {text!r}: not a number; expected {accepted}") from None
+    if not math.isfinite(value) or value < 0 or (relative and value >= 100):
+        raise UserError(f"--max-drop {text!r}: out of range; expected {accepted}")
+    return MaxDrop(fraction=value / 100) if relative else MaxDrop(points=value)
+
+
+_DURATION = re.compile(r"^\s*(\d*\.?\d+)\s*(s|m|min|h)?\s*$")
+
+
+def parse_duration(text: str | float) -> float:
+    """``--timeout``: ``30m``, ``90s``, ``1.5h`` or seconds as a number -> seconds."""
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--timeout {text!r}: expected a positive duration: 90s, 30m, 1.5h")
+    return float(match.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "measure": ("autotune.commands.measure", "measure one ONNX model's latency on a device"),
     "agent": ("autotune.commands.agent", "run the measurement agent on an edge device"),
     "agent-wheel": ("autotune.commands.agent_wheel", "build the wheel that installs the agent on a device"),
+    "sensitivity": ("autotune.commands.sensitivity", "per-layer accuracy and latency of each knob value"),
 }
 
 

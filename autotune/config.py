@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autotune.budget import parse_budget
+from autotune.budget import Budget, MaxDrop, parse_budget_spec, parse_duration, parse_max_drop
 from autotune.errors import UserError
 from autotune.records import Protocol
 
@@ -18,7 +18,8 @@ class SearchConfig:
     Checked once, here: a bad value raises :class:`UserError` (one line; exit code 2 in the CLI).
 
     Args:
-        budget: latency budget, e.g. ``"10ms"``, ``"500us"`` or milliseconds as a number.
+        budget: latency budget, e.g. ``"10ms"``, ``"500us"``, milliseconds as a number, or a
+            share of the unmodified model's measured latency: ``"50%"``, ``"0.5x"``.
         device: a device profile name (``cpu``, ``cuda``, ``jetson``, ...) or a profile YAML.
         trials: number of trials, baselines included; a resumed study continues to it.
         space: a search_spaces preset name or YAML path.
@@ -32,6 +33,16 @@ class SearchConfig:
         remeasure: ignore cached measurements.
         progress: show a progress bar.
         report: where to write the HTML report (default ``reports/<study>.html``; False: none).
+        max_drop: accuracy floor: points below the unmodified model (``1.0``) or relative (``"1%"``).
+        keep_going: search on when the feasibility probe finds the budget out of reach.
+        sampler: ``auto``, ``tpe``, ``nsga2``, ``gp`` or ``random``.
+        recover: ``bn`` (BatchNorm re-estimation, the default), ``kd`` (+ distillation) or ``none``.
+        recover_steps: distillation steps per pruned candidate with ``recover="kd"``.
+        recover_final_steps: distillation steps for the most accurate pruned candidates under the
+            budget, re-built as extra trials at the end (0: off).
+        sensitivity: measure per-layer sensitivity first; it drops values that alone break the
+            floor and enqueues greedy candidates after the baselines.
+        timeout: wall-clock limit (``"30m"``, ``"90s"`` or seconds); the search ends cleanly.
     """
 
     budget: str | float
@@ -48,10 +59,33 @@ class SearchConfig:
     remeasure: bool = False
     progress: bool = True
     report: str | Path | bool | None = None
-    budget_ms: float = field(init=False)  # the budget in milliseconds
+    max_drop: str | float | None = None
+    keep_going: bool = False
+    sampler: str = "auto"
+    recover: str = "bn"
+    recover_steps: int = 100
+    recover_final_steps: int = 0
+    sensitivity: bool = False
+    timeout: str | float | None = None
+    budget_spec: Budget = field(init=False)  # absolute, or relative to the unmodified model
+    floor: MaxDrop | None = field(init=False)
+    timeout_s: float | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budget_ms = parse_budget(self.budget)
+        from autotune.recover import MODES
+        from autotune.samplers import SAMPLERS
+
+        self.budget_spec = parse_budget_spec(self.budget)
+        self.floor = None if self.max_drop is None else parse_max_drop(self.max_drop)
+        self.timeout_s = None if self.timeout is None else parse_duration(self.timeout)
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.recover not in MODES:
+            raise UserError(f"--recover {self.recover!r}: choose one of {', '.join(MODES)}")
+        for name in ("recover_steps", "recover_final_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise UserError(f"--{name.replace('_', '-')} {value}: must be zero or more")
         if not _positive_int(self.trials):
             raise UserError(f"--trials {self.trials}: must be at least 1")
         if self.threads is not None and not _positive_int(self.threads):

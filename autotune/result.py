@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -37,6 +38,7 @@ class TrialResult:
     sha256: str
     baseline: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    recovery: dict[str, Any] | None = None  # what ran, and the accuracy before it
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
@@ -57,6 +59,7 @@ class TrialResult:
             sha256=record.sha256,
             baseline=record.baseline,
             timings=record.timings,
+            recovery=record.recovery,
         )
 
     def export(self, path: str | Path) -> Path:
@@ -186,6 +189,19 @@ class ParetoSet:
     def fastest(self, k: int = 3) -> list[TrialResult]:
         return sorted(self.trials, key=lambda t: t.latency_ms)[:k]
 
+    def closest(self, k: int = 5) -> list[TrialResult]:
+        """When nothing meets every limit: the most accurate under budget, else the fastest."""
+        under = [t for t in self.trials if t.latency_ms <= self.budget_ms]
+        return sorted(under, key=lambda t: -t.accuracy)[:k] if under else self.fastest(k)
+
+    @property
+    def reference_accuracy(self) -> float | None:
+        """The unmodified model's score (measured first), else the fp32 baseline's."""
+        if self.meta.reference:
+            return float(self.meta.reference["accuracy"])
+        fp32 = self.baselines.get("fp32")
+        return fp32.accuracy if fp32 else None
+
     @property
     def baselines(self) -> dict[str, TrialResult]:
         return {t.baseline: t for t in self.trials if t.baseline}
@@ -224,15 +240,15 @@ class ParetoSet:
     # -- text output ----------------------------------------------------------------------
     def table(self) -> str:
         metric = self.meta.metric
-        rows = self.pareto if self.pareto else self.fastest(5)
-        fp32 = self.baselines.get("fp32")
+        rows = self.pareto if self.pareto else self.closest(5)
+        ref = self.reference_accuracy
         header = (
             f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'median ms':>9}  {'p90 ms':>8}  "
             f"{'CV':>5}  {'size KiB':>9}  config"
         )
         lines = [header, "-" * len(header)]
         for t in rows:
-            delta = f"{t.accuracy - fp32.accuracy:+.2f}" if fp32 else "n/a"
+            delta = f"{t.accuracy - ref:+.2f}" if ref is not None else "n/a"
             flag = "" if t.measurement.status == "ok" else f" [{t.measurement.status}]"
             tag = f" ({t.baseline})" if t.baseline else ""
             mark = "*" if self.best and t.number == self.best.number else " "
@@ -242,6 +258,40 @@ class ParetoSet:
                 f"{t.candidate.describe()}{tag}{flag}"
             )
         return "\n".join(lines)
+
+    def _verdict(self) -> list[str]:
+        """The lines above the table: limits, what stopped the run, and what the table shows."""
+        budget, floor, lines = self.meta.budget, self.meta.floor, []
+        if floor is not None:
+            lines.append(f"accuracy floor: {floor:.2f} (the unmodified model minus {self.meta.max_drop})")
+        if self.meta.infeasible:
+            lines.append(f"infeasible: {self.meta.infeasible}")
+        if self.meta.stopped == "infeasible":
+            lines.append(
+                "stopped after the feasibility probe (everything is saved; --keep-going searches anyway)"
+            )
+        elif self.meta.stopped == "timeout":
+            lines.append("stopped by --timeout (everything is saved; run the same command to continue)")
+        recovered = [t for t in self.trials if t.recovery and t.recovery.get("accuracy_before") is not None]
+        if recovered:
+            gain = sum(t.accuracy - t.recovery["accuracy_before"] for t in recovered) / len(recovered)  # type: ignore[index]
+            ran = sorted({r for t in recovered for r in t.recovery["ran"]})  # type: ignore[index]
+            lines.append(
+                f"recovery ({'+'.join(ran)}) in {len(recovered)} trials: {gain:+.2f} points on average"
+            )
+        if self.pareto:
+            lines.append(f"Pareto set under the budget ({len(self.pareto)} candidates, * = best):")
+        elif floor is not None and any(t.latency_ms <= self.budget_ms for t in self.trials):
+            lines.append(
+                f"NO candidate meets both the budget of {budget} and the accuracy floor of {floor:.2f}: "
+                "none is the one to ship. The most accurate under the budget (everything is saved):"
+            )
+        else:
+            lines.append(
+                f"NO candidate met the budget of {budget}. The fastest candidates found "
+                "(everything is saved; try a larger budget or a wider search space):"
+            )
+        return lines
 
     def summary(self) -> str:
         n_fail = len(self.failures)
@@ -258,13 +308,7 @@ class ParetoSet:
                 + ", ".join(f"{k} x{v}" for k, v in self.failure_reasons().items())
                 + (f"; full tracebacks in {self.tracebacks_dir}" if self.tracebacks_dir else "")
             )
-        if self.pareto:
-            lines.append(f"Pareto set under the budget ({len(self.pareto)} candidates, * = best):")
-        else:
-            lines.append(
-                f"NO candidate met the budget of {budget}. The fastest candidates found "
-                "(everything is saved; try a larger budget or a wider search space):"
-            )
+        lines.extend(self._verdict())
         lines.append(self.table())
         stats = self.meta.measurer
         if stats:

@@ -44,6 +44,13 @@ class RunMeta:
     wall_s: float = 0.0  # summed over every run of the study
     measurer: dict[str, int] = field(default_factory=dict)  # the latest run's measurer counts
     sensitivity: dict[str, Any] | None = None  # per-layer sensitivity, when computed
+    #: the unmodified model on this device (guide.Reference.to_dict()), always measured first
+    reference: dict[str, Any] | None = None
+    floor: float | None = None  # lowest acceptable score (--max-drop), None: no floor
+    max_drop: str | None = None  # as the user gave it, e.g. "1 points" or "1%"
+    infeasible: str | None = None  # the feasibility probe's verdict when the budget is out of reach
+    stopped: str | None = None  # why the latest run ended early (timeout, infeasible)
+    search: dict[str, Any] = field(default_factory=dict)  # sampler, recovery, sensitivity options
 
     @property
     def notes(self) -> list[str]:
@@ -53,8 +60,9 @@ class RunMeta:
     def to_attrs(self) -> dict[str, Any]:
         attrs = asdict(self)
         attrs["last_run"] = {"measurer": attrs.pop("measurer")}
-        if self.sensitivity is None:
-            del attrs["sensitivity"]
+        for key in ("sensitivity", "reference", "floor", "max_drop", "infeasible", "stopped"):
+            if attrs[key] is None:
+                del attrs[key]
         return attrs
 
     @classmethod
@@ -89,6 +97,8 @@ class TrialRecord:
     fail_reason: str | None = None  # one line, for the summary
     traceback: str | None = None  # the failure's full traceback file, relative to the run directory
     sensitivity: dict[str, Any] | None = None
+    #: recovery that ran ("bn", "kd", "finetune") and the accuracy of the same candidate before it
+    recovery: dict[str, Any] | None = None
 
     @property
     def failed_by_candidate(self) -> bool:
@@ -109,7 +119,7 @@ class TrialRecord:
             attrs["measurement"] = self.measurement.to_dict(max_samples=MAX_STORED_SAMPLES)
         if self.timings:
             attrs["timings"] = dict(self.timings)
-        for key in ("baseline", "fail_stage", "fail_reason", "traceback", "sensitivity"):
+        for key in ("baseline", "fail_stage", "fail_reason", "traceback", "sensitivity", "recovery"):
             if getattr(self, key) is not None:
                 attrs[key] = getattr(self, key)
         return attrs
@@ -129,6 +139,7 @@ class TrialRecord:
             fail_reason=attrs.get("fail_reason"),
             traceback=attrs.get("traceback"),
             sensitivity=attrs.get("sensitivity"),
+            recovery=attrs.get("recovery"),
         )
 
     def save(self, trial: optuna.Trial) -> None:

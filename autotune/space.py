@@ -20,11 +20,12 @@ import optuna
 
 from autotune._util import error_line
 from autotune._yaml import check_keys, load_mapping
-from autotune.compress import check_width_roots, prunable_layers, supports_two_four, width_groups
+from autotune.compress import prunable_layers, supports_two_four
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
 from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue
 from autotune.onnx_export import export_onnx, layer_nodes, output_nodes, weighted_nodes
+from autotune.probe import quantizable, width_roots
 from autotune.profiles import DeviceProfile, data_dir
 from autotune.task import Task
 
@@ -178,29 +179,41 @@ class SearchSpace:
         return Candidate(layers=layers, runtime=RuntimeOptions(threads=threads))
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """Uniform configurations enqueued first, so the result never loses to them."""
+        """Uniform configurations enqueued first, so the result never loses to them, then the most
+        aggressive one the space allows ("floor"). Each is named by the values it really got: a
+        preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5"."""
         params = self.parameters()
-        recipes: dict[str, dict[str, Any]] = {
-            "fp32": {},
-            "int8": {"bits": 8},
-            "w0.75": {"width": 0.75},
-            "w0.5": {"width": 0.5},
-            "w0.75+int8": {"width": 0.75, "bits": 8},
-            "w0.5+int8": {"width": 0.5, "bits": 8},
-        }
+        widths = sorted({w for layer in self.layers for w in layer.knobs.get("width", [])}, reverse=True)
+        has_int8 = any(8 in layer.knobs.get("bits", []) for layer in self.layers)
+        recipes = [{"width": w, "bits": b} for w in widths or [1.0] for b in ((32, 8) if has_int8 else (32,))]
+        # fp32, int8, then moderate widths, their int8 versions, then the narrow ones
+        recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
         out: dict[str, dict[str, Any]] = {}
-        seen: list[dict[str, Any]] = []
-        for name, recipe in recipes.items():
+        for recipe in [*recipes, {"width": "min", "bits": "min"}]:
             p: dict[str, Any] = {}
             for pname, choices in params.items():
                 knob = pname.rsplit(":", 1)[1]
                 default = KNOBS[knob].default if knob in KNOBS else choices[0]
                 want = recipe.get(knob, default)
-                p[pname] = want if want in choices else (default if default in choices else choices[0])
-            if p not in seen:
-                seen.append(p)
-                out[name] = p
+                if want == "min":
+                    p[pname] = min(choices, key=lambda v: float(v) if isinstance(v, (int, float)) else 0.0)
+                else:
+                    p[pname] = want if want in choices else (default if default in choices else choices[0])
+            if p not in out.values():
+                name = "floor" if recipe["width"] == "min" else self._uniform_name(self.candidate(p))
+                out[name if name not in out else f"{name}#{len(out)}"] = p
         return out
+
+    def _uniform_name(self, candidate: Candidate) -> str:
+        """``fp32``, ``int8``, ``w0.5``, ``w0.5+int8``: what the configuration really is."""
+        parts = []
+        for knob, label, default in (("width", "w", 1.0), ("bits", "int", 32)):
+            values = sorted(
+                {candidate.value(lay.name, knob) for lay in self.layers if knob in lay.knobs}, reverse=True
+            )
+            if values and values != [default]:
+                parts.append(label + "/".join(f"{v:g}" for v in values))
+        return "+".join(parts) or "fp32"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -294,10 +307,16 @@ def _discover_torch(
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"the model does not export to ONNX: {error_line(exc)}") from None
         graph = onnx.load(str(path))
-    nodes = layer_nodes(graph, set(modules))
+        nodes = layer_nodes(graph, set(modules))
+        selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
+        bits_ok, bit_notes = quantizable(
+            path,
+            {nodes[n].name: _bits_for(nodes[n].op_type, allowed["bits"]) for n in selected if n in nodes},
+            task.calibration,
+        )
+        notes.extend(bit_notes)
     outputs = output_nodes(graph)
     output_layers = [name for name, node in nodes.items() if node.name in outputs]
-    selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
     kept = [n for n in modules if n not in selected]
     unmapped = [n for n in selected if n not in nodes]
     if unmapped:
@@ -308,17 +327,17 @@ def _discover_torch(
     ignored = sorted(set(output_layers) | set(kept))
     roots: list[str] = []
     if any(w != 1.0 for w in allowed["width"]):
-        roots = [r for r in width_groups(model, task.example_inputs, ignored) if r in nodes and r in selected]
-        roots, broken = check_width_roots(model, task.example_inputs, roots, ignored)
-        for root, why in broken.items():
-            notes.append(f"width of {root} not searched: torch-pruning cannot narrow it ({why})")
+        candidates = [r for r in selected if r in nodes]
+        narrowest = min(allowed["width"])
+        roots, width_notes = width_roots(model, task.example_inputs, ignored, candidates, narrowest)
+        notes.extend(width_notes)
 
     layers = []
     for name in selected:
         if name not in nodes:
             continue
         node = nodes[name]
-        knobs: dict[str, list[KnobValue]] = {"bits": _bits_for(node.op_type, allowed["bits"])}
+        knobs: dict[str, list[KnobValue]] = {"bits": bits_ok.get(node.name) or [32]}
         if name in roots:
             knobs["width"] = list(allowed["width"])
         sparsity = [s for s in allowed["sparsity"] if s != "2:4" or supports_two_four(modules[name])]

@@ -30,11 +30,22 @@ from autotune.config import SearchConfig
 from autotune.devices import Device, device_for_profile
 from autotune.errors import CandidateError, UserError
 from autotune.evaluate import evaluate_artifact
+from autotune.guide import (
+    Reference,
+    baseline_latencies,
+    enqueue_final,
+    infeasible_message,
+    measure_reference,
+    sensitivity_for_report,
+    sensitivity_guidance,
+)
 from autotune.measure import Measurer
 from autotune.onnx_export import input_names
 from autotune.profiles import DeviceProfile, load_profile
+from autotune.recover import Recovery
 from autotune.result import ParetoSet
 from autotune.run import DB_NAME, FAILURES_DIR, RunMeta, TrialRecord
+from autotune.samplers import make_sampler
 from autotune.space import SearchSpace, build_space, load_preset
 from autotune.task import Task
 
@@ -103,18 +114,17 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
 
 
 def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
-    budget_ms = cfg.budget_ms
     profile = load_profile(cfg.device)
     device = device_for_profile(profile, agent=cfg.agent)
     preset = load_preset(cfg.space)
-    study_name = cfg.study_name or f"{task.name}-{profile.name}-{format_ms(budget_ms)}"
+    study_name = cfg.study_name or f"{task.name}-{profile.name}-{cfg.budget_spec.slug}"
     run_dir = Path(cfg.out_dir) / study_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
     storage_url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
     storage = _storage(storage_url)
     space = build_space(task, preset, profile, threads=cfg.threads)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=10)
+    sampler = make_sampler(cfg.sampler, cfg.seed)
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -122,22 +132,47 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         sampler=sampler,
         load_if_exists=True,
     )
-    meta = _check_or_write_meta(study, task, profile, device, budget_ms, cfg, space, run_dir)
-    # a resumed study gets a different sampler stream, so it does not replay the same proposals
-    if study.trials:
-        sampler.reseed_rng()
-    _enqueue_baselines(study, space)
-
-    builder = ArtifactBuilder(task, space, run_dir / "artifacts")
+    recovery = Recovery(mode=cfg.recover, steps=cfg.recover_steps)
+    builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery)
+    final = Recovery(mode="kd", steps=cfg.recover_final_steps)
+    final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final)
     measurer = Measurer(device, cfg.protocol, cache_dir=run_dir / "measurements", remeasure=cfg.remeasure)
     inputs = _trial_inputs(task)
+    started = time.time()
+    try:
+        # the unmodified model first, whatever the preset says: it defines "Δ vs FP32" and "50%"
+        old = RunMeta.from_study(study)
+        if old is not None and old.reference:
+            reference = Reference.from_dict(old.reference)
+        else:
+            reference = measure_reference(task, space, builder, measurer, inputs)
+        budget_ms = cfg.budget_spec.resolve(reference.latency_ms)
+        floor = None if cfg.floor is None else cfg.floor.floor(reference.accuracy)
+        table, greedy = None, []
+        if cfg.sensitivity:  # cached in the run directory: a resumed search re-uses it
+            args = (task, space, builder, measurer, run_dir, reference, floor, budget_ms)
+            table, greedy = sensitivity_guidance(*args)
+        meta = _check_or_write_meta(study, task, profile, device, budget_ms, cfg, space, run_dir)
+        meta.reference, meta.floor = reference.to_dict(), floor
+        meta.max_drop = None if cfg.floor is None else cfg.floor.label
+        meta.search = {"sampler": cfg.sampler, "recovery": recovery.to_dict(), "sensitivity": cfg.sensitivity}
+        if table is not None:
+            meta.sensitivity = sensitivity_for_report(table)
+        meta.save(study)
+        # a resumed study gets a different sampler stream, so it does not replay the same proposals
+        if study.trials and hasattr(sampler, "reseed_rng"):
+            sampler.reseed_rng()
+        _enqueue_baselines(study, space, greedy)
+    except BaseException:
+        device.close()
+        raise
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = space.sample(trial)
         record = TrialRecord(candidate=candidate)
         record.save(trial)
         try:
-            artifact = builder.build(candidate)
+            artifact = (final_builder if "final_of" in trial.user_attrs else builder).build(candidate)
             timings = record.timings = artifact.timings
             record.artifact_path = str(artifact.path.relative_to(run_dir))
             record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
@@ -150,6 +185,9 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             t0 = time.perf_counter()
             try:
                 accuracy = evaluate_artifact(task, artifact.path)
+                if artifact.unrecovered is not None:  # only when recovery ran
+                    before = evaluate_artifact(task, artifact.unrecovered)
+                    record.recovery = {"ran": artifact.recovery, "accuracy_before": before}
             except Exception as exc:
                 raise CandidateError("evaluate", error_line(exc)) from exc
             finally:
@@ -161,6 +199,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         finally:
             record.save(trial)
         trial.set_constraint("latency_budget", m.median_ms - budget_ms)
+        if floor is not None:
+            trial.set_constraint("accuracy_floor", floor - accuracy)
         return accuracy, m.median_ms, float(artifact.size_bytes)
 
     def stop_at_target(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
@@ -168,15 +208,40 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         if _counted(study) >= cfg.trials:
             study.stop()
 
-    remaining = cfg.trials - _counted(study)
-    started = time.time()
-    bar = _ProgressBar(remaining, budget_ms, cfg.progress)
+    deadline = None if cfg.timeout_s is None else started + cfg.timeout_s
+    bar = _ProgressBar(cfg.trials - _counted(study), budget_ms, floor, cfg.progress)
+    meta.stopped = None
     try:
-        while remaining > 0:
-            study.optimize(
-                objective, n_trials=remaining, catch=(CandidateError,), callbacks=[bar.update, stop_at_target]
-            )
-            remaining = cfg.trials - _counted(study)  # trials lost to a stale worker are redone
+        # feasibility probe: the enqueued baselines and the most aggressive configuration run first
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        for phase in ("probe", "search"):
+            while (remaining := cfg.trials - _counted(study)) > 0:
+                n = min(remaining, waiting) if phase == "probe" else remaining
+                if n <= 0:
+                    break
+                left = None if deadline is None else deadline - time.time()
+                if left is not None and left <= 0:
+                    meta.stopped = "timeout"
+                    break
+                study.optimize(
+                    objective,
+                    n_trials=n,
+                    timeout=left,
+                    catch=(CandidateError,),
+                    callbacks=[bar.update, stop_at_target],
+                )
+                if phase == "probe":
+                    break
+            if meta.stopped:
+                break
+            if phase == "probe":
+                meta.infeasible = infeasible_message(baseline_latencies(study), reference, budget_ms, space)
+                if meta.infeasible and not cfg.keep_going:
+                    meta.stopped = "infeasible"
+                    break
+        # more recovery for the most accurate pruned candidates under the budget, as new trials
+        if cfg.recover_final_steps and not meta.stopped and (n := enqueue_final(study, budget_ms)):
+            study.optimize(objective, n_trials=n, catch=(CandidateError,), callbacks=[bar.update])
     finally:
         bar.close()
         meta.wall_s += time.time() - started
@@ -219,7 +284,7 @@ def _check_or_write_meta(
         device=profile.name,
         backend=profile.backend,
         budget_ms=budget_ms,
-        budget=format_ms(budget_ms),
+        budget=_budget_label(cfg, budget_ms),
         run_dir=str(run_dir.resolve()),
         fingerprint=device.fingerprint(),
         space=space.summary(),
@@ -231,7 +296,12 @@ def _check_or_write_meta(
     return meta
 
 
-def _enqueue_baselines(study: optuna.Study, space: SearchSpace) -> None:
+def _budget_label(cfg: SearchConfig, budget_ms: float) -> str:
+    spec = cfg.budget_spec
+    return f"{spec.label} of FP32 = {format_ms(budget_ms)}" if spec.relative else format_ms(budget_ms)
+
+
+def _enqueue_baselines(study: optuna.Study, space: SearchSpace, greedy: list[dict[str, Any]]) -> None:
     done = set()
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.from_attrs(t.user_attrs)
@@ -239,7 +309,8 @@ def _enqueue_baselines(study: optuna.Study, space: SearchSpace) -> None:
             t.state == TrialState.FAIL and record.failed_by_candidate
         ):
             done.add(record.baseline)
-    for name, params in space.baselines().items():
+    named = list(space.baselines().items()) + [(f"greedy{i + 1}", p) for i, p in enumerate(greedy)]
+    for name, params in named:
         if name not in done:
             study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs(), skip_if_exists=True)
 
@@ -247,8 +318,9 @@ def _enqueue_baselines(study: optuna.Study, space: SearchSpace) -> None:
 class _ProgressBar:
     """tqdm bar with ETA and the best feasible candidate so far."""
 
-    def __init__(self, total: int, budget_ms: float, enabled: bool) -> None:
+    def __init__(self, total: int, budget_ms: float, floor: float | None, enabled: bool) -> None:
         self.budget_ms = budget_ms
+        self.floor = -float("inf") if floor is None else floor
         self.bar = tqdm(
             total=max(total, 0), disable=not enabled, unit="trial", file=sys.stderr, dynamic_ncols=True
         )
@@ -258,7 +330,11 @@ class _ProgressBar:
     def update(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             acc, lat, _ = trial.values
-            if lat <= self.budget_ms and (self.best is None or (acc, -lat) > (self.best[0], -self.best[1])):
+            if (
+                lat <= self.budget_ms
+                and acc >= self.floor
+                and (self.best is None or (acc, -lat) > (self.best[0], -self.best[1]))
+            ):
                 self.best = (acc, lat)
         elif trial.state == TrialState.FAIL:
             self.failed += 1

@@ -53,6 +53,9 @@ class Task:
     finetune: Finetune | None = None
     name: str = "model"
     metric: str = "accuracy"
+    #: unlabeled input batches for built-in recovery (BatchNorm re-estimation, distillation);
+    #: None: the calibration batches
+    recovery_data: Sequence[tuple[np.ndarray, ...]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.source, str):

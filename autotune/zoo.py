@@ -2,7 +2,9 @@
 
 Each model covers a structure the compression passes must handle: residual adds and a
 depthwise conv (``DigitsNet``, ``resnet18``), channel concatenation (``ConcatNet``), plain
-Linear stacks (``MLP``) and attention with 3-D MatMuls (``TinyTransformer``).
+Linear stacks (``MLP``), attention with 3-D MatMuls (``TinyTransformer``), channel split +
+shuffle (``ShuffleNet``, which torch-pruning cannot trace) and depthwise + squeeze-excite +
+hardswish blocks (``MobileNetV3``).
 """
 
 from __future__ import annotations
@@ -94,21 +96,22 @@ class DigitsNet(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 for 3x224x224 inputs, parameter names identical to torchvision's."""
+    """ResNet-18 (3x224x224 by default), parameter names identical to torchvision's;
+    ``width`` is the first stage's channel count (64 in torchvision)."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = 1000, width: int = 64, in_channels: int = 3) -> None:
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        w = self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, w, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(64, 2)
-        self.layer2 = self._make_layer(128, 2, stride=2)
-        self.layer3 = self._make_layer(256, 2, stride=2)
-        self.layer4 = self._make_layer(512, 2, stride=2)
+        self.layer1 = self._make_layer(w, 2)
+        self.layer2 = self._make_layer(2 * w, 2, stride=2)
+        self.layer3 = self._make_layer(4 * w, 2, stride=2)
+        self.layer4 = self._make_layer(8 * w, 2, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(8 * w, num_classes)
         _init_weights(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -123,9 +126,9 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes: int = 1000) -> ResNet18:
+def resnet18(num_classes: int = 1000, width: int = 64, in_channels: int = 3) -> ResNet18:
     """A randomly initialised ResNet-18 (BasicBlock, [2, 2, 2, 2]), torchvision layer names."""
-    return ResNet18(num_classes)
+    return ResNet18(num_classes, width, in_channels)
 
 
 class ConcatNet(nn.Module):
@@ -175,10 +178,7 @@ class Attention(nn.Module):
             raise ValueError(f"dim {dim} not divisible by heads {heads}")
         self.heads = heads
         self.head_dim = dim // heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         b, s, _ = t.shape
@@ -229,6 +229,114 @@ class TinyTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(x + self.pos)
         return self.head(self.norm(x).mean(dim=1))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: (b, g, c/g, h, w) -> transpose -> (b, c, h, w)."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit: stride 1 splits the channels in half; stride 2 runs both branches."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                *_conv_bn(cin, cin, 3, stride, groups=cin), *_conv_bn(cin, half, 1), nn.ReLU(inplace=True)
+            )
+        inner = cin if stride > 1 else half
+        self.branch2 = nn.Sequential(
+            *_conv_bn(inner, half, 1),
+            nn.ReLU(inplace=True),
+            *_conv_bn(half, half, 3, stride, groups=half),
+            *_conv_bn(half, half, 1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            out = torch.cat([a, self.branch2(b)], dim=1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNet(nn.Module):
+    """ShuffleNetV2-like CNN: stem, two stages of shuffle units, 1x1 head conv, Linear ``fc``."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, w: int = 48) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(in_channels, 24, 3, stride=2), nn.ReLU(inplace=True))
+        self.stage2 = nn.Sequential(ShuffleUnit(24, w, stride=2), ShuffleUnit(w, w))
+        self.stage3 = nn.Sequential(ShuffleUnit(w, 2 * w, stride=2), ShuffleUnit(2 * w, 2 * w))
+        self.head = nn.Sequential(*_conv_bn(2 * w, 128, 1), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.stage3(self.stage2(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: global pool, 1x1 reduce, ReLU, 1x1 expand, hardsigmoid gate."""
+
+    def __init__(self, channels: int, reduce: int = 4) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, max(8, channels // reduce), 1)
+        self.expand = nn.Conv2d(self.reduce.out_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))
+        return x * nn.functional.hardsigmoid(self.expand(s))
+
+
+class MobileBlock(nn.Module):
+    """MobileNetV3 block: 1x1 expand, depthwise k x k, optional SE, 1x1 project; hardswish."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, kernel: int, stride: int, se: bool) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(*_conv_bn(cin, hidden, 1), nn.Hardswish())
+        self.dw = nn.Sequential(*_conv_bn(hidden, hidden, kernel, stride, groups=hidden), nn.Hardswish())
+        self.se = SqueezeExcite(hidden) if se else nn.Identity()
+        self.project = _conv_bn(hidden, cout, 1)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.dw(self.expand(x))))
+        return x + out if self.residual else out
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3-small-like CNN: hardswish stem, depthwise/SE/hardswish blocks, Linear head;
+    ``scale`` multiplies every block's channels."""
+
+    #: (hidden, out, kernel, stride, squeeze-excite) per block
+    BLOCKS = ((48, 24, 3, 2, True), (72, 24, 3, 1, False), (96, 40, 5, 2, True), (120, 40, 5, 1, True))
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, scale: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(in_channels, 16, 3, stride=2), nn.Hardswish())
+        blocks, cin = [], 16
+        for hidden, cout, kernel, stride, se in self.BLOCKS:
+            hidden, cout = hidden * scale, cout * scale
+            blocks.append(MobileBlock(cin, hidden, cout, kernel, stride, se))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(*_conv_bn(cin, 160, 1), nn.Hardswish())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(160, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -84,7 +84,16 @@ def test_profile_with_sparsity_offers_two_four_only_where_it_fits(tmp_path: Path
 def test_baselines_are_distinct_and_valid(cpu: object) -> None:
     space = build_space(task_for(resnet18(10), torch.randn(1, 3, 64, 64)), load_preset(None), cpu)
     baselines = space.baselines()
-    assert list(baselines) == ["fp32", "int8", "w0.75", "w0.5", "w0.75+int8", "w0.5+int8"]
+    assert list(baselines) == [
+        "fp32",
+        "int8",
+        "w0.75",
+        "w0.5",
+        "w0.75+int8",
+        "w0.5+int8",
+        "w0.25",
+        "w0.25+int8",
+    ]
     params = space.parameters()
     for values in baselines.values():
         assert all(v in params[k] for k, v in values.items())

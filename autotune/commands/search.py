@@ -6,11 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from autotune.budget import ACCEPTED
+from autotune.budget import ACCEPTED_ANY
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", required=True, help=f"latency budget on the device: {ACCEPTED}")
+    p.add_argument(
+        "--budget", required=True, help="latency budget on the device: " + ACCEPTED_ANY.replace("%", "%%")
+    )
     p.add_argument(
         "--device",
         default="cpu",
@@ -46,6 +48,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="short measurement protocol (smoke tests; numbers are noisier)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--max-drop",
+        help="accuracy floor: points below the unmodified model (1.0), or a share of its score (1%%)",
+    )
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="search on when the feasibility probe finds the budget out of reach",
+    )
+    p.add_argument("--sampler", default="auto", help="auto, tpe, nsga2, gp or random (default: auto)")
+    p.add_argument(
+        "--recover",
+        default="bn",
+        help="recovery of pruned candidates: bn (BatchNorm statistics, default), kd (+ distillation), none",
+    )
+    p.add_argument(
+        "--recover-steps", type=int, default=100, help="distillation steps with --recover kd (default: 100)"
+    )
+    p.add_argument(
+        "--recover-final-steps",
+        type=int,
+        default=0,
+        help="distill the 3 most accurate pruned candidates under the budget this many steps, "
+        "as extra trials at the end (default: 0, off)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="measure per-layer sensitivity first: guides the search, shown in the report",
+    )
+    p.add_argument(
+        "--timeout", help="wall-clock limit, e.g. 30m; the search ends cleanly and keeps everything"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +103,14 @@ def run(args: argparse.Namespace) -> int:
         remeasure=args.remeasure,
         progress=not args.no_progress and sys.stderr.isatty(),
         report=args.report,
+        max_drop=args.max_drop,
+        keep_going=args.keep_going,
+        sampler=args.sampler,
+        recover=args.recover,
+        recover_steps=args.recover_steps,
+        recover_final_steps=args.recover_final_steps,
+        sensitivity=args.sensitivity,
+        timeout=args.timeout,
     )
     from autotune.commands._task import load_task
     from autotune.devices import device_for_profile

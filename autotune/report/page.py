@@ -114,6 +114,16 @@ def verdict(view: View) -> str:
     device = esc(r.meta.device)
     fp32 = r.baselines.get("fp32")
     c = view.chosen
+    ref = r.reference_accuracy
+    floor = r.meta.floor
+    if c is None and floor is not None and any(t.latency_ms <= r.budget_ms for t in r.trials):
+        return (
+            '<section class="verdict none" id="verdict">'
+            f"<h2>No trial met both the budget of {budget} and the accuracy floor of {floor:.2f} on "
+            f"{device}.</h2><p>None of the {len(r.trials)} candidates is one to ship: every one under the "
+            f"budget loses more than {esc(r.meta.max_drop or '')} of {esc(view.metric)}. The most accurate "
+            "under the budget are shown below (everything is saved).</p></section>"
+        )
     if c is None:
         fastest = view.focus[0] if view.focus else None
         extra = (
@@ -128,7 +138,9 @@ def verdict(view: View) -> str:
             f"<h2>No trial met the budget of {budget} on {device}.</h2>"
             f"<p>{len(r.trials)} candidates were measured; none ran under the budget.{extra} "
             "The fastest candidates are shown below. Try a larger budget or a wider search space "
-            "(everything measured so far is saved and reused).</p></section>"
+            "(everything measured so far is saved and reused).</p>"
+            + (f"<p>{esc(r.meta.infeasible)}</p>" if r.meta.infeasible else "")
+            + "</section>"
         )
     m = c.measurement
     n_feasible = len(r.feasible)
@@ -137,13 +149,13 @@ def verdict(view: View) -> str:
         + (" (ties broken by latency)" if sum(t.accuracy == c.accuracy for t in r.feasible) > 1 else "")
         + "."
     )
-    if fp32 is not None and fp32.number != c.number:
-        delta = c.accuracy - fp32.accuracy
+    if fp32 is not None and ref is not None and fp32.number != c.number:
+        delta = c.accuracy - ref
         delta_html = f"{esc(view.metric)} {delta:+.2f}"
         if delta < -LARGE_DROP:
             delta_html = f'<span class="flag">{delta_html}</span>'
         why += (
-            f" Against fp32 (trial {fp32.number}): {delta_html}, "
+            f" Against the unmodified model (fp32, trial {fp32.number}): {delta_html}, "
             f"{fp32.latency_ms / c.latency_ms:.2f}x faster, "
             f"{fp32.size_bytes / max(c.size_bytes, 1):.2f}x smaller."
         )
@@ -236,13 +248,17 @@ def facts(view: View) -> str:
 
 def candidates_table(view: View) -> str:
     r = view.result
-    fp32 = r.baselines.get("fp32")
+    ref = r.reference_accuracy
     rows = []
     for t in view.focus:
         m = t.measurement
         flags = latency_flags(t)
         chosen = view.chosen is not None and t.number == view.chosen.number
-        delta = f"{t.accuracy - fp32.accuracy:+.2f}" if fp32 else "n/a"
+        delta = f"{t.accuracy - ref:+.2f}" if ref is not None else "n/a"
+        before = t.recovery.get("accuracy_before") if t.recovery else None
+        recovered = (
+            f"{before:.2f} ({'+'.join(t.recovery['ran'])})" if t.recovery and before is not None else ""
+        )
         trust = (
             f'<span class="flag">{esc(", ".join(flags))}</span>' if flags else '<span class="ok">ok</span>'
         )
@@ -252,6 +268,7 @@ def candidates_table(view: View) -> str:
             f'<td class="num">{star}{t.number}</td>'
             f"<td>{esc(t.baseline or '')}</td>"
             f'<td class="num">{t.accuracy:.2f}</td><td class="num">{delta}</td>'
+            f'<td class="num">{esc(recovered)}</td>'
             f'<td class="num">{m.median_ms:.3f}</td><td class="num">{m.p90_ms:.3f}</td>'
             f'<td class="num">{m.p99_ms:.3f}</td><td class="num">{m.cv:.1%}</td><td>{trust}</td>'
             f'<td class="num">{t.size_bytes / 1024:.1f}</td>'
@@ -261,6 +278,7 @@ def candidates_table(view: View) -> str:
     head = (
         '<tr><th class="num">trial</th><th>baseline</th>'
         f'<th class="num">{esc(view.metric)}</th><th class="num">\u0394 vs fp32</th>'
+        '<th class="num">before recovery</th>'
         '<th class="num">median ms</th><th class="num">p90 ms</th><th class="num">p99 ms</th>'
         '<th class="num">CV</th><th>latency</th><th class="num">size KiB</th><th>configuration</th>'
         "<th>export</th></tr>"

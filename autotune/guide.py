@@ -1,0 +1,164 @@
+"""What the search learns before the sampler takes over: the unmodified model as the reference
+(always measured and evaluated, whatever the preset says), the budget it resolves, the accuracy
+floor, and the feasibility verdict after the baselines and the most aggressive configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from autotune.errors import UserError
+from autotune.evaluate import evaluate_artifact
+from autotune.records import RuntimeOptions
+from autotune.sensitivity import FILE_NAME as SENSITIVITY_FILE
+from autotune.sensitivity import (
+    Table,
+    breaking_values,
+    candidate_probe,
+    drop_values,
+    greedy_candidates,
+    measure_sensitivity,
+)
+from autotune.space import Candidate, SearchSpace
+from autotune.task import Task
+
+
+@dataclass
+class Reference:
+    """The unmodified model on the target device: what "Δ vs FP32" and relative budgets mean."""
+
+    accuracy: float
+    latency_ms: float
+    sha256: str
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reference:
+        return cls(float(d["accuracy"]), float(d["latency_ms"]), str(d["sha256"]), int(d["size_bytes"]))
+
+
+def measure_reference(
+    task: Task, space: SearchSpace, builder: Any, measurer: Any, inputs: dict[str, np.ndarray]
+) -> Reference:
+    """Build, measure and score the unmodified model (every knob at its default)."""
+    candidate = Candidate(layers={}, runtime=RuntimeOptions(threads=space.threads[0]))
+    artifact = builder.build(candidate)
+    m = measurer.measure(artifact.path, inputs, candidate.runtime)
+    if not m.usable:
+        raise UserError(f"the unmodified model cannot be measured on this device ({m.status}: {m.error})")
+    return Reference(
+        evaluate_artifact(task, artifact.path), m.median_ms, artifact.sha256, artifact.size_bytes
+    )
+
+
+def infeasible_message(
+    measured: Sequence[tuple[str, float]], reference: Reference, budget_ms: float, space: SearchSpace
+) -> str | None:
+    """None when a measured configuration meets the budget; else the floor and what could go lower.
+
+    ``measured``: (label, median ms) of the baselines and the most aggressive configuration.
+    """
+    if not measured or min(ms for _, ms in measured) <= budget_ms:
+        return None
+    label, floor = min(measured, key=lambda lm: lm[1])
+    ref = reference.latency_ms
+    lines = [
+        f"the budget of {budget_ms:.3f} ms ({budget_ms / ref:.0%} of FP32) is below anything this space "
+        f"reaches: the fastest configuration ({label}) runs in {floor:.3f} ms, {floor / ref:.0%} of FP32 "
+        f"({ref:.3f} ms)."
+    ]
+    lower = []
+    widths = sorted({float(w) for layer in space.layers for w in layer.knobs.get("width", [])})
+    if not widths:
+        lower.append("width is not searched on this model (see the notes)")
+    elif widths[0] > 0.25:
+        lower.append(f"narrower widths than {widths[0]:g} (a preset with width 0.25)")
+    by_label = dict(measured)
+    if "int8" in by_label and by_label["int8"] >= ref:
+        lower.append(
+            f"int8 runs at {by_label['int8'] / ref:.2f}x FP32 here: a device where int8 pays (a CPU with "
+            "VNNI/AMX, a GPU or TensorRT profile)"
+        )
+    narrowest = [ms for name, ms in measured if name.startswith("w") and "+" not in name]
+    if narrowest and widths and min(narrowest) > 0.5 * ref:
+        lower.append(
+            f"width {widths[0]:g} still takes {min(narrowest) / ref:.0%} of FP32: latency here is bound by "
+            "the number of small ops, not FLOPs (fewer layers, a faster runtime or a larger batch)"
+        )
+    if space.threads == [1]:
+        lower.append("more threads (--threads 2, or a profile listing several)")
+    lines.append(
+        "Could go lower: " + "; ".join(lower) + "." if lower else "No knob in this space goes lower."
+    )
+    return " ".join(lines)
+
+
+def sensitivity_for_report(table: Table) -> dict[str, dict[str, float]]:
+    """``{layer: {"width 0.5": Δ accuracy}}``: the shape the report's sensitivity section reads."""
+    out: dict[str, dict[str, float]] = {}
+    for e in table.entries:
+        layer, knob = e.param.rsplit(":", 1)
+        out.setdefault(layer, {})[f"{knob} {e.value}"] = e.d_accuracy
+    return out
+
+
+def sensitivity_guidance(
+    task: Task,
+    space: SearchSpace,
+    builder: Any,
+    measurer: Any,
+    run_dir: Path,
+    reference: Reference,
+    floor: float | None,
+    budget_ms: float,
+) -> tuple[Table, list[dict[str, Any]]]:
+    """The per-layer table (cached in the run directory), values that alone break the floor
+    dropped from the space, and greedy NetAdapt-style candidates for the budget."""
+    probe = candidate_probe(task, space, builder, measurer)
+    table = measure_sensitivity(space, probe, cache=run_dir / SENSITIVITY_FILE)
+    if floor is not None:
+        space.notes.extend(drop_values(space, breaking_values(table, reference.accuracy - floor)))
+    params = space.parameters()
+    table.entries = [e for e in table.entries if e.value in params.get(e.param, [])]
+    return table, greedy_candidates(space, table, budget_ms)
+
+
+def baseline_latencies(study: optuna.Study) -> list[tuple[str, float]]:
+    """(name, median ms) of the study's completed baselines: what the feasibility probe saw."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        name = t.user_attrs.get("baseline")
+        if name is not None and not name.startswith("greedy"):
+            out.append((name, t.values[1]))
+    return out
+
+
+def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 3) -> int:
+    """Re-queue the ``k`` most accurate pruned trials under the budget for a longer recovery
+    (``final_of`` marks them); returns how many were queued."""
+    done = {t.user_attrs.get("final_of") for t in study.get_trials(deepcopy=False)}
+    pruned = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values[1] <= budget_ms
+        and "final_of" not in t.user_attrs
+        and any(
+            "width" in c or "sparsity" in c for c in t.user_attrs.get("config", {}).get("layers", {}).values()
+        )
+    ]
+    best = sorted(pruned, key=lambda t: -t.values[0])[:k]
+    for t in best:
+        if t.number not in done:
+            attrs = {"baseline": f"final-kd#{t.number}", "final_of": t.number}
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+    return sum(t.number not in done for t in best)

@@ -1,0 +1,464 @@
+"""Search quality: does the search beat uniform compression, and how fast does it find the front?
+
+Models, all trained on scikit-learn's digits; budgets are shares of each model's own measured
+FP32 median latency (one thread, onnxruntime CPU):
+
+  demo    the built-in DigitsNet at 32x32
+  resnet  a ResNet-18-like net (BasicBlock [2, 2, 2, 2], base width 32) at 64x64
+  mobile  a MobileNetV3-like net (depthwise, squeeze-excite, hardswish; channels x2) at 64x64
+
+Part 1, per model x budget (20/35/50% of FP32) x seed, at equal trial counts: autotune's
+default (uniform baselines first, then ``--sampler auto``), Optuna's RandomSampler on the same
+space, and the best uniform configuration (every uniform width x bit-width, all measured). Every
+candidate gets BatchNorm re-estimation; each method's 3 most accurate configurations under the
+budget then get distillation (``--final-steps``), as ``--recover-final-steps`` does, and the best
+of them is reported ("after KD" columns).
+
+Part 2, an enumerable space (216 configurations of the demo, every one measured): hypervolume
+of the (accuracy, latency) points faster than FP32 relative to the exhaustive true front after
+20/40/60 trials, and the trials needed to reach 95% of it, per sampler (mean of --hv-seeds).
+
+Each configuration is built, measured and scored once: results are cached in ``--cache`` by
+configuration, so seeds, budgets and methods proposing the same configuration share it (and a
+second run of the benchmark re-uses everything). Usage::
+
+    python benchmarks/search_quality.py                                   # full run
+    python benchmarks/search_quality.py --seeds 1 --trials 20 --models demo mobile --no-gp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+import torch.nn.functional as F
+
+from autotune._util import cache_root
+from autotune.artifact import ArtifactBuilder
+from autotune.devices import OrtCpuDevice, Protocol
+from autotune.evaluate import evaluate_artifact
+from autotune.knobs import KNOBS
+from autotune.measure import Measurer
+from autotune.profiles import load_profile
+from autotune.recover import Recovery
+from autotune.samplers import AUTO, make_sampler
+from autotune.space import SearchSpace, build_space, load_preset
+from autotune.task import Task
+
+BUDGETS = (0.20, 0.35, 0.50)
+HV_AT = (20, 40, 60)
+#: shorter than the default protocol (this runs thousands of measurements on a shared VM)
+PROTOCOL = Protocol(warmup_s=0.2, warmup_runs=5, min_samples=32, min_time_s=0.3, max_retries=1)
+
+
+# -- models ----------------------------------------------------------------------------------
+def digits(size: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = torch.from_numpy(data.images.astype(np.float32) / 16.0).unsqueeze(1)
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    x = ((images - 0.30) / 0.32).numpy().astype(np.float32)
+    return tuple(
+        train_test_split(x, data.target.astype(np.int64), test_size=0.2, stratify=data.target, random_state=0)
+    )
+
+
+def trained(name: str, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) -> torch.nn.Module:
+    path = Path(cache_root()) / f"bench-{name}-v2.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    torch.manual_seed(0)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    steps = epochs * ((len(xt) + 63) // 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=steps, pct_start=0.25)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 64):
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(xt[idx]), yt[idx], label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def digits_task(name: str) -> Task:
+    from autotune.demo import accuracy
+
+    if name == "demo":
+        from autotune.demo import demo_task
+
+        task = demo_task()
+        task.finetune = None  # built-in recovery only, as for the other models
+        return task
+    from autotune.zoo import MobileNetV3, resnet18
+
+    x_train, x_test, y_train, y_test = digits(64)
+    if name == "resnet":
+        model = trained(name, resnet18(10, width=32, in_channels=1), x_train, y_train, epochs=6)
+    else:
+        model = trained(name, MobileNetV3(scale=2), x_train, y_train, epochs=10)
+    order = np.random.default_rng(0).permutation(len(x_train))
+    return Task(
+        source=model,
+        example_inputs=(torch.from_numpy(x_test[:1].copy()),),
+        evaluate=lambda runner: accuracy(runner, x_test, y_test),
+        calibration=[(x_train[order[i * 32 : (i + 1) * 32]],) for i in range(8)],
+        name=f"bench-{name}",
+    )
+
+
+# -- one model's configurations, each scored once ----------------------------------------------
+@dataclass
+class Bench:
+    name: str
+    task: Task
+    space: SearchSpace
+    workdir: Path
+    final_steps: int
+    trial_recovery: Recovery = field(default_factory=Recovery)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        r = self.trial_recovery
+        suffix = "" if r.mode == "bn" else f"-{r.mode}{r.steps}"
+        self.file = self.workdir / f"{self.name}{suffix}.json"
+        if self.file.is_file():
+            self.results = json.loads(self.file.read_text())
+        self.builder = ArtifactBuilder(
+            self.task, self.space, self.workdir / "artifacts", recovery=r, keep_unrecovered=False
+        )
+        kd = Recovery(mode="kd", steps=self.final_steps)
+        self.final_builder = ArtifactBuilder(
+            self.task, self.space, self.workdir / "artifacts", recovery=kd, keep_unrecovered=False
+        )
+        self.measurer = Measurer(
+            OrtCpuDevice(), PROTOCOL, cache_dir=self.workdir / "measurements", canary_every=0
+        )
+        self.inputs = {"input": self.task.example_inputs[0].numpy()}
+        self.built = 0
+
+    def key(self, params: dict[str, Any], prefix: str = "") -> str:
+        return prefix + json.dumps(self.space.candidate(params).to_dict(), sort_keys=True)
+
+    def _save(self) -> None:
+        self.file.write_text(json.dumps(self.results))
+
+    def score(self, params: dict[str, Any]) -> tuple[float, float, float] | None:
+        """(accuracy after BatchNorm re-estimation, median ms, bytes), or None if it failed."""
+        key = self.key(params)
+        if key not in self.results:
+            candidate = self.space.candidate(params)
+            self.built += 1
+            try:
+                art = self.builder.build(candidate)
+                m = self.measurer.measure(art.path, self.inputs, candidate.runtime)
+                acc = evaluate_artifact(self.task, art.path) if m.usable else None
+                self.results[key] = None if acc is None else [acc, m.median_ms, float(art.size_bytes)]
+            except Exception as exc:  # noqa: BLE001 - a failed candidate is a failed trial
+                print(f"  {self.name}: failed: {exc}", file=sys.stderr)
+                self.results[key] = None
+            self._save()
+        got = self.results[key]
+        return None if got is None else tuple(got)
+
+    def reference(self) -> tuple[float, float, float]:
+        """The unmodified model, its latency the median of 3 fresh measurements: every budget
+        derives from it, so one measurement disturbed by a neighbour must not set it."""
+        params = uniform(self.space, 1.0, 32)
+        key = self.key(params)
+        if "reference" not in self.results:
+            candidate = self.space.candidate(params)
+            art = self.builder.build(candidate)
+            fresh = Measurer(OrtCpuDevice(), PROTOCOL, cache_dir=None, canary_every=0)
+            runs = [fresh.measure(art.path, self.inputs, candidate.runtime).median_ms for _ in range(3)]
+            acc = evaluate_artifact(self.task, art.path)
+            self.results[key] = self.results["reference"] = [
+                acc,
+                statistics.median(runs),
+                float(art.size_bytes),
+            ]
+            self._save()
+        return tuple(self.results["reference"])
+
+    def recovered(self, params: dict[str, Any]) -> float:
+        """Accuracy after distillation (pruned configurations only; others are unchanged)."""
+        key = self.key(params, "kd:")
+        if key not in self.results:
+            candidate = self.space.candidate(params)
+            art = self.final_builder.build(candidate)
+            self.results[key] = evaluate_artifact(self.task, art.path)
+            self._save()
+        return self.results[key]
+
+
+def uniform(space: SearchSpace, width: float, bits: int) -> dict[str, Any]:
+    out = {}
+    for name, choices in space.parameters().items():
+        knob = name.rsplit(":", 1)[1]
+        want = {"width": width, "bits": bits}.get(knob, KNOBS[knob].default if knob in KNOBS else choices[0])
+        out[name] = want if want in choices else (KNOBS[knob].default if knob in KNOBS else choices[0])
+    return out
+
+
+def uniform_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
+    widths = sorted({w for layer in space.layers for w in layer.knobs.get("width", [1.0])}, reverse=True)
+    bits = sorted({b for layer in space.layers for b in layer.knobs.get("bits", [32])}, reverse=True)
+    out: dict[str, dict[str, Any]] = {}
+    for w in widths:
+        for b in bits:
+            params = uniform(space, w, b)
+            if params not in out.values():
+                out[
+                    ("fp32" if b == 32 else f"int{b}")
+                    if w == 1.0
+                    else f"w{w}" + ("" if b == 32 else f"+int{b}")
+                ] = params
+    return out
+
+
+# -- searches ----------------------------------------------------------------------------------
+def search(
+    bench: Bench, sampler: str, budget_ms: float, trials: int, seed: int, baselines: bool
+) -> list[Any]:
+    """Trials in order: (params, score or None). Same objectives and constraint as autotune."""
+    study = optuna.create_study(
+        directions=["maximize", "minimize", "minimize"], sampler=make_sampler(sampler, seed)
+    )
+    if baselines:
+        for params in bench.space.baselines().values():
+            study.enqueue_trial(params, skip_if_exists=True)
+    out: list[Any] = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        params = {n: trial.suggest_categorical(n, c) for n, c in bench.space.parameters().items()}
+        got = bench.score(params)
+        out.append((params, got))
+        if got is None:
+            raise RuntimeError("candidate failed")
+        trial.set_constraint("latency_budget", got[1] - budget_ms)
+        return got
+
+    study.optimize(objective, n_trials=trials, catch=(RuntimeError,))
+    return out
+
+
+def best_feasible(runs: list[Any], budget_ms: float, k: int = 1) -> list[Any]:
+    """The ``k`` most accurate distinct configurations under the budget, best first."""
+    feasible = {json.dumps(p, sort_keys=True): (p, s) for p, s in runs if s is not None and s[1] <= budget_ms}
+    return sorted(feasible.values(), key=lambda ps: (-ps[1][0], ps[1][1]))[:k]
+
+
+def recovered_best(bench: Bench, top: list[Any]) -> float | None:
+    """Best accuracy after distillation among ``top`` (as ``--recover-final-steps`` does)."""
+    return max((bench.recovered(p) for p, _ in top), default=None)
+
+
+# -- part 2: hypervolume on an enumerable space -------------------------------------------------
+def enumerable_space(space: SearchSpace) -> SearchSpace:
+    """3 width groups x {1, 0.75, 0.5} and 3 heaviest layers x {32, 8}: 216 configurations."""
+    roots = [layer for layer in space.layers if "width" in layer.knobs][:3]
+    heavy = [layer for layer in space.layers if layer.name.startswith(("layer2.0.conv2", "layer3"))][:3]
+    for layer in space.layers:
+        layer.knobs = {k: [KNOBS[k].default] for k in layer.knobs}
+    for layer in roots:
+        layer.knobs["width"] = [1.0, 0.75, 0.5]
+    for layer in heavy:
+        layer.knobs["bits"] = [32, 8]
+    return space
+
+
+def hypervolume(points: list[tuple[float, float]], acc_ref: float, lat_ref: float) -> float:
+    """Area dominated by (accuracy up, latency down) points inside the reference box."""
+    pts = sorted((lat, acc) for acc, lat in points if lat <= lat_ref and acc > acc_ref)
+    area, best = 0.0, acc_ref
+    for i, (lat, acc) in enumerate(pts):
+        best = max(best, acc)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else lat_ref
+        area += (nxt - lat) * (best - acc_ref)
+    return area
+
+
+def part2(bench: Bench, seeds: int, samplers: list[str]) -> dict[str, Any]:
+    import itertools
+
+    params_all = bench.space.parameters()
+    grid = [dict(zip(params_all, combo, strict=True)) for combo in itertools.product(*params_all.values())]
+    print(f"\n== enumerable space: {len(grid)} configurations of {bench.task.name} ==", flush=True)
+    t0 = time.time()
+    scores = [bench.score(p) for p in grid]
+    print(f"exhaustive pass: {time.time() - t0:.0f} s ({bench.built} built this run)", flush=True)
+    # the front of everything faster than FP32: the budget constraint is FP32's latency itself
+    budget = bench.reference()[1]
+    feasible = [(s[0], s[1]) for s in scores if s is not None and s[1] <= budget]
+    acc_ref = min(a for a, _ in feasible) - 1.0
+    true_hv = hypervolume(feasible, acc_ref, budget)
+    front = sum(
+        1 for a, lat in feasible if not any(b >= a and m <= lat and (b, m) != (a, lat) for b, m in feasible)
+    )
+    print(
+        f"reference box: latency <= FP32 {budget:.3f} ms, accuracy >= {acc_ref:.2f}; "
+        f"{len(feasible)} configurations inside, {front} on the true front; true HV {true_hv:.3f}"
+    )
+    methods = [("random", "random", False)] + [(f"default[{s}]", s, True) for s in samplers]
+    out: dict[str, Any] = {"configs": len(grid), "feasible": len(feasible)}
+    header = f"{'method':<16}" + "".join(f"{'HV@' + str(n):>9}" for n in HV_AT) + f"{'trials to 95%':>15}"
+    print(header)
+    for label, sampler, baselines in methods:
+        ratios: dict[int, list[float]] = {n: [] for n in HV_AT}
+        reach: list[int] = []
+        for seed in range(seeds):
+            runs = search(bench, sampler, budget, max(HV_AT), seed, baselines)
+            pts = [(s[0], s[1]) for _, s in runs if s is not None]
+            for n in HV_AT:
+                ratios[n].append(hypervolume(pts[:n], acc_ref, budget) / true_hv)
+            hit = next(
+                (
+                    k
+                    for k in range(1, len(pts) + 1)
+                    if hypervolume(pts[:k], acc_ref, budget) >= 0.95 * true_hv
+                ),
+                None,
+            )
+            reach.append(hit if hit is not None else max(HV_AT) + 1)  # not reached: counted as 61
+        mean_reach = statistics.mean(reach)
+        out[label] = {"hv": {n: statistics.mean(v) for n, v in ratios.items()}, "reach95": reach}
+        cells = "".join(f"{statistics.mean(ratios[n]):>9.3f}" for n in HV_AT)
+        print(f"{label:<16}{cells}{mean_reach:>10.1f} {reach}", flush=True)
+    return out
+
+
+# -- part 1 ------------------------------------------------------------------------------------
+def part1(bench: Bench, seeds: int, trials: int, final: bool) -> list[dict[str, Any]]:
+    task = bench.task
+    fp32 = bench.reference()
+    print(
+        f"\n== {task.name}: FP32 {fp32[0]:.2f}% at {fp32[1]:.3f} ms; "
+        f"{len(bench.space.parameters())} parameters =="
+    )
+    uniforms = {name: bench.score(p) for name, p in uniform_configs(bench.space).items()}
+    for name, s in uniforms.items():
+        print(f"  uniform {name:<12} " + ("failed" if s is None else f"{s[0]:6.2f}%  {s[1]:.3f} ms"))
+    rows = []
+    for fraction in BUDGETS:
+        budget = fraction * fp32[1]
+        feas = {n: s for n, s in uniforms.items() if s is not None and s[1] <= budget}
+        base_name = max(feas, key=lambda n: (feas[n][0], -feas[n][1]), default=None)
+        row: dict[str, Any] = {"model": task.name, "budget": fraction, "budget_ms": budget, "fp32": fp32[:2]}
+        row["uniform"] = None if base_name is None else (base_name, *feas[base_name][:2])
+        for method, sampler, baselines in (("random", "random", False), ("default", "auto", True)):
+            tops = [
+                best_feasible(search(bench, sampler, budget, trials, s, baselines), budget, 3)
+                for s in range(seeds)
+            ]
+            row[method] = [top[0][1][:2] if top else None for top in tops]
+            if final:
+                row[f"{method}_kd"] = [recovered_best(bench, top) for top in tops]
+        if final and base_name is not None:
+            configs = uniform_configs(bench.space)
+            top = sorted(feas, key=lambda n: -feas[n][0])[:3]
+            row["uniform_kd"] = recovered_best(bench, [(configs[n], feas[n]) for n in top])
+        rows.append(row)
+        print_row(row, flush=True)
+    return rows
+
+
+def _mean(values: list[Any], i: int | None = None) -> float | None:
+    vals = [v if i is None else v[i] for v in values if v is not None]
+    return statistics.mean(vals) if vals else None
+
+
+def _fmt(v: float | None, spec: str = "6.2f") -> str:
+    return "   n/a" if v is None else format(v, spec)
+
+
+def print_row(row: dict[str, Any], flush: bool = False) -> None:
+    u = row["uniform"]
+    uni = "none feasible" if u is None else f"{u[0]} {u[1]:.2f}% {u[2]:.3f}ms"
+    d_acc, r_acc = _mean(row["default"], 0), _mean(row["random"], 0)
+    d_lat = _mean(row["default"], 1)
+    line = (
+        f"  {row['budget']:>4.0%} ({row['budget_ms']:.3f} ms): uniform {uni:<28} random {_fmt(r_acc)}% "
+        f"default {_fmt(d_acc)}% @ {_fmt(d_lat, '.3f')}ms"
+    )
+    if u is not None and d_acc is not None:
+        line += f"  default - uniform {d_acc - u[1]:+.2f} pts"
+    if "default_kd" in row:
+        line += (
+            f" | after KD: uniform {_fmt(row.get('uniform_kd'))} random {_fmt(_mean(row['random_kd']))} "
+            f"default {_fmt(_mean(row['default_kd']))} (FP32 {row['fp32'][0]:.2f})"
+        )
+    print(line, flush=flush)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["demo", "resnet", "mobile"], choices=["demo", "resnet", "mobile"]
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=40, help="trials per search in part 1 (default 40)")
+    parser.add_argument(
+        "--final-steps", type=int, default=300, help="distillation steps for each cell's winners"
+    )
+    parser.add_argument("--no-final", action="store_true", help="skip the distillation of the winners")
+    parser.add_argument(
+        "--trial-recovery", choices=["bn", "kd"], default="bn", help="recovery of every pruned candidate"
+    )
+    parser.add_argument("--trial-steps", type=int, default=40, help="distillation steps per trial with kd")
+    parser.add_argument("--part", choices=["1", "2", "both"], default="both")
+    parser.add_argument("--hv-seeds", type=int, default=3)
+    parser.add_argument("--no-gp", action="store_true", help="leave the (slow) GP sampler out of part 2")
+    parser.add_argument("--cache", type=Path, default=Path(cache_root()) / "search-quality")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)  # the measuring thread gets the other core
+    args.cache.mkdir(parents=True, exist_ok=True)
+    profile, preset = load_profile("cpu"), load_preset(None)
+    print(f"default sampler (auto) = {AUTO}; protocol {PROTOCOL.to_dict()}")
+    report: dict[str, Any] = {"part1": [], "part2": None}
+    t0 = time.time()
+    if args.part in ("1", "both"):
+        for name in args.models:
+            task = digits_task(name)
+            space = build_space(task, preset, profile, threads=1)
+            recovery = Recovery(mode=args.trial_recovery, steps=args.trial_steps)
+            bench = Bench(name, task, space, args.cache, args.final_steps, recovery)
+            report["part1"] += part1(bench, args.seeds, args.trials, not args.no_final)
+            print(
+                f"  ({bench.built} configurations built for {name}; {time.time() - t0:.0f} s so far)",
+                flush=True,
+            )
+    if args.part in ("2", "both"):
+        task = digits_task("demo")
+        space = enumerable_space(build_space(task, preset, profile, threads=1))
+        bench = Bench("demo-enum", task, space, args.cache, args.final_steps)
+        samplers = ["tpe", "nsga2"] + ([] if args.no_gp else ["gp"])
+        report["part2"] = part2(bench, args.hv_seeds, samplers)
+    print(f"\ntotal {time.time() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
