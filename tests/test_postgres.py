@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    pytest.importorskip("psycopg", reason="psycopg not installed: pip install 'autotune[postgres]'")
+    pytest.importorskip("psycopg", reason="psycopg not installed: pip install -e '.[postgres]'")
     bin_dir = _pg_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")

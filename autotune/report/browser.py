@@ -1,6 +1,6 @@
 """Open a report in headless Chromium and check it: the report test and benchmark share this.
 
-Needs the ``playwright`` Python package (``autotune[dev]``) and a Chromium binary; playwright's
+Needs the ``playwright`` Python package (the ``dev`` extra) and a Chromium binary; playwright's
 own browser download is not needed: Debian's ``chromium`` package works
 (``apt-get install -y chromium``, binary ``/usr/bin/chromium``).
 """
