@@ -228,3 +228,14 @@ def test_tensorrt_int8_and_fp16_artifacts_build(backend: str, tmp_path: Path) ->
 def test_cpu_reference_backend_still_measures_the_canary(tmp_path: Path) -> None:
     m = OrtCpuDevice().measure(write_canary(tmp_path), canary_inputs(), RuntimeOptions(), QUICK)
     assert m.usable
+
+
+def test_device_for_profile_uses_the_from_profile_classmethod() -> None:
+    from autotune.devices import device_for_profile
+    from autotune.profiles import load_profile
+
+    assert isinstance(device_for_profile(load_profile("cpu")), OrtCpuDevice)  # base: no options
+    # GPU backends override it to read their options (constructing one needs no GPU)
+    profile = type("P", (), {"options": {"device_id": 1, "cuda_graphs": False}})()
+    dev = BACKENDS["torch-cuda"].from_profile(profile)
+    assert (dev.device_id, dev.cuda_graphs) == (1, False)

@@ -98,8 +98,7 @@ def device_for_profile(profile: Any, agent: str | None = None) -> Device:
     ok, why = cls.available()
     if not ok:
         raise UserError(f"device {profile.name!r}: backend {profile.backend} is not usable here: {why}")
-    factory = getattr(cls, "from_profile", None)
-    return factory(profile, agent=agent) if factory else cls()
+    return cls.from_profile(profile, agent=agent)
 
 
 __all__ = [

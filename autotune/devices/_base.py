@@ -48,8 +48,6 @@ class Device(abc.ABC):
 
         from pathlib import Path
         import numpy as np
-
-from autotune.records import Measurement, Protocol, RuntimeOptions, Status
         from autotune.devices import OrtCpuDevice, Protocol, RuntimeOptions
 
         m = OrtCpuDevice().measure(Path("model.onnx"), {"input": np.zeros((1, 3), np.float32)},
@@ -66,6 +64,14 @@ from autotune.records import Measurement, Protocol, RuntimeOptions, Status
     def available(cls) -> tuple[bool, str]:
         """Whether this backend can run here, and why not. Never raises, never needs a GPU."""
         return True, ""
+
+    @classmethod
+    def from_profile(cls, profile: Any, agent: str | None = None) -> Device:
+        """Build from a device profile (its ``options``); the default takes no options.
+
+        Backends with options (GPU index, engine cache, agent URLs) override this.
+        """
+        return cls()
 
     @property
     def lock_name(self) -> str:
