@@ -31,8 +31,8 @@ from torch.utils.benchmark import Timer
 
 from autotune.devices import OrtCpuDevice, Protocol, RuntimeOptions
 from autotune.devices._fingerprint import HostLoad
+from autotune.devices._ort import session_options
 from autotune.devices._protocol import run_protocol
-from autotune.devices.ort_cpu import session_options
 from autotune.measure import Measurer
 from autotune.onnx_export import export_onnx
 

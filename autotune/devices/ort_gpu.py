@@ -21,7 +21,8 @@ from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeO
 from autotune.devices._gpu import CudaDevice, default_cache_dir
 from autotune.devices._lock import device_lock
 from autotune.devices._onnx_info import static_shapes
-from autotune.devices.ort_cpu import feeds_for, load_failure, load_session, session_options, timed_run
+from autotune.devices._ort import feeds_for, load_session, session_options
+from autotune.devices._timing import load_failure, timed_run
 
 HOST_IO_RUNS = 20  # runs with host copies, for extra["host_io_ms"]
 _MEASURES = "Run latency, I/O resident in GPU memory (IOBinding); latency with host copies in extra"

@@ -35,7 +35,7 @@ from autotune.devices._gpu import CudaDevice, default_cache_dir
 from autotune.devices._lock import device_lock
 from autotune.devices._onnx_info import OnnxTraits, static_shapes
 from autotune.devices._protocol import summarize
-from autotune.devices.ort_cpu import timed_run
+from autotune.devices._timing import load_failure, timed_run
 
 HOST_IO_RUNS = 20
 DEFAULT_WORKSPACE = 2 << 30  # bytes of builder scratch memory
@@ -277,8 +277,6 @@ class _EngineSession:
                 status="runtime_error", backend=backend, error=f"no value for model input {exc}"
             )
         except Exception as exc:  # noqa: BLE001 - a failed build is a result
-            from autotune.devices.ort_cpu import load_failure
-
             return load_failure(exc, backend)
         load_ms = (time.perf_counter() - t0) * 1e3
 

@@ -22,7 +22,7 @@ from autotune.devices import _cuda
 from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
 from autotune.devices._gpu import CudaDevice
 from autotune.devices._lock import device_lock
-from autotune.devices.ort_cpu import load_failure, timed_run
+from autotune.devices._timing import load_failure, timed_run
 
 HOST_RUNS = 20  # runs timed on the host (launch + sync), for extra["host_ms"]
 
