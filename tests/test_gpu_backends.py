@@ -20,10 +20,10 @@ from torch import nn
 
 from autotune.compress import apply_sparsity, make_permanent
 from autotune.devices import BACKENDS, OrtCpuDevice, Protocol, RuntimeOptions
-from autotune.devices._canary import canary_inputs, write_canary
 from autotune.devices._onnx_info import analyse, is_2_4
 from autotune.devices._onnx_torch import OnnxModule
 from autotune.devices.tensorrt_engine import build_plan, engine_key
+from autotune.measure._canary import canary_inputs, write_canary
 from autotune.onnx_export import export_onnx, weighted_nodes
 from autotune.profiles import load_profile
 from autotune.quantize import quantize_model

@@ -1,5 +1,7 @@
 """Measurement stage: artifact + device + runtime options -> Measurement.
 
+This package owns the stage's cache (:mod:`._cache`) and drift canary (:mod:`._canary`).
+
 The Measurer is the one place that decides whether to measure:
 
 * **cache** -- a measurement is keyed by (artifact sha256, device fingerprint, runtime options,
@@ -40,8 +42,8 @@ import numpy as np
 
 from autotune._util import sha256_file
 from autotune.devices import Device, Measurement, Protocol, RuntimeOptions
-from autotune.devices._cache import MeasurementCache, cache_key
-from autotune.devices._canary import CANARY_VERSION, canary_inputs, write_canary
+from autotune.measure._cache import MeasurementCache, cache_key
+from autotune.measure._canary import CANARY_VERSION, canary_inputs, write_canary
 
 #: re-measure the canary after this many measured jobs (0 disables the canary)
 DEFAULT_CANARY_EVERY = 8

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from autotune.devices._base import Measurement, Protocol, RuntimeOptions
+from autotune.records import Measurement, Protocol, RuntimeOptions
 
 #: bump when the meaning of a stored measurement changes (protocol semantics, statistics)
 CACHE_VERSION = 2
