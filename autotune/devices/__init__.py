@@ -18,7 +18,15 @@ import importlib.util
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions, Status
+from autotune.devices._base import (
+    Capabilities,
+    Device,
+    Measurement,
+    Protocol,
+    Reference,
+    RuntimeOptions,
+    Status,
+)
 
 if TYPE_CHECKING:  # the public class names, for type checkers (resolved lazily at run time)
     from autotune.devices.ort_cpu import OrtCpuDevice
@@ -110,6 +118,7 @@ __all__ = [
     "OrtCudaDevice",
     "OrtTensorrtDevice",
     "Protocol",
+    "Reference",
     "RuntimeOptions",
     "Status",
     "TensorrtDevice",

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from autotune.devices._base import Measurement, Protocol, RuntimeOptions
-from autotune.devices._timing import load_failure, timed_run
+from autotune._util import error_line
+from autotune.devices._base import Measurement, Protocol, Reference, RuntimeOptions
+from autotune.devices._timing import load_failure, timed_pair, timed_run
 
 _GRAPH_OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -73,5 +74,41 @@ def timed_session(
         return Measurement(status="runtime_error", backend=backend, error=str(exc.args[0]))
     m = timed_run(lambda: session.run(None, feeds), protocol, backend, cpu_time=cpu_time)
     m.load_ms = load_ms
+    m.extra["providers"] = session.get_providers()
+    return m
+
+
+def timed_session_pair(
+    model_path: Path,
+    inputs: dict[str, np.ndarray],
+    reference: Reference,
+    so: ort.SessionOptions,
+    providers: list[Any],
+    backend: str,
+    protocol: Protocol,
+) -> Measurement:
+    """Load the candidate's and the reference's sessions and time them interleaved."""
+    try:
+        session, load_ms = load_session(model_path, so, providers)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a result, not a crash
+        return load_failure(exc, backend)
+    try:
+        ref_session, _ = load_session(reference.path, so, providers)
+    except Exception as exc:  # noqa: BLE001
+        return Measurement(
+            status="build_error",
+            backend=backend,
+            error=f"the reference {reference.path.name} does not load: {error_line(exc, with_type=False)}",
+        )
+    try:
+        feeds = feeds_for(session, inputs)
+        ref_feeds = feeds_for(ref_session, reference.inputs)
+    except KeyError as exc:
+        return Measurement(status="runtime_error", backend=backend, error=str(exc.args[0]))
+    m = timed_pair(
+        lambda: session.run(None, feeds), lambda: ref_session.run(None, ref_feeds), protocol, backend
+    )
+    m.load_ms = load_ms
+    m.reference_sha256 = reference.sha256 or None
     m.extra["providers"] = session.get_providers()
     return m

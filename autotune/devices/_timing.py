@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from autotune._util import error_line
 from autotune.devices._base import Measurement, Protocol
+from autotune.devices._paired import run_paired
 from autotune.devices._protocol import Timer, run_protocol
 
 
@@ -39,6 +40,32 @@ def timed_run(
         run()
         first_run_ms = (time.perf_counter() - t0) * 1e3
         m = run_protocol(run, protocol, backend, timer=timer, cpu_time=cpu_time)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure is a result, not a crash
+        kind = (
+            "oom" if "OUT OF MEMORY" in str(exc).upper() or isinstance(exc, MemoryError) else "runtime_error"
+        )
+        return Measurement(status=kind, backend=backend, error=error_line(exc, with_type=False))
+    m.first_run_ms = first_run_ms
+    return m
+
+
+def timed_pair(
+    run: Callable[[], object],
+    reference_run: Callable[[], object],
+    protocol: Protocol,
+    backend: str,
+    timer: Timer | None = None,
+) -> Measurement:
+    """Time both first runs, then the paired protocol; a failing run is a ``runtime_error``."""
+    try:
+        t0 = time.perf_counter()
+        run()
+        first_run_ms = (time.perf_counter() - t0) * 1e3
+        try:
+            reference_run()
+        except Exception as exc:
+            raise RuntimeError(f"the reference failed: {error_line(exc, with_type=False)}") from exc
+        m = run_paired(run, reference_run, protocol, backend, timer=timer)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a result, not a crash
         kind = (
             "oom" if "OUT OF MEMORY" in str(exc).upper() or isinstance(exc, MemoryError) else "runtime_error"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
+from autotune.devices._base import Capabilities, Device, Measurement, Protocol, Reference, RuntimeOptions
 from autotune.devices._fingerprint import HostLoad, host_fingerprint, host_state
 from autotune.devices._lock import device_lock
-from autotune.devices._ort import session_options, timed_session
+from autotune.devices._ort import session_options, timed_session, timed_session_pair
 
 
 @contextmanager
@@ -39,6 +39,7 @@ class OrtCpuDevice(Device):
     """
 
     backend = "ort-cpu"
+    supports_paired = True
     capabilities = Capabilities(
         measures="host wall-clock latency of InferenceSession.run (inputs and outputs in host memory)",
         bits=(32, 8, 4),
@@ -72,18 +73,37 @@ class OrtCpuDevice(Device):
         runtime: RuntimeOptions,
         protocol: Protocol,
     ) -> Measurement:
+        so = session_options(runtime)
+        # one thread: ORT computes in this thread, so its CPU clock shows preemption
+        cpu_time = time.thread_time if runtime.threads == 1 else None
+        return self._on_host(
+            runtime,
+            lambda: timed_session(
+                model_path, inputs, so, ["CPUExecutionProvider"], self.backend, protocol, cpu_time=cpu_time
+            ),
+        )
+
+    def measure_paired(
+        self,
+        model_path: Path,
+        inputs: dict[str, np.ndarray],
+        reference: Reference,
+        runtime: RuntimeOptions,
+        protocol: Protocol,
+    ) -> Measurement:
+        so = session_options(runtime)
+        return self._on_host(
+            runtime,
+            lambda: timed_session_pair(
+                model_path, inputs, reference, so, ["CPUExecutionProvider"], self.backend, protocol
+            ),
+        )
+
+    def _on_host(self, runtime: RuntimeOptions, measure: Callable[[], Measurement]) -> Measurement:
+        """Run ``measure`` holding the CPU lock, pinned, watching the host's load."""
         with device_lock(self.lock_name) as waited_s, pinned(runtime.affinity), HostLoad() as load:
             state = host_state()
-            m = timed_session(
-                model_path,
-                inputs,
-                session_options(runtime),
-                ["CPUExecutionProvider"],
-                self.backend,
-                protocol,
-                # one thread: ORT computes in this thread, so its CPU clock shows preemption
-                cpu_time=time.thread_time if runtime.threads == 1 else None,
-            )
+            m = measure()
         m.runtime = runtime.to_dict()
         m.fingerprint = self.fingerprint()
         m.extra.update(host_state=state, host_load=load.to_dict(), lock_wait_s=round(waited_s, 3))

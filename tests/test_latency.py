@@ -1,0 +1,130 @@
+"""Paired (reference-relative) latency: the protocol with a fake clock, ort-cpu with real sessions,
+``measure --reference``, and the measurement stage's reference bookkeeping.
+
+No assertion depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_measurement import FakeClock, inputs_for, matmul_model
+
+from autotune.devices import Measurement, OrtCpuDevice, Protocol, Reference, RuntimeOptions
+from autotune.devices._paired import median_ci, run_paired
+
+QUICK = Protocol.quick()
+
+
+@pytest.fixture(autouse=True)
+def private_lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOTUNE_LOCK_DIR", str(tmp_path / "locks"))
+
+
+def drifting_pair(clock: FakeClock, a_ms: float, b_ms: float, speed) -> tuple:
+    """Two fake runs whose cost is scaled by the host's speed at the current (fake) time."""
+
+    def run() -> None:
+        clock.t += a_ms * speed(clock.t) / 1e3
+
+    def ref() -> None:
+        clock.t += b_ms * speed(clock.t) / 1e3
+
+    return run, ref
+
+
+# -- pure functions -------------------------------------------------------------------------
+def test_median_ci_is_the_order_statistic_interval() -> None:
+    values = np.arange(1.0, 101.0)  # n = 100: ranks 40 and 61 (1-based)
+    med, low, high = median_ci(values)
+    assert (med, low, high) == (50.5, 40.0, 61.0)
+    assert median_ci([3.0]) == (3.0, 3.0, 3.0)
+    assert all(np.isnan(median_ci([])))
+
+
+def test_paired_ratio_cancels_a_host_that_changes_speed() -> None:
+    """The host runs 1x, then 3x slower for 0.3 s, and so on: absolute times swing, the ratio not."""
+    clock = FakeClock()
+    run, ref = drifting_pair(clock, 2.0, 4.0, lambda t: 3.0 if int(t / 0.3) % 2 else 1.0)
+    p = Protocol(warmup_s=0.05, warmup_runs=3, min_samples=64, min_time_s=1.0, max_retries=0)
+    m = run_paired(run, ref, p, "fake", clock=clock)
+    assert m.status == "ok" and m.n >= 64 and m.paired
+    assert m.ratio == pytest.approx(0.5)
+    assert m.ratio_ci[0] <= m.ratio <= m.ratio_ci[1] and m.ratio_resolution < 0.05
+    assert m.extra["block_runs"] == [5, 3]  # ~10 ms blocks: 5 x 2 ms and 3 x 4 ms
+    # the absolute numbers are the candidate's and the reference's, in the same window
+    assert m.min_ms == pytest.approx(2.0) and max(m.samples_ms) == pytest.approx(6.0)
+    assert m.reference_median_ms is not None and m.reference_median_ms >= 4.0
+    assert m.extra["reference_stats"]["min_ms"] == pytest.approx(4.0)
+
+
+def test_paired_blocks_alternate_so_a_trend_does_not_bias_the_ratio() -> None:
+    """A host slowing down steadily: A-then-B in every pair would read A faster than it is."""
+    clock = FakeClock()
+    run, ref = drifting_pair(clock, 1.0, 1.0, lambda t: 1.0 + t)
+    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=64, min_time_s=0.0, max_retries=0)
+    m = run_paired(run, ref, p, "fake", clock=clock)
+    assert m.ratio == pytest.approx(1.0, abs=0.002)
+    assert m.ratio_ci[0] < 1.0 < m.ratio_ci[1]
+
+
+def test_paired_ratio_noise_is_retried_then_flagged_unstable() -> None:
+    clock = FakeClock()
+    rng = np.random.default_rng(0)
+
+    def run() -> None:
+        clock.t += float(rng.choice([1.0, 3.0])) / 1e3
+
+    def ref() -> None:
+        clock.t += 2e-3
+
+    p = Protocol(warmup_s=0.0, min_samples=32, min_time_s=0.0, pair_block_ms=1.0)
+    m = run_paired(run, ref, p, "fake", clock=clock)
+    assert m.status == "unstable" and m.retries == 2 and m.usable
+    assert "per-pair ratio" in m.extra["unstable_reason"]
+
+
+def test_paired_measurement_round_trips_through_json() -> None:
+    clock = FakeClock()
+    run, ref = drifting_pair(clock, 1.0, 2.0, lambda t: 1.0)
+    m = run_paired(run, ref, QUICK, "fake", clock=clock)
+    m.reference_sha256 = "ab" * 32
+    again = Measurement.from_dict(json.loads(json.dumps(m.to_dict(max_samples=8))))
+    assert again.ratio == m.ratio == pytest.approx(0.5) and again.ratio_ci == m.ratio_ci
+    assert again.reference_sha256 == m.reference_sha256
+    assert again.reference_median_ms == m.reference_median_ms
+    assert "x0.500" in again.summary()
+
+
+# -- ort-cpu, real sessions -------------------------------------------------------------------
+def test_ort_cpu_times_a_candidate_against_a_reference(tmp_path: Path) -> None:
+    small = matmul_model(tmp_path / "small.onnx", dim=32)
+    big = matmul_model(tmp_path / "big.onnx", dim=256)
+    inputs_small, inputs_big = inputs_for(32), inputs_for(256)
+    dev = OrtCpuDevice()
+    m = dev.measure_paired(small, inputs_small, Reference(big, inputs_big, "f" * 64), RuntimeOptions(), QUICK)
+    assert m.usable and m.paired and m.reference_sha256 == "f" * 64
+    assert 0 < m.ratio < 1  # a 32-wide MatMul is cheaper than a 256-wide one on any CPU
+    assert m.ratio_ci[0] <= m.ratio <= m.ratio_ci[1]
+    assert m.median_ms > 0 and m.reference_median_ms > m.median_ms
+    assert m.load_ms > 0 and m.first_run_ms > 0 and m.runtime["threads"] == 1
+    assert m.fingerprint["backend"] == "ort-cpu" and "host_load" in m.extra
+    # the reference itself against itself: a ratio of one, inside its interval
+    same = dev.measure_paired(big, inputs_big, Reference(big, inputs_big), RuntimeOptions(), QUICK)
+    assert same.ratio_ci[0] <= 1.0 <= same.ratio_ci[1] or abs(same.ratio - 1) < 0.05
+
+
+def test_ort_cpu_paired_failures_are_results(tmp_path: Path) -> None:
+    good = matmul_model(tmp_path / "good.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    dev = OrtCpuDevice()
+    m = dev.measure_paired(bad, inputs_for(), Reference(good, inputs_for()), RuntimeOptions(), QUICK)
+    assert m.status == "invalid_model"
+    m = dev.measure_paired(good, inputs_for(), Reference(bad, inputs_for()), RuntimeOptions(), QUICK)
+    assert m.status == "build_error" and "the reference bad.onnx does not load" in m.error
+    m = dev.measure_paired(good, inputs_for(), Reference(good, {}), RuntimeOptions(), QUICK)
+    assert m.status == "runtime_error" and "no value for model input" in m.error
