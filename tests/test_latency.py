@@ -128,3 +128,86 @@ def test_ort_cpu_paired_failures_are_results(tmp_path: Path) -> None:
     assert m.status == "build_error" and "the reference bad.onnx does not load" in m.error
     m = dev.measure_paired(good, inputs_for(), Reference(good, {}), RuntimeOptions(), QUICK)
     assert m.status == "runtime_error" and "no value for model input" in m.error
+
+
+# -- autotune measure --reference -------------------------------------------------------------
+def test_measure_command_reference_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autotune import cli
+
+    model = matmul_model(tmp_path / "m.onnx", dim=32)
+    ref = matmul_model(tmp_path / "ref.onnx", dim=128)
+    assert cli.main(["measure", str(model), "--quick", "--reference", str(ref), "--json"]) in (0, 1)
+    d = json.loads(capsys.readouterr().out)
+    assert {"ratio", "ratio_ci", "median_ms", "reference_median_ms"} <= set(d)
+    low, high = d["ratio_ci"]
+    assert low <= d["ratio"] <= high and d["median_ms"] > 0 and d["reference_median_ms"] > 0
+    assert d["reference"] == str(ref) and len(d["reference_sha256"]) == 64
+    assert cli.main(["measure", str(model), "--quick"]) in (0, 1)  # default: the device canary
+    out = capsys.readouterr().out
+    assert "Reference: canary" in out and "Ratio to the reference:" in out and "95% interval" in out
+    assert cli.main(["measure", str(model), "--quick", "--reference", "none", "--json"]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)["ratio"] is None
+    assert cli.main(["measure", str(model), "--reference", str(tmp_path / "nope.onnx")]) == 2
+    assert "--reference" in capsys.readouterr().err
+
+
+# -- the measurement stage ----------------------------------------------------------------------
+class SeparateOnly(OrtCpuDevice):
+    """A backend that cannot time pairs (like a remote agent before protocol support)."""
+
+    supports_paired = False
+
+
+def test_measurer_pairs_every_candidate_and_keys_the_cache_on_the_reference(tmp_path: Path) -> None:
+    from autotune.measure import Measurer
+
+    cand = matmul_model(tmp_path / "c.onnx", dim=32)
+    ref_a = matmul_model(tmp_path / "a.onnx", dim=128, seed=1)
+    ref_b = matmul_model(tmp_path / "b.onnx", dim=128, seed=2)
+    x = inputs_for(32)
+    cache = tmp_path / "cache"
+    ma = Measurer(
+        OrtCpuDevice(), QUICK, cache_dir=cache, canary_every=0, reference=Reference(ref_a, inputs_for(128))
+    )
+    m = ma.measure(cand, x, RuntimeOptions())
+    assert m.paired and m.reference_sha256 == ma.reference.sha256 and not m.cached
+    # study latency = reference estimate (median of window medians) x ratio
+    est = ma.reference_latency[next(iter(ma.reference_latency))]
+    assert est.windows == [m.reference_median_ms]
+    assert ma.latency_ms(m, RuntimeOptions()) == pytest.approx(m.reference_median_ms * m.ratio)
+    assert ma.measure(cand, x, RuntimeOptions()).cached  # same reference: a hit ...
+    mb = Measurer(
+        OrtCpuDevice(), QUICK, cache_dir=cache, canary_every=0, reference=Reference(ref_b, inputs_for(128))
+    )
+    assert not mb.measure(cand, x, RuntimeOptions()).cached  # ... another reference: measured again
+    assert ma.stats["reference"]["windows"] == 2 and ma.stats["reference"]["estimator"]
+    # a longer protocol (the confirmation round) is another measurement too
+    assert not ma.measure(cand, x, RuntimeOptions(), protocol=LONGER).cached
+
+
+LONGER = Protocol(warmup_s=0.05, warmup_runs=3, min_samples=24, min_time_s=0.1, max_retries=0)
+
+
+def test_measurer_pairs_separate_measurements_on_a_backend_without_pairs(tmp_path: Path) -> None:
+    from autotune.measure import Measurer
+
+    cand = matmul_model(tmp_path / "c.onnx", dim=32)
+    ref = matmul_model(tmp_path / "r.onnx", dim=128)
+    measurer = Measurer(SeparateOnly(), QUICK, canary_every=0, reference=Reference(ref, inputs_for(128)))
+    m = measurer.measure(cand, inputs_for(32), RuntimeOptions())
+    assert (
+        m.usable
+        and m.extra["paired"] is False
+        and m.ratio == pytest.approx(m.median_ms / m.reference_median_ms)
+    )
+    assert m.ratio_ci[0] <= m.ratio <= m.ratio_ci[1]
+
+
+def test_reference_latency_is_the_median_of_window_medians() -> None:
+    from autotune.measure._reference import ReferenceLatency
+
+    ref = ReferenceLatency()
+    for v in (1.0, 1.1, 3.0, None, float("nan"), 0.9, 1.05):  # one busy window, two unusable
+        ref.add(v)
+    assert ref.estimate_ms == pytest.approx(1.05) and len(ref.windows) == 5
+    assert ref.spread == pytest.approx(3.0 / 0.9 - 1)
