@@ -24,14 +24,14 @@ from autotune import __version__
 from autotune._util import error_line
 from autotune.artifact import ArtifactBuilder
 from autotune.budget import format_ms, parse_budget
-from autotune.devices import Device, Protocol, device_for_profile
+from autotune.devices import Device, Protocol, Reference, device_for_profile
 from autotune.errors import CandidateError, UserError
 from autotune.evaluate import evaluate_artifact
 from autotune.measure import Measurer
 from autotune.onnx_export import input_names
 from autotune.profiles import DeviceProfile, load_profile
 from autotune.result import DB_NAME, META_KEY, ParetoSet
-from autotune.space import SearchSpace, build_space, load_preset
+from autotune.space import Candidate, SearchSpace, build_space, load_preset
 from autotune.task import Task
 
 MAX_STORED_SAMPLES = 256  # per trial, for the report's latency distributions
@@ -119,8 +119,19 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     _enqueue_baselines(study, space)
 
     builder = ArtifactBuilder(task, space, run_dir / "artifacts")
-    measurer = Measurer(device, cfg.protocol, cache_dir=run_dir / "measurements", remeasure=cfg.remeasure)
     inputs = _trial_inputs(task)
+    # every candidate is timed interleaved with the unmodified model (docs/measurement.md)
+    try:
+        reference = builder.build(Candidate(layers={}))
+    except CandidateError as exc:
+        raise UserError(f"the unmodified model (the latency reference) does not build: {exc}") from None
+    measurer = Measurer(
+        device,
+        cfg.protocol,
+        cache_dir=run_dir / "measurements",
+        remeasure=cfg.remeasure,
+        reference=Reference(reference.path, inputs, reference.sha256),
+    )
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = space.sample(trial)
@@ -151,8 +162,9 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
             raise
         finally:
             trial.set_user_attr("timings", timings)
-        trial.set_constraint("latency_budget", m.median_ms - budget_ms)
-        return accuracy, m.median_ms, float(artifact.size_bytes)
+        latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
+        trial.set_constraint("latency_budget", latency_ms - budget_ms)
+        return accuracy, latency_ms, float(artifact.size_bytes)
 
     def stop_at_target(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         # other workers on the same storage count too: stop once the study as a whole is done

@@ -211,3 +211,24 @@ def test_reference_latency_is_the_median_of_window_medians() -> None:
         ref.add(v)
     assert ref.estimate_ms == pytest.approx(1.05) and len(ref.windows) == 5
     assert ref.spread == pytest.approx(3.0 / 0.9 - 1)
+
+
+# -- the study ----------------------------------------------------------------------------------
+def test_study_times_every_candidate_against_the_unmodified_model(tmp_path: Path) -> None:
+    from tiny_tasks import conv_task
+
+    import autotune
+
+    result = autotune.search(
+        conv_task(), budget="50ms", trials=3, out_dir=tmp_path, protocol=QUICK, progress=False, report=False
+    )
+    fp32 = result.baselines["fp32"].measurement
+    refs = {t.measurement.reference_sha256 for t in result.trials}
+    assert refs == {result.baselines["fp32"].sha256}  # the reference is the unmodified artifact
+    assert fp32.ratio_ci[0] <= 1.0 <= fp32.ratio_ci[1] or abs(fp32.ratio - 1.0) < 0.1  # itself
+    # study latency = reference latency (the median of the window medians so far) x ratio: the
+    # implied reference latency of every trial lies among the reference's window medians
+    windows = [t.measurement.reference_median_ms for t in result.trials]
+    for t in result.trials:
+        assert t.measurement.paired
+        assert min(windows) * 0.999 <= t.latency_ms / t.measurement.ratio <= max(windows) * 1.001
