@@ -65,8 +65,11 @@ class Protocol:
     # single-threaded CPU runs: the measuring thread getting less of a core than this (others
     # competed for it) -> retry, then flag "unstable"; 0 disables the check
     min_cpu_share: float = 0.90
-    # paired timing: candidate and reference alternate in blocks of about this long
+    # paired timing: candidate and reference alternate in blocks of about this long ...
     pair_block_ms: float = 10.0
+    # ... and pairs are added (up to max_retries more rounds) until the ratio's 95% interval is
+    # within +-this share of it; wider -> "unstable"
+    ratio_resolution: float = 0.02
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

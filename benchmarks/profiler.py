@@ -5,12 +5,17 @@
 (b) five independent measurements (fresh sessions, the full default protocol) of one artifact
     at 1 thread: spread of medians = max/min - 1;
 (c) seconds spent measuring one candidate at default settings (load + warm-up + steady state),
-    and with the Measurer: first job (with the canary reference) and a cache hit.
+    and with the Measurer: first job (with the canary reference) and a cache hit;
+(d) paired timing on a noisy host: five fresh processes each time the model's int8 version
+    against the FP32 model (interleaved, the default protocol) while a CPU hog on every core
+    toggles 3 s on / 2 s off (bounded, self-stopping); spread of the ratio (target <= 2%)
+    beside the spread of the absolute medians from the same sessions.
 
 Models: the demo model (``autotune.demo.demo_task()``) and ResNet-18 at 224x224. Usage::
 
     python benchmarks/profiler.py                   # both models
     python benchmarks/profiler.py --models demo --repeats 5
+    python benchmarks/profiler.py --models demo --checks d    # only the noisy-host check
 
 The figures depend on how quiet the machine is: the CPU load of other processes seen while
 measuring is printed beside them (a shared VM also drifts with its neighbours, which only the
@@ -20,10 +25,15 @@ canary sees).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,10 +134,87 @@ def measurer_costs(path: Path, inputs: dict[str, np.ndarray], tmp: Path) -> dict
     }
 
 
+#: one paired session in a fresh process: candidate vs reference, printed as JSON
+_SESSION = r"""
+import json, sys
+import numpy as np
+from pathlib import Path
+from autotune.devices import OrtCpuDevice, Protocol, Reference, RuntimeOptions
+x = {"input": np.load(sys.argv[3])}
+ref = Reference(Path(sys.argv[2]), x)
+m = OrtCpuDevice().measure_paired(Path(sys.argv[1]), x, ref, RuntimeOptions(), Protocol())
+print(json.dumps({"status": m.status, "ratio": m.ratio, "ci": m.ratio_ci, "median_ms": m.median_ms,
+                  "reference_median_ms": m.reference_median_ms, "pairs": m.n,
+                  "foreign_cpu": m.extra["host_load"]["foreign_cpu"]}))
+"""
+
+#: a CPU hog: busy on every core for ``on`` s, idle for ``off`` s, until ``seconds`` have passed
+_HOG = r"""
+import sys, time
+on, off, end = float(sys.argv[1]), float(sys.argv[2]), time.time() + float(sys.argv[3])
+while time.time() < end:
+    t = time.time() + on
+    while time.time() < min(t, end):
+        pass
+    time.sleep(max(0.0, min(off, end - time.time())))
+"""
+
+
+def int8_version(path: Path, x: np.ndarray, out: Path) -> Path:
+    """The model with every weighted layer int8 (static QDQ, calibrated on ``x``)."""
+    import onnx
+
+    from autotune.onnx_export import weighted_nodes
+    from autotune.quantize import quantize_model
+
+    nodes = [n.name for n in weighted_nodes(onnx.load(str(path)))]
+    quantize_model(path, out, dict.fromkeys(nodes, 8), [(x,)])
+    return out
+
+
+def noisy_host(
+    path: Path, x: np.ndarray, tmp: Path, sessions: int
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """(d) fresh paired sessions (int8 vs FP32) under a toggling CPU hog on every core."""
+    cand = int8_version(path, x, tmp / "int8.onnx")
+    np.save(tmp / "x.npy", x)
+    rows = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for _ in range(sessions):
+        # the hog outlives one session by a margin and then stops by itself
+        hogs = [
+            subprocess.Popen([sys.executable, "-c", _HOG, "3", "2", "40"]) for _ in range(os.cpu_count() or 2)
+        ]
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", _SESSION, str(cand), str(path), str(tmp / "x.npy")],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=300,
+            )
+        finally:
+            for h in hogs:
+                h.kill()
+            for h in hogs:
+                h.wait()
+        if out.returncode:
+            raise RuntimeError(out.stderr[-800:])
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"    session: {rows[-1]}", flush=True)
+        time.sleep(2)  # sessions start at different phases of the hog
+    spread = {
+        k: max(r[k] for r in rows) / min(r[k] for r in rows) - 1
+        for k in ("ratio", "median_ms", "reference_median_ms")
+    }
+    return rows, spread
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,resnet18", help="comma-separated: demo, resnet18")
-    parser.add_argument("--repeats", type=int, default=5, help="independent measurements for (b)")
+    parser.add_argument("--repeats", type=int, default=5, help="independent measurements for (b), (d)")
+    parser.add_argument("--checks", default="abcd", help="which checks to run (default: abcd)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -142,29 +229,43 @@ def main() -> None:
                 "ORT CPU, 1 thread"
             )
             with HostLoad() as load:
-                a = against_timer(path, inputs)
-                b = fresh_sessions(path, inputs, args.repeats)
-                c = measurer_costs(path, inputs, tmp / name)
-            print(
-                f"(a) median: autotune {a['autotune_ms']:.3f} ms vs torch Timer.blocked_autorange "
-                f"{a['timer_ms']:.3f} ms; paired difference {a['diff']:+.1%} (worst pair "
-                f"{a['worst']:+.1%}; target within 5%)"
-            )
-            meds = ", ".join(f"{v:.3f}" for v in b["medians"])  # type: ignore[union-attr]
-            print(
-                f"(b) {args.repeats} fresh sessions: medians [{meds}] ms -> spread {b['spread']:.1%} "
-                f"(target <= 3%); statuses {sorted(set(b['statuses']))}"  # type: ignore[arg-type]
-            )
-            walls = b["wall_s"]
-            print(
-                f"(c) one candidate at the default protocol: {statistics.mean(walls):.2f} s "  # type: ignore[arg-type]
-                f"(min {min(walls):.2f}, max {max(walls):.2f}); Measurer first job incl. canary "  # type: ignore[arg-type]
-                f"{c['first_job_s']:.2f} s, cache hit {c['cache_hit_s'] * 1e3:.1f} ms"
-            )
-            print(
-                f"    host: other processes used {load.to_dict()['foreign_cpu']:.0%} of the CPUs "
-                "during these checks"
-            )
+                if "a" in args.checks:
+                    a = against_timer(path, inputs)
+                    print(
+                        f"(a) median: autotune {a['autotune_ms']:.3f} ms vs torch Timer.blocked_autorange "
+                        f"{a['timer_ms']:.3f} ms; paired difference {a['diff']:+.1%} (worst pair "
+                        f"{a['worst']:+.1%}; target within 5%)"
+                    )
+                if "b" in args.checks or "c" in args.checks:
+                    b = fresh_sessions(path, inputs, args.repeats)
+                    c = measurer_costs(path, inputs, tmp / name)
+                    meds = ", ".join(f"{v:.3f}" for v in b["medians"])  # type: ignore[union-attr]
+                    print(
+                        f"(b) {args.repeats} fresh sessions: medians [{meds}] ms -> spread {b['spread']:.1%} "
+                        f"(target <= 3%); statuses {sorted(set(b['statuses']))}"  # type: ignore[arg-type]
+                    )
+                    walls = b["wall_s"]
+                    print(
+                        f"(c) one candidate at the default protocol: {statistics.mean(walls):.2f} s "  # type: ignore[arg-type]
+                        f"(min {min(walls):.2f}, max {max(walls):.2f}); Measurer first job incl. canary "  # type: ignore[arg-type]
+                        f"{c['first_job_s']:.2f} s, cache hit {c['cache_hit_s'] * 1e3:.1f} ms"
+                    )
+            if set(args.checks) & set("abc"):
+                print(
+                    f"    host: other processes used {load.to_dict()['foreign_cpu']:.0%} of the CPUs "
+                    "during these checks"
+                )
+            if "d" in args.checks:
+                rows, sp = noisy_host(path, inputs["input"], tmp, args.repeats)
+                ratios = ", ".join(f"{r['ratio']:.4f}" for r in rows)
+                print(
+                    f"(d) {args.repeats} fresh paired sessions (int8 vs FP32) under a CPU hog toggling "
+                    f"3 s on / 2 s off on every core: ratio spread {sp['ratio']:.1%} (target <= 2%; "
+                    f"ratios {ratios}); absolute median spread "
+                    f"int8 {sp['median_ms']:.1%}, FP32 {sp['reference_median_ms']:.1%}; statuses "
+                    f"{sorted({r['status'] for r in rows})}; pairs {[r['pairs'] for r in rows]}; other "
+                    f"processes used {statistics.mean(r['foreign_cpu'] for r in rows):.0%} of the CPUs"
+                )
 
 
 if __name__ == "__main__":

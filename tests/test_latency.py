@@ -71,6 +71,26 @@ def test_paired_blocks_alternate_so_a_trend_does_not_bias_the_ratio() -> None:
     assert m.ratio_ci[0] < 1.0 < m.ratio_ci[1]
 
 
+def test_paired_rounds_are_pooled_until_the_ratio_is_resolved() -> None:
+    """Noisy early pairs, steady later ones: a second round of pairs resolves the ratio."""
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def run() -> None:
+        calls["n"] += 1
+        noisy = calls["n"] <= 40  # warm-up and the first round
+        clock.t += ((1.0 if calls["n"] % 3 else 3.0) if noisy else 2.0) / 1e3
+
+    def ref() -> None:
+        clock.t += 2e-3
+
+    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=32, min_time_s=0.0, pair_block_ms=1.0)
+    m = run_paired(run, ref, p, "fake", clock=clock)
+    assert m.status == "ok" and m.retries >= 1 and m.n == 32 * (m.retries + 1)
+    assert m.extra["resolution_rounds"][0] > p.ratio_resolution >= m.extra["resolution_rounds"][-1]
+    assert m.ratio == pytest.approx(1.0)
+
+
 def test_paired_ratio_noise_is_retried_then_flagged_unstable() -> None:
     clock = FakeClock()
     rng = np.random.default_rng(0)
@@ -84,7 +104,8 @@ def test_paired_ratio_noise_is_retried_then_flagged_unstable() -> None:
     p = Protocol(warmup_s=0.0, min_samples=32, min_time_s=0.0, pair_block_ms=1.0)
     m = run_paired(run, ref, p, "fake", clock=clock)
     assert m.status == "unstable" and m.retries == 2 and m.usable
-    assert "per-pair ratio" in m.extra["unstable_reason"]
+    assert m.n == 3 * 32  # every round's pairs are pooled
+    assert len(m.extra["resolution_rounds"]) == 3 and "95% interval" in m.extra["unstable_reason"]
 
 
 def test_paired_measurement_round_trips_through_json() -> None:

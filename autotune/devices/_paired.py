@@ -13,9 +13,11 @@ toggling on both cores, the absolute median spread 63.7% over fresh sessions, th
   ``max_time_s``, flagged ``capped``).
 * Estimator: the median of the per-pair ratios candidate / reference, with the distribution-free
   95% interval of a median (order statistics at ranks n/2 -+ 0.98 sqrt(n)): :func:`median_ci`.
-* Stability is judged on the ratios (their IQR / median), not on the absolute times that a busy
-  host widens: above ``protocol.unstable_iqr`` the pairs are sampled again, then flagged
-  ``unstable``.
+* Stability is judged on the ratio, not on the absolute times that a busy host widens: while
+  the interval is wider than +-``protocol.ratio_resolution`` of the ratio, another round of
+  pairs is added (pooled: every pair is a valid pair), up to ``protocol.max_retries`` rounds;
+  still wider, the result is flagged ``unstable``. (Preemption inside one block makes single
+  ratios scatter under load, but their median stays put: the interval says how well.)
 
 Like :mod:`autotune.devices._protocol`, everything here is a pure function of ``run``,
 ``reference_run``, a clock and a timer, tested with a fake clock.
@@ -135,35 +137,41 @@ def run_paired(
         ka = max(1, math.ceil(block_s / max(mean_a, 1e-9)))
         kb = max(1, math.ceil(block_s / max(mean_b, 1e-9)))
         steady_s = 0.0
-        attempts: list[tuple[list[float], list[float], bool, float]] = []
-        for _attempt in range(protocol.max_retries + 1):
-            a, b, elapsed, capped = _sample_pairs(run, reference_run, ka, kb, protocol, timer, clock)
+        a: list[float] = []
+        b: list[float] = []
+        resolutions: list[float] = []
+        capped = False
+        for _round in range(protocol.max_retries + 1):
+            more_a, more_b, elapsed, capped = _sample_pairs(
+                run, reference_run, ka, kb, protocol, timer, clock
+            )
+            a += more_a
+            b += more_b
             steady_s += elapsed
             ratios = np.asarray(a) / np.maximum(np.asarray(b), 1e-12)
-            q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
-            rel_iqr = float((q75 - q25) / q50) if q50 > 0 else math.inf
-            attempts.append((a, b, capped, rel_iqr))
-            if rel_iqr <= protocol.unstable_iqr:
+            ratio, low, high = median_ci(ratios)
+            resolutions.append((high - low) / 2 / ratio if ratio > 0 else math.inf)
+            if resolutions[-1] <= protocol.ratio_resolution:
                 break
-    a, b, capped, rel_iqr = min(attempts, key=lambda t: t[3])
-    ratios = np.asarray(a) / np.maximum(np.asarray(b), 1e-12)
-    ratio, low, high = median_ci(ratios)
-    stable = rel_iqr <= protocol.unstable_iqr
+    stable = resolutions[-1] <= protocol.ratio_resolution
+    q25, q75 = np.percentile(ratios, [25, 75])
     reference = summarize(b)
     extra: dict[str, object] = {
         "paired": True,
         "warmup_s": warmup_s,
         "warmup_runs": warmup_runs,
         "block_runs": [ka, kb],  # runs per block: candidate, reference
-        "rel_iqr_attempts": [round(t[3], 4) for t in attempts],  # of the per-pair ratios
+        "resolution_rounds": [round(r, 4) for r in resolutions],  # interval half-width / ratio
+        "ratio_rel_iqr": round(float((q75 - q25) / ratio), 4) if ratio > 0 else None,
         "capped": capped,
         "reference_stats": {k: v for k, v in reference.items() if k != "n"},
         "ratios": _kept(ratios),
     }
     if not stable:
         extra["unstable_reason"] = (
-            f"per-pair ratio IQR/median {rel_iqr:.1%} > {protocol.unstable_iqr:.0%}: "
-            "the candidate and the reference did not keep a steady proportion"
+            f"the ratio's 95% interval is +-{resolutions[-1]:.1%} after {len(a)} pairs "
+            f"(> +-{protocol.ratio_resolution:.0%}): the candidate and the reference did not keep "
+            "a steady proportion"
         )
     return Measurement(
         status="ok" if stable else "unstable",
@@ -171,7 +179,7 @@ def run_paired(
         runs_per_sample=ka,
         samples_ms=a,
         steady_s=steady_s,
-        retries=len(attempts) - 1,
+        retries=len(resolutions) - 1,
         protocol=protocol.to_dict(),
         extra=extra,
         ratio=ratio,
