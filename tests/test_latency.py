@@ -61,6 +61,25 @@ def test_paired_ratio_cancels_a_host_that_changes_speed() -> None:
     assert m.extra["reference_stats"]["min_ms"] == pytest.approx(4.0)
 
 
+def test_paired_ratio_from_the_threads_cpu_time_leaves_preemption_out() -> None:
+    """Other processes steal random wall time from blocks; the thread's CPU time does not see it."""
+    wall, cpu = FakeClock(), FakeClock()
+    rng = np.random.default_rng(3)
+
+    def timed(ms: float):
+        def run() -> None:
+            cpu.t += ms / 1e3
+            wall.t += ms / 1e3 * (1 + float(rng.choice([0.0, 0.0, 2.0])))  # preempted 1 run in 3
+
+        return run
+
+    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=64, min_time_s=0.0, pair_block_ms=1.0)
+    m = run_paired(timed(1.0), timed(2.0), p, "fake", clock=wall, cpu_time=cpu)
+    assert m.ratio == pytest.approx(0.5) and m.ratio_resolution == pytest.approx(0.0)
+    assert m.extra["ratio_clock"] == "thread CPU time" and m.status == "ok"
+    assert m.p90_ms > m.min_ms  # the absolute statistics stay wall-clock, preemption included
+
+
 def test_paired_blocks_alternate_so_a_trend_does_not_bias_the_ratio() -> None:
     """A host slowing down steadily: A-then-B in every pair would read A faster than it is."""
     clock = FakeClock()

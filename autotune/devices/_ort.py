@@ -86,8 +86,12 @@ def timed_session_pair(
     providers: list[Any],
     backend: str,
     protocol: Protocol,
+    cpu_time: Callable[[], float] | None = None,
 ) -> Measurement:
-    """Load the candidate's and the reference's sessions and time them interleaved."""
+    """Load the candidate's and the reference's sessions and time them interleaved.
+
+    ``cpu_time``: the calling thread's CPU clock when the sessions compute in that thread.
+    """
     try:
         session, load_ms = load_session(model_path, so, providers)
     except Exception as exc:  # noqa: BLE001 - any load failure is a result, not a crash
@@ -106,7 +110,11 @@ def timed_session_pair(
     except KeyError as exc:
         return Measurement(status="runtime_error", backend=backend, error=str(exc.args[0]))
     m = timed_pair(
-        lambda: session.run(None, feeds), lambda: ref_session.run(None, ref_feeds), protocol, backend
+        lambda: session.run(None, feeds),
+        lambda: ref_session.run(None, ref_feeds),
+        protocol,
+        backend,
+        cpu_time=cpu_time,
     )
     m.load_ms = load_ms
     m.reference_sha256 = reference.sha256 or None

@@ -82,25 +82,38 @@ def _sample_pairs(
     protocol: Protocol,
     timer: Timer,
     clock: Callable[[], float],
-) -> tuple[list[float], list[float], float, bool]:
-    """Per-run ms of the candidate and the reference, pair by pair; (a, b, elapsed s, capped)."""
+    cpu_time: Callable[[], float] | None,
+) -> tuple[list[float], list[float], list[float], float, bool]:
+    """Per-pair: candidate and reference per-run ms, and the ratio; (a, b, ratios, elapsed, capped).
+
+    With ``cpu_time`` the ratio is taken from the thread's CPU time in each block: time the
+    thread was preempted (another process ran) then counts for neither side.
+    """
     a: list[float] = []
     b: list[float] = []
+    ratios: list[float] = []
     start = clock()
+
+    def block(fn: Callable[[], object], k: int) -> tuple[float, float]:
+        c0 = cpu_time() if cpu_time else 0.0
+        wall = timer(fn, k)
+        return wall, (cpu_time() - c0 if cpu_time else wall)
+
     while True:
         if len(a) % 2 == 0:
-            ta = timer(run, ka)
-            tb = timer(reference_run, kb)
+            ta, ca = block(run, ka)
+            tb, cb = block(reference_run, kb)
         else:
-            tb = timer(reference_run, kb)
-            ta = timer(run, ka)
+            tb, cb = block(reference_run, kb)
+            ta, ca = block(run, ka)
         a.append(ta * 1e3 / ka)
         b.append(tb * 1e3 / kb)
+        ratios.append((ca / ka) / max(cb / kb, 1e-12))
         elapsed = clock() - start
         if len(a) >= protocol.min_samples and elapsed >= protocol.min_time_s:
-            return a, b, elapsed, False
+            return a, b, ratios, elapsed, False
         if elapsed >= protocol.max_time_s:
-            return a, b, elapsed, True
+            return a, b, ratios, elapsed, True
 
 
 def _kept(values: np.ndarray) -> list[float]:
@@ -117,8 +130,13 @@ def run_paired(
     backend: str,
     clock: Callable[[], float] = time.perf_counter,
     timer: Timer | None = None,
+    cpu_time: Callable[[], float] | None = None,
 ) -> Measurement:
     """Time ``run`` (the candidate) interleaved with ``reference_run``; see the module docstring.
+
+    ``cpu_time`` (``time.thread_time`` for a run that computes in the calling thread): the
+    ratio is taken from CPU time per block, so preemption by other processes drops out of it;
+    the absolute statistics stay wall-clock.
 
     The Measurement's statistics (median_ms, p90_ms, ...) are the candidate's per-run times;
     ``ratio``/``ratio_ci`` the median per-pair ratio and its 95% interval;
@@ -139,16 +157,18 @@ def run_paired(
         steady_s = 0.0
         a: list[float] = []
         b: list[float] = []
+        r: list[float] = []
         resolutions: list[float] = []
         capped = False
         for _round in range(protocol.max_retries + 1):
-            more_a, more_b, elapsed, capped = _sample_pairs(
-                run, reference_run, ka, kb, protocol, timer, clock
+            more_a, more_b, more_r, elapsed, capped = _sample_pairs(
+                run, reference_run, ka, kb, protocol, timer, clock, cpu_time
             )
             a += more_a
             b += more_b
+            r += more_r
             steady_s += elapsed
-            ratios = np.asarray(a) / np.maximum(np.asarray(b), 1e-12)
+            ratios = np.asarray(r)
             ratio, low, high = median_ci(ratios)
             resolutions.append((high - low) / 2 / ratio if ratio > 0 else math.inf)
             if resolutions[-1] <= protocol.ratio_resolution:
@@ -158,6 +178,7 @@ def run_paired(
     reference = summarize(b)
     extra: dict[str, object] = {
         "paired": True,
+        "ratio_clock": "thread CPU time" if cpu_time else "wall",
         "warmup_s": warmup_s,
         "warmup_runs": warmup_runs,
         "block_runs": [ka, kb],  # runs per block: candidate, reference

@@ -55,6 +55,7 @@ def timed_pair(
     protocol: Protocol,
     backend: str,
     timer: Timer | None = None,
+    cpu_time: Callable[[], float] | None = None,
 ) -> Measurement:
     """Time both first runs, then the paired protocol; a failing run is a ``runtime_error``."""
     try:
@@ -65,7 +66,7 @@ def timed_pair(
             reference_run()
         except Exception as exc:
             raise RuntimeError(f"the reference failed: {error_line(exc, with_type=False)}") from exc
-        m = run_paired(run, reference_run, protocol, backend, timer=timer)
+        m = run_paired(run, reference_run, protocol, backend, timer=timer, cpu_time=cpu_time)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a result, not a crash
         kind = (
             "oom" if "OUT OF MEMORY" in str(exc).upper() or isinstance(exc, MemoryError) else "runtime_error"

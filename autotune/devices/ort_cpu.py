@@ -92,10 +92,12 @@ class OrtCpuDevice(Device):
         protocol: Protocol,
     ) -> Measurement:
         so = session_options(runtime)
+        # one thread: ORT computes in this thread, so its CPU clock leaves preemption out of the ratio
+        cpu_time = time.thread_time if runtime.threads == 1 else None
         return self._on_host(
             runtime,
             lambda: timed_session_pair(
-                model_path, inputs, reference, so, ["CPUExecutionProvider"], self.backend, protocol
+                model_path, inputs, reference, so, ["CPUExecutionProvider"], self.backend, protocol, cpu_time
             ),
         )
 
