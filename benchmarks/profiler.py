@@ -9,13 +9,18 @@
 (d) paired timing on a noisy host: five fresh processes each time the model's int8 version
     against the FP32 model (interleaved, the default protocol) while a CPU hog on every core
     toggles 3 s on / 2 s off (bounded, self-stopping); spread of the ratio (target <= 2%)
-    beside the spread of the absolute medians from the same sessions.
+    beside the spread of the absolute medians from the same sessions;
+(e) the latency predictor on a real demo search (default protocol, every candidate measured):
+    trained on the first 30 measured candidates, its error on the next 20 (MAPE, share within
+    +-10%); and trials per minute with and without it, replayed from the trials' recorded
+    costs (a skipped candidate costs no build, measurement or evaluation).
 
 Models: the demo model (``autotune.demo.demo_task()``) and ResNet-18 at 224x224. Usage::
 
     python benchmarks/profiler.py                   # both models
     python benchmarks/profiler.py --models demo --repeats 5
     python benchmarks/profiler.py --models demo --checks d    # only the noisy-host check
+    python benchmarks/profiler.py --models demo --checks e --search-trials 50
 
 The figures depend on how quiet the machine is: the CPU load of other processes seen while
 measuring is printed beside them (a shared VM also drifts with its neighbours, which only the
@@ -210,16 +215,63 @@ def noisy_host(
     return rows, spread
 
 
+def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> dict[str, float]:
+    """(e) a demo search, then its trials replayed in order through the predictor."""
+    import autotune
+    from autotune.demo import demo_task
+    from autotune.predictor import LatencyPredictor, layer_stats
+    from autotune.profiles import load_profile
+    from autotune.space import build_space, load_preset
+
+    task = demo_task()
+    t0 = time.perf_counter()
+    result = autotune.search(task, budget="1s", trials=trials, out_dir=tmp, progress=False, report=False)
+    wall = time.perf_counter() - t0
+    space = build_space(task, load_preset(None), load_profile("cpu"))
+    x = {"input": task.example_inputs[0].numpy().astype(np.float32)}
+    stats = layer_stats(result.baselines["fp32"].artifact_path, x)
+    measured = sorted((t for t in result.trials if t.measurement.ratio is not None), key=lambda t: t.number)
+    check = LatencyPredictor(space, stats, min_train=train)
+    errors = []
+    for t in measured:
+        predicted = check.observe(t.candidate, t.measurement.ratio)
+        if predicted is not None and len(errors) < 20:
+            errors.append(abs(predicted - t.measurement.ratio) / t.measurement.ratio)
+    # replay: with the predictor, a candidate it puts beyond the budget costs ~nothing
+    live = LatencyPredictor(space, stats, min_train=train)
+    cost_with = cost_without = 0.0
+    for t in measured:
+        cost = sum(t.timings.values())
+        cost_without += cost
+        skip, _ = live.beyond(t.candidate, budget_ratio)
+        if not skip:
+            cost_with += cost
+            live.observe(t.candidate, t.measurement.ratio)
+    err = np.asarray(errors)
+    return {
+        "trials": len(measured),
+        "search_wall_s": wall,
+        "checked": err.size,
+        "mape": float(err.mean()) if err.size else float("nan"),
+        "within_10": float((err <= 0.10).mean()) if err.size else float("nan"),
+        "skipped": live.skipped,
+        "per_min_without": len(measured) / cost_without * 60,
+        "per_min_with": len(measured) / cost_with * 60,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,resnet18", help="comma-separated: demo, resnet18")
     parser.add_argument("--repeats", type=int, default=5, help="independent measurements for (b), (d)")
-    parser.add_argument("--checks", default="abcd", help="which checks to run (default: abcd)")
+    parser.add_argument("--checks", default="abcd", help="which checks to run (default: abcd; e: predictor)")
+    parser.add_argument("--search-trials", type=int, default=50, help="(e): trials of the demo search")
+    parser.add_argument("--budget-ratio", type=float, default=0.6, help="(e): budget as a ratio to FP32")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for name in args.models.split(","):
+        for name in args.models.split(",") if set(args.checks) & set("abcd") else []:
             model, x = MODELS[name]()
             path = tmp / f"{name}.onnx"
             export_onnx(model, (x,), path)
@@ -266,6 +318,17 @@ def main() -> None:
                     f"{sorted({r['status'] for r in rows})}; pairs {[r['pairs'] for r in rows]}; other "
                     f"processes used {statistics.mean(r['foreign_cpu'] for r in rows):.0%} of the CPUs"
                 )
+
+    if "e" in args.checks:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            e = predictor_check(args.search_trials, 30, args.budget_ratio, Path(tmpdir))
+        print(
+            f"(e) predictor on a {e['trials']}-trial demo search ({e['search_wall_s']:.0f} s): "
+            "trained on 30, "
+            f"next {e['checked']}: MAPE {e['mape']:.1%}, within +-10% {e['within_10']:.0%} (target >= 90%); "
+            f"replayed at budget x{args.budget_ratio}: {e['skipped']} skipped, "
+            f"{e['per_min_with']:.1f} trials/min with the predictor vs {e['per_min_without']:.1f} without"
+        )
 
 
 if __name__ == "__main__":
