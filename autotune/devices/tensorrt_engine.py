@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,11 @@ import numpy as np
 
 from autotune._util import sha256_file
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
-from autotune.devices._gpu import CudaDevice, default_cache_dir
-from autotune.devices._lock import device_lock
+from autotune.devices._base import Capabilities, Measurement, RuntimeOptions
+from autotune.devices._gpu import CudaDevice, Prepared, default_cache_dir
 from autotune.devices._onnx_info import OnnxTraits, static_shapes
 from autotune.devices._protocol import summarize
-from autotune.devices._timing import load_failure, timed_run
+from autotune.devices._timing import load_failure
 
 HOST_IO_RUNS = 20
 DEFAULT_WORKSPACE = 2 << 30  # bytes of builder scratch memory
@@ -141,24 +142,23 @@ class TensorrtDevice(CudaDevice):
 
         return {"tensorrt": trt.__version__}
 
-    def measure(
-        self,
-        model_path: Path,
-        inputs: dict[str, np.ndarray],
-        runtime: RuntimeOptions,
-        protocol: Protocol,
-    ) -> Measurement:
+    @contextmanager
+    def prepared(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+    ) -> Iterator[Prepared | Measurement]:
         traits = self.inspect(model_path)
         if isinstance(traits, Measurement):
-            return traits
+            yield traits
+            return
         plan = build_plan(traits, runtime, _cuda.compute_capability(self.device_id))
-        with device_lock(self.lock_name) as waited_s:
-            session = _EngineSession(self, model_path, inputs, plan)
-            try:
-                m = session.measure(protocol)
-            finally:
-                session.close()
-        return self.stamp(m, runtime, waited_s, build_plan=plan, artifact_traits=traits.describe())
+        session = _EngineSession(self, model_path, inputs, plan)
+        try:
+            p = session.open()
+            if isinstance(p, Prepared):
+                p.extra.update(build_plan=plan, artifact_traits=traits.describe())
+            yield p
+        finally:
+            session.close()
 
 
 class _Logger:
@@ -254,7 +254,8 @@ class _EngineSession:
         return data, False
 
     # -- run --------------------------------------------------------------------------------
-    def measure(self, protocol: Protocol) -> Measurement:
+    def open(self) -> Prepared | Measurement:
+        """Build or load the engine, bind its buffers, upload the inputs: ready to run."""
         import tensorrt as trt
 
         cudart = _cudart()
@@ -295,15 +296,16 @@ class _EngineSession:
 
         for host, dev_ptr, nbytes in io["inputs"]:  # inputs uploaded once for the steady state
             _check(cudart.cudaMemcpy(dev_ptr, host, nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-        m = timed_run(run, protocol, backend)
-        m.load_ms = load_ms
-        m.extra["engine_cache"] = "hit" if cached else "built"
-        if m.usable:
-            # CUDA-event compute times of the last steady-state attempt (not warm-up)
+
+        def finish(m: Measurement) -> None:
+            # CUDA-event compute times of the steady-state runs (not warm-up)
             steady = compute_ms[-m.n * m.runs_per_sample :]
             m.extra["gpu_compute"] = summarize(steady)
             m.extra.update(self._host_io(cudart, run, io))
-        return m
+
+        return Prepared(
+            run=run, load_ms=load_ms, finish=finish, extra={"engine_cache": "hit" if cached else "built"}
+        )
 
     def _bind(self, trt: Any, engine: Any, context: Any) -> dict[str, list[tuple[int, int, int]]]:
         """Pinned host + device buffers for every I/O tensor; inputs filled from ``self.inputs``."""
