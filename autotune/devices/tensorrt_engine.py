@@ -19,9 +19,6 @@ Needs the ``tensorrt`` and ``cuda-python`` packages (``pip install 'autotune[ten
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,57 +31,13 @@ from autotune._util import sha256_file
 from autotune.devices import _cuda
 from autotune.devices._base import Capabilities, Measurement, RuntimeOptions
 from autotune.devices._gpu import CudaDevice, Prepared, default_cache_dir
-from autotune.devices._onnx_info import OnnxTraits, static_shapes
+from autotune.devices._onnx_info import static_shapes
 from autotune.devices._protocol import summarize
 from autotune.devices._timing import load_failure
+from autotune.devices._trt import _atomic_write, _check, _cudart, build_plan, engine_key
 
 HOST_IO_RUNS = 20
 DEFAULT_WORKSPACE = 2 << 30  # bytes of builder scratch memory
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-    return cudart
-
-
-def _check(result: Any) -> Any:
-    """cuda-python returns (err, *values): raise on error, return the value(s)."""
-    cudart = _cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA error: {cudart.cudaGetErrorString(err)[1].decode()}")
-    return values[0] if len(values) == 1 else values or None
-
-
-def build_plan(
-    traits: OnnxTraits, runtime: RuntimeOptions, compute_capability: tuple[int, int]
-) -> dict[str, Any]:
-    """The builder flags an artifact needs (pure: tested without a GPU)."""
-    fp16 = runtime.precision == "fp16" or traits.fp16
-    return {
-        "fp16": fp16,
-        "int8": traits.qdq,
-        "sparse_weights": bool(traits.sparse_2_4) and compute_capability >= (8, 0),
-        # the artifact's fp32 layers stay fp32 when only some layers were asked to be fp16
-        "pin_fp32_layers": traits.fp16 and runtime.precision != "fp16",
-    }
-
-
-def engine_key(
-    model_sha256: str, plan: dict[str, Any], shapes: dict[str, tuple[int, ...]], stack: dict[str, Any]
-) -> str:
-    """Engine cache key: the model, the flags, the shapes and the TensorRT/GPU stack."""
-    blob = json.dumps({"model": model_sha256, "plan": plan, "shapes": shapes, "stack": stack}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class TensorrtDevice(CudaDevice):
