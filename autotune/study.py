@@ -120,7 +120,7 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
 
     builder = ArtifactBuilder(task, space, run_dir / "artifacts")
     inputs = _trial_inputs(task)
-    # every candidate is timed interleaved with the unmodified model (docs/measurement.md)
+    # every candidate is timed interleaved with the unmodified model (README, "Measurement")
     try:
         reference = builder.build(Candidate(layers={}))
     except CandidateError as exc:

@@ -2,7 +2,7 @@
 
 Why: a host's speed shifts for seconds at a time (other processes, frequency scaling, a noisy
 neighbour VM). Both halves of a pair run within ~20 ms of each other on the same host, so the
-per-pair ratio cancels what moves the absolute numbers (docs/measurement.md: under a CPU hog
+per-pair ratio cancels what moves the absolute numbers (README, "Measurement": under a CPU hog
 toggling on both cores, the absolute median spread 63.7% over fresh sessions, the paired ratio
 0.9%).
 
