@@ -7,6 +7,7 @@ No assertion depends on how fast this machine is.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,34 @@ def test_study_times_every_candidate_against_the_unmodified_model(tmp_path: Path
     for t in result.trials:
         assert t.measurement.paired
         assert min(windows) * 0.999 <= t.latency_ms / t.measurement.ratio <= max(windows) * 1.001
+
+
+# -- decisions on noisy latencies -------------------------------------------------------------
+def test_noise_aware_dominance_and_best() -> None:
+    from autotune.measure.confirm import Figure, best, dominates, equally_fast, pareto
+
+    a = Figure(1, accuracy=95.0, latency_ms=1.00, size_bytes=100, resolution=0.02)
+    b = Figure(2, accuracy=95.0, latency_ms=1.03, size_bytes=80, resolution=0.02)  # inside: equal
+    c = Figure(3, accuracy=95.0, latency_ms=1.20, size_bytes=70, resolution=0.02)  # clearly slower
+    d = Figure(4, accuracy=90.0, latency_ms=0.50, size_bytes=60, resolution=0.02)
+    assert equally_fast(a, b) and not equally_fast(a, c)
+    # a is 3% faster than b, but inside their resolution: b is smaller, so b dominates a
+    assert dominates(b, a) and not dominates(a, b)
+    assert not dominates(b, c) and not dominates(c, b)  # c: slower but smaller
+    assert [f.key for f in pareto([a, b, c, d])] == [4, 2, 3]
+    assert best([a, b, c, d]).key == 2  # most accurate; a and b equally fast; b smaller
+    # without noise (resolution 0) the faster one wins as before
+    a0, b0 = replace(a, resolution=0.0), replace(b, resolution=0.0)
+    assert best([a0, b0]).key == 1 and not dominates(b0, a0)
+
+
+def test_confirmation_targets_borderline_and_protocol() -> None:
+    from autotune.measure.confirm import Figure, borderline, confirmation_protocol, to_confirm
+
+    front = [Figure(k, 90.0, ms, 1.0, 0.03) for k, ms in ((1, 0.5), (2, 0.88), (3, 1.1))]
+    assert to_confirm(front, front[0], budget_ms=1.0) == [1, 2, 3]  # best + within 15% of budget
+    assert to_confirm(front, None, budget_ms=2.0) == []
+    assert borderline(Figure(5, 90.0, 0.98, 1.0, 0.03), 1.0)  # [0.951, 1.009] straddles 1.0
+    assert not borderline(Figure(6, 90.0, 0.90, 1.0, 0.03), 1.0)
+    p = confirmation_protocol(Protocol())
+    assert p.min_samples == 192 and p.min_time_s == 3.0 and p.ratio_resolution == 0.01
