@@ -212,7 +212,7 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
         )
         lines.append(
             f"[I] Ratio to the reference: {m.ratio:.4f}, 95% interval [{m.ratio_ci[0]:.4f}, "
-            f"{m.ratio_ci[1]:.4f}] ({m.ratio_resolution:.1%}), median of {m.n} interleaved pairs"
+            f"{m.ratio_ci[1]:.4f}] (+-{m.ratio_resolution:.1%}), median of {m.n} interleaved pairs"
             + (" (measured separately: this backend does not time pairs)" if x.get("paired") is False else "")
         )
     lines.append(
@@ -230,7 +230,12 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
     rel = m.iqr_ms / m.median_ms
     limit = p.get("unstable_iqr", 0.10)
     share = x.get("cpu_share_attempts")
-    if m.status == "ok":
+    if m.status == "ok" and m.paired and x.get("paired") is not False:
+        lines.append(
+            f"[I] Stability: ok (the ratio's interval is +-{m.ratio_resolution:.1%} <= "
+            f"+-{p.get('ratio_resolution', 0.02):.0%}; absolute times vary with the host)"
+        )
+    elif m.status == "ok":
         got = f"; the thread got {max(share):.0%} of a core" if share else ""
         lines.append(f"[I] Stability: ok (IQR/median {rel:.1%} <= {limit:.0%}{got})")
     else:
@@ -239,7 +244,7 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
             f"{x.get('unstable_reason') or f'IQR/median {rel:.1%} > {limit:.0%}'}; "
             "do not trust this number (close other programs, pin --affinity, or raise --min-time)"
         )
-    if m.cv > 0.05:
+    if m.cv > 0.05 and not m.paired:
         lines.append(f"[W] * Latency has a coefficient of variance of {m.cv:.1%} (> 5%)")
     return "\n".join(lines)
 
