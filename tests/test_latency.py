@@ -222,6 +222,8 @@ def test_measurer_pairs_every_candidate_and_keys_the_cache_on_the_reference(tmp_
     )
     assert not mb.measure(cand, x, RuntimeOptions()).cached  # ... another reference: measured again
     assert ma.stats["reference"]["windows"] == 2 and ma.stats["reference"]["estimator"]
+    # every later window is re-checked against the estimate
+    assert ma.measure(cand, x, RuntimeOptions()).extra["reference_window"]["vs_estimate"] > 0
     # a longer protocol (the confirmation round) is another measurement too
     assert not ma.measure(cand, x, RuntimeOptions(), protocol=LONGER).cached
 

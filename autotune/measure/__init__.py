@@ -208,6 +208,13 @@ class Measurer:
         ref = self.reference_latency.setdefault(rkey, ReferenceLatency())
         ref.add(m.reference_median_ms)
         self.stats["reference"] = ref.to_dict()
+        # re-check: a window far from the study's estimate means the host's speed moved; the
+        # ratio holds, the window's absolute numbers do not
+        if m.reference_median_ms and len(ref.windows) > 1:
+            off = m.reference_median_ms / ref.estimate_ms
+            m.extra["reference_window"] = {"median_ms": m.reference_median_ms, "vs_estimate": round(off, 4)}
+            if abs(math.log(off)) > math.log(self.drift_threshold):
+                self.stats["reference_windows_off"] = self.stats.get("reference_windows_off", 0) + 1
 
     # -- drift ------------------------------------------------------------------------------
     def _canary_due(self, rkey: str) -> bool:
