@@ -229,7 +229,9 @@ def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> 
     # per pruned candidate on 2 busy cores) so 50 measured candidates fit in a few minutes
     task.finetune = None
     t0 = time.perf_counter()
-    result = autotune.search(task, budget="1s", trials=trials, out_dir=tmp, progress=False, report=False)
+    result = autotune.search(
+        task, budget="1s", trials=trials, out_dir=tmp, study_name="predictor", progress=False, report=False
+    )
     wall = time.perf_counter() - t0
     space = build_space(task, load_preset(None), load_profile("cpu"))
     x = {"input": task.example_inputs[0].numpy().astype(np.float32)}
@@ -252,7 +254,9 @@ def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> 
             cost_with += cost
             live.observe(t.candidate, t.measurement.ratio)
     err = np.asarray(errors)
+    ratios = [t.measurement.ratio for t in measured]
     return {
+        "ratio_quartiles": [round(float(q), 3) for q in np.percentile(ratios, [0, 25, 50, 75, 100])],
         "trials": len(measured),
         "search_wall_s": wall,
         "checked": err.size,
@@ -271,6 +275,7 @@ def main() -> None:
     parser.add_argument("--checks", default="abcd", help="which checks to run (default: abcd; e: predictor)")
     parser.add_argument("--search-trials", type=int, default=50, help="(e): trials of the demo search")
     parser.add_argument("--budget-ratio", type=float, default=0.6, help="(e): budget as a ratio to FP32")
+    parser.add_argument("--keep", help="(e): keep the demo search in this directory (runs/predictor)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -325,13 +330,15 @@ def main() -> None:
 
     if "e" in args.checks:
         with tempfile.TemporaryDirectory() as tmpdir:
-            e = predictor_check(args.search_trials, 30, args.budget_ratio, Path(tmpdir))
+            out = Path(args.keep) if args.keep else Path(tmpdir)
+            e = predictor_check(args.search_trials, 30, args.budget_ratio, out)
         print(
             f"(e) predictor on a {e['trials']}-trial demo search ({e['search_wall_s']:.0f} s): "
             "trained on 30, "
             f"next {e['checked']}: MAPE {e['mape']:.1%}, within +-10% {e['within_10']:.0%} (target >= 90%); "
             f"replayed at budget x{args.budget_ratio}: {e['skipped']} skipped, "
-            f"{e['per_min_with']:.1f} trials/min with the predictor vs {e['per_min_without']:.1f} without"
+            f"{e['per_min_with']:.1f} trials/min with the predictor vs {e['per_min_without']:.1f} without "
+            f"(measured ratios min/quartiles/max {e['ratio_quartiles']})"
         )
 
 
