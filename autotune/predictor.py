@@ -9,8 +9,9 @@ and the best are measured.
   bits (one-hot int8 / int4 / fp16) and sparsity; and over the model, the share of the
   reference's multiply-adds, parameters and output channels left after width pruning, the
   shares of multiply-adds at each precision and per op type (Conv / Gemm / MatMul), the
-  MAC-weighted sparsity and the thread count. MACs, parameters and channels come from the
-  reference ONNX (:func:`layer_stats`).
+  MAC-weighted sparsity, the thread count, and the number of int8 layers and of precision
+  boundaries (each costs a QuantizeLinear or DequantizeLinear). MACs, parameters and channels
+  come from the reference ONNX (:func:`layer_stats`).
 * **Target**: log of the measured ratio to the reference (paired timing), so errors are
   relative and the fit cannot predict a negative latency.
 * **Model**: scikit-learn's standardised ``RidgeCV`` (a linear model fits the additive way
@@ -148,6 +149,10 @@ class LatencyPredictor:
         model_wide = [macs_left, params_left, channels_left, sparse, *by_bits.values()]
         model_wide += [v for pair in by_op.values() for v in pair]
         model_wide.append(math.log(candidate.runtime.threads))
+        # int8 layers cost (De)QuantizeLinear nodes where precision changes along the model
+        int8 = [candidate.value(layer.name, "bits") == 8 for layer, _ in self.layers]
+        boundaries = sum(a != b for a, b in zip([False, *int8], [*int8, False], strict=True))
+        model_wide += [float(boundaries), float(sum(int8))]
         return np.asarray(model_wide + per_layer, dtype=np.float64)
 
     # -- learning ------------------------------------------------------------------------
