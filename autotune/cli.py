@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("autotune.commands.devices", "list device profiles and whether each is usable here"),
     "measure": ("autotune.commands.measure", "measure one ONNX model's latency on a device"),
     "agent": ("autotune.commands.agent", "run the measurement agent on an edge device"),
+    "agent-wheel": ("autotune.commands.agent_wheel", "build the wheel that installs the agent on a device"),
 }
 
 

@@ -9,6 +9,7 @@ No torch needed. Usage::
 
     python benchmarks/remote.py                     # 3 models x 5 rounds, default protocol
     python benchmarks/remote.py --rounds 5 --quick  # Protocol.quick() (noisier)
+    python benchmarks/remote.py --memory            # agent memory with jobs queued (issue 9, finding 2)
 
 Exit code 1 when a check fails. The figures depend on how quiet the machine is; the load
 average is printed beside them.
@@ -17,6 +18,7 @@ average is printed beside them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -60,13 +62,60 @@ def mlp(path: Path, width: int, layers: int, seed: int = 0) -> Path:
     return path
 
 
+def queued_memory(jobs: int = 4, mb: float = 7.8) -> int:
+    """The agent's own memory (RSS, MB) idle, then with ``jobs`` jobs of ``mb`` MB of inputs each
+    queued behind a sleeping one. Each queued job should cost about its base64 size, once."""
+    import base64
+
+    import psutil
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    n = int(mb * 2**20 / 4)
+    with tempfile.TemporaryDirectory(prefix="autotune-bench-mem-") as tmp:
+        path = mlp(Path(tmp) / "m.onnx", 64, 1)
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        with (
+            AgentProcess(
+                token=TOKEN, root=Path(tmp) / "agent", env={"AUTOTUNE_AGENT_TEST_HOOKS": "1"}
+            ) as agent,
+            httpx.Client(base_url=agent.url, headers=auth, timeout=60) as client,
+        ):
+            client.put(f"/v1/models/{digest}", content=data).raise_for_status()
+            rss = lambda: psutil.Process(agent.pid).memory_info().rss / 2**20  # noqa: E731
+            idle = rss()
+            x = base64.b64encode(np.zeros((8, 64), np.float32).tobytes()).decode()
+            body = {"model_sha256": digest, "inputs": [{"name": "x", "dtype": "float32", "shape": [8, 64],
+                    "data": x}], "test": {"sleep_s": 30}}  # fmt: skip
+            client.post("/v1/jobs", json=body).raise_for_status()
+            ids = []
+            for i in range(jobs):
+                big = base64.b64encode(np.full(n, i, np.float32).tobytes()).decode()
+                body = {"model_sha256": digest, "inputs": [{"name": "x", "dtype": "float32", "shape": [n],
+                        "data": big}]}  # fmt: skip
+                resp = client.post("/v1/jobs", json=body)
+                resp.raise_for_status()
+                ids.append(resp.json()["job_id"])
+            time.sleep(1.0)
+            queued = rss()
+            for job_id in ids:
+                client.delete(f"/v1/jobs/{job_id}")
+    held = jobs * len(big) / 2**20
+    print(f"agent RSS idle {idle:.0f} MB; with {jobs} x {mb:g} MB jobs queued {queued:.0f} MB "
+          f"(+{queued - idle:.0f} MB; their base64 inputs are {held:.0f} MB)")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="local/remote pairs per model (default: 5)")
     ap.add_argument("--quick", action="store_true", help="Protocol.quick() instead of the default protocol")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-ratio", type=float, default=1.10)
+    ap.add_argument("--memory", action="store_true", help="only the queued-jobs memory figure")
     args = ap.parse_args(argv)
+    if args.memory:
+        return queued_memory()
 
     protocol = Protocol.quick() if args.quick else Protocol()
     runtime = RuntimeOptions(threads=args.threads)

@@ -222,7 +222,7 @@ def test_pool_agent_killed_mid_job_retries_on_another(tmp_path: Path) -> None:
         b.wait_ready()
         device = RemoteDevice([a.url, b.url], token=TOKEN, retry_s=5, test_hooks={"sleep_s": 1.5})
         device.connect()
-        device._rr = len(device.agents) - 1  # the next job goes to a first
+        device.pool.rr = len(device.agents) - 1  # the next job goes to a first
         job_processes = psutil.Process(a.pid).children(recursive=True)
         assert job_processes
         killer = _kill_when_running(a)
@@ -327,6 +327,7 @@ def test_no_reachable_agent_is_one_line_and_exit_2(
     message = str(err.value)
     assert "\n" not in message and url in message and "connection refused" in message
     assert "autotune agent --host 0.0.0.0 --port" in message
+    assert "agent-wheel" in message and "autotune[agent]" not in message  # never PyPI's autotune
     # --agent overrides the profile: the URL tried is the one given
     other = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UserError, match=other.replace(".", r"\.")):

@@ -99,7 +99,7 @@ def health(root: Path, tegra: Tegrastats | None = None, started: float | None = 
             out["cpu_mhz"] = round(freq.current)
     except (OSError, NotImplementedError):
         pass
-    temps = getattr(psutil, "sensors_temperatures", lambda: {})()
+    temps: dict[str, Any] = getattr(psutil, "sensors_temperatures", lambda: {})()
     readings = [t.current for entries in temps.values() for t in entries if t.current]
     if readings:
         out["temp_c_max"] = max(readings)

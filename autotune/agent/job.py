@@ -18,9 +18,7 @@ Inputs arrive as raw bytes (base64) with dtype and shape -- never pickles. When 
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import os
 import queue
 import signal
@@ -30,14 +28,17 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from autotune._util import error_line
+from autotune.agent.modelcheck import validate_model
+from autotune.wire import PROTOCOL_VERSION, decode_inputs, json_safe
+
 #: set to "1" in the agent's environment to let jobs carry test hooks (sleep, crash)
 TEST_HOOKS_ENV = "AUTOTUNE_AGENT_TEST_HOOKS"
+#: the job process's address-space budget in bytes, set by the agent (0 or unset: none)
+MEMORY_ENV = "AUTOTUNE_AGENT_JOB_MEMORY"
+#: backends that allocate only host memory: they run under the address-space limit
+CPU_BACKENDS = ("ort-cpu",)
 
-#: operator domains a model may use: the ONNX standard sets and onnxruntime's built-in
-#: contrib ops. Anything else would need a custom-op library, which the agent never loads.
-ALLOWED_DOMAINS = frozenset(
-    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc"}
-)
 MAX_SAMPLES_RETURNED = 4096
 _OOM_MARKERS = ("out of memory", "bad_alloc", "failed to allocate", "cudaerrormemoryallocation", "oom")
 
@@ -46,86 +47,34 @@ def test_hooks_enabled() -> bool:
     return os.environ.get(TEST_HOOKS_ENV) == "1"
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None, recursively (strict JSON for HTTP responses)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+def apply_memory_limit(backend: str | None = None) -> None:
+    """Let this process's address space grow by at most the agent's job budget from here
+    (``RLIMIT_AS`` soft limit), so a model that allocates too much fails as ``oom`` instead of
+    waking the kernel's OOM killer. ``backend`` None: the process itself (start-up, validation).
+
+    CUDA reserves far more address space than memory, so GPU backends (and the backend probe
+    behind ``/v1/info``) run with the soft limit lifted; the hard limit stays unlimited for
+    that reason. The budget counts from the current size, so a process that already mapped a
+    GPU runtime can still run CPU jobs under it.
+    """
+    import resource
+
+    budget = int(os.environ.get(MEMORY_ENV) or 0)
+    if budget <= 0:
+        return
+    if backend is not None and backend not in CPU_BACKENDS:
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (_address_space() + budget, resource.RLIM_INFINITY))
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _all_graphs(graph: Any) -> Any:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _all_graphs(attr.g)
-            for g in attr.graphs:
-                yield from _all_graphs(g)
-
-
-def _tensors(model: Any) -> Any:
-    for graph in _all_graphs(model.graph):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
-
-
-def _nodes(model: Any) -> Any:
-    for graph in _all_graphs(model.graph):
-        yield from graph.node
-    for function in model.functions:
-        yield from function.node
-
-
-def validate_model(path: Path) -> str | None:
-    """Why ``path`` is not a self-contained, standard ONNX model; None when it is."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - not a protobuf at all
-        return f"not an ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    if not model.graph.node and not model.graph.output:
-        return "not an ONNX model (no graph)"
-    for tensor in _tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            return f"tensor {tensor.name!r} refers to external data; upload a self-contained model"
-    local_domains = {f.domain for f in model.functions}
-    for node in _nodes(model):
-        if node.domain not in ALLOWED_DOMAINS and node.domain not in local_domains:
-            return f"operator {node.op_type!r} of custom domain {node.domain!r} is not allowed"
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001
-        return f"onnx.checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-    return None
+def _address_space() -> int:
+    """This process's virtual memory size in bytes (``VmSize``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- measurement
-
-
-def decode_inputs(tensors: list[dict[str, Any]]) -> dict[str, Any]:
-    import numpy as np
-
-    out: dict[str, Any] = {}
-    for t in tensors:
-        raw = base64.b64decode(t["data"], validate=True)
-        arr = np.frombuffer(raw, dtype=np.dtype(t["dtype"]).newbyteorder("<"))
-        out[t["name"]] = arr.reshape(t["shape"]).astype(np.dtype(t["dtype"]), copy=True)
-    return out
 
 
 def _run_hook(test: dict[str, Any] | None, phase: str) -> None:
@@ -159,6 +108,8 @@ class Runner:
     def info(self) -> dict[str, Any]:
         from dataclasses import fields
 
+        apply_memory_limit("info")  # probing GPU backends may initialise CUDA
+
         from autotune import __version__
         from autotune.devices import BACKENDS, Protocol, RuntimeOptions
         from autotune.devices._fingerprint import host_fingerprint
@@ -171,7 +122,7 @@ class Runner:
                 ok, why = cls.available()
                 fp = self._device(name).fingerprint() if ok else {}
             except Exception as exc:  # noqa: BLE001 - a broken backend is reported, not fatal
-                ok, why, fp = False, f"{type(exc).__name__}: {exc}".splitlines()[0], {}
+                ok, why, fp = False, error_line(exc), {}
             backends[name] = {"available": bool(ok), "reason": why, "fingerprint": fp}
         return {
             "backends": backends,
@@ -189,7 +140,6 @@ class Runner:
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
         from autotune import __version__
-        from autotune.agent import PROTOCOL_VERSION
         from autotune.devices import BACKENDS, Measurement, Protocol, RuntimeOptions
 
         backend = spec["backend"]
@@ -203,6 +153,7 @@ class Runner:
         if not ok:
             m = Measurement(status="build_error", backend=backend, error=f"backend {backend} unusable: {why}")
         else:
+            apply_memory_limit(backend)
             device = self._device(backend)
             self.emit(event="phase", phase="measure")
             _run_hook(test, "measure")
@@ -220,7 +171,7 @@ class Runner:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "validate":
-            return {"error": validate_model(Path(request["path"]))}
+            return {"error": validate_model(Path(request["path"]), int(request.get("max_tensor_bytes", 0)))}
         if op == "info":
             return self.info()
         if op == "measure":
@@ -229,7 +180,7 @@ class Runner:
             except MemoryError:
                 return {"status": "oom", "measurement": None, "error": "MemoryError in the job process"}
             except Exception as exc:  # noqa: BLE001 - a failed job is a result
-                msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                msg = error_line(exc)
                 status = "oom" if any(s in msg.lower() for s in _OOM_MARKERS) else "runtime_error"
                 return {"status": status, "measurement": None, "error": msg}
         return {"error": f"unknown op {op!r}"}
@@ -245,6 +196,7 @@ def _read_requests(requests: queue.Queue[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     role = argv[0] if argv else "measure"
+    apply_memory_limit()  # first, before any import can allocate
     proto_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the event stream
     out = os.fdopen(proto_fd, "w", buffering=1)

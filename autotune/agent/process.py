@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from autotune.wire import TOKEN_ENV
+
 _LISTENING = re.compile(r"listening on (\S+)")
 
 
@@ -40,12 +42,14 @@ class AgentProcess:
         prefix: Sequence[str] = (),
         python: str = sys.executable,
         startup_timeout: float = 60.0,
+        cwd: Path | None = None,
     ) -> None:
         self.host, self.port, self.token = host, port, token
         self._tmp = tempfile.TemporaryDirectory(prefix="autotune-agent-") if root is None else None
         self.root = Path(root) if root is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.args, self.extra_env, self.prefix = list(args), dict(env or {}), list(prefix)
         self.python = python
+        self.cwd = cwd  # another directory keeps ``python -m`` from importing a checkout in cwd
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
@@ -67,12 +71,12 @@ class AgentProcess:
         if self.alive:
             raise RuntimeError(f"agent already running (pid {self.pid})")
         env = {**os.environ, **self.extra_env}
-        env.pop("AUTOTUNE_AGENT_TOKEN", None)
+        env.pop(TOKEN_ENV, None)
         if self.token:
-            env["AUTOTUNE_AGENT_TOKEN"] = self.token
+            env[TOKEN_ENV] = self.token
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            start_new_session=True,
+            start_new_session=True, cwd=self.cwd,
         )  # fmt: skip
         self._found = threading.Event()
         threading.Thread(target=self._pump, args=(self.proc, self._found), daemon=True).start()

@@ -15,13 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune._util import error_line
 from autotune.agent.worker import PhaseTimeout, WorkerDied, WorkerProcess
 
 USABLE = ("ok", "unstable")
 
 
 class QueueFull(Exception):
-    pass
+    def __init__(self, message: str, by_bytes: bool = False) -> None:
+        super().__init__(message)
+        self.by_bytes = by_bytes
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Job:
     backend: str
     spec: dict[str, Any]
     timeouts: dict[str, float]
+    held_bytes: int = 0  # input bytes in ``spec`` while queued
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -57,9 +61,12 @@ class Scheduler:
         max_queue: int = 64,
         retention: int = 4096,
         decorate: Callable[[Job], None] | None = None,
+        max_bytes: int = 0,
     ) -> None:
         self.worker = worker
         self.max_queue = max_queue
+        self.max_bytes = max_bytes  # inputs held by queued jobs, all together (0: no cap)
+        self.queued_bytes = 0
         self.retention = retention
         self.decorate = decorate  # adds agent details to a finished job's measurement
         self._cond = threading.Condition()
@@ -83,6 +90,7 @@ class Scheduler:
             for job in self._queue:
                 self._finish_locked(job, "cancelled", None, "agent shutting down")
             self._queue.clear()
+            self.queued_bytes = 0
             self._cond.notify_all()
         self.worker.interrupt()
         self._thread.join(timeout=15)
@@ -99,8 +107,12 @@ class Scheduler:
         backend: str,
         spec: dict[str, Any],
         timeouts: dict[str, float],
+        held_bytes: int = 0,
     ) -> tuple[Job, bool]:
-        """Queue a job, or return the identical job already queued or running."""
+        """Queue a job, or return the identical job already queued or running.
+
+        QueueFull when the queue holds ``max_queue`` jobs or its inputs would exceed ``max_bytes``.
+        """
         with self._cond:
             same = self._inflight.get(key)
             if same is not None and not same.done and not same.cancel_requested:
@@ -109,6 +121,12 @@ class Scheduler:
                 return same, True
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"queue is full ({self.max_queue} jobs); retry later")
+            if self.max_bytes and self.queued_bytes + held_bytes > self.max_bytes:
+                raise QueueFull(
+                    f"queued jobs hold {self.queued_bytes} bytes of inputs; {held_bytes} more would "
+                    f"exceed the agent's budget of {self.max_bytes} bytes; retry later",
+                    by_bytes=True,
+                )
             job = Job(
                 id=secrets.token_hex(16),
                 key=key,
@@ -116,7 +134,9 @@ class Scheduler:
                 backend=backend,
                 spec=spec,
                 timeouts=timeouts,
+                held_bytes=held_bytes,
             )
+            self.queued_bytes += held_bytes
             self._jobs[job.id] = job
             self._inflight[key] = job
             self._queue.append(job)
@@ -147,6 +167,7 @@ class Scheduler:
             job.cancel_requested = True
             if job.status == "queued":
                 self._queue.remove(job)
+                self.queued_bytes -= job.held_bytes
                 self._finish_locked(job, "cancelled", None, "cancelled by a client")
                 waiters = list(job.waiters)
             else:
@@ -180,6 +201,7 @@ class Scheduler:
                 if self._stopping:
                     return
                 job = self._queue.popleft()
+                self.queued_bytes -= job.held_bytes
                 job.status = "running"
                 job.started_at = time.time()
                 self.running = job
@@ -210,7 +232,7 @@ class Scheduler:
             return ("oom" if exc.killed else "runtime_error"), None, str(exc)
         except Exception as exc:  # noqa: BLE001 - the runner thread must survive anything
             self.worker.stop()
-            return "runtime_error", None, f"agent: {type(exc).__name__}: {exc}"
+            return "runtime_error", None, f"agent: {error_line(exc)}"
         status = str(event.get("status", "runtime_error"))
         measurement = event.get("measurement")
         error = event.get("error") or (measurement or {}).get("error")

@@ -12,31 +12,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autotune.wire import DTYPES, JobStatusName
+
 #: a model id: lowercase hex sha256 -- also the only thing from a client that names a file
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: a job id: lowercase hex uuid4 chosen by the agent
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-# Mirrors autotune.devices.Status plus queued/running: importing autotune.devices here would load
-# onnxruntime into the agent process, which only its job subprocesses should do.
-JobStatusName = Literal[
-    "queued",
-    "running",
-    "ok",
-    "unstable",
-    "invalid_model",
-    "build_error",
-    "runtime_error",
-    "oom",
-    "timeout",
-    "cancelled",
-]
-TERMINAL = frozenset(
-    {"ok", "unstable", "invalid_model", "build_error", "runtime_error", "oom", "timeout", "cancelled"}
-)
-
-#: dtypes an input tensor may have (raw little-endian bytes, never pickles)
-DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 Scalar = bool | int | float | str | None
 
@@ -54,7 +35,7 @@ class TensorIn(_Strict):
     """One input tensor: raw bytes (C order, little endian), base64 encoded."""
 
     name: str = Field(min_length=1, max_length=256)
-    dtype: Literal["float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
     shape: list[int] = Field(max_length=8)
     data: str = Field(description="base64 of the raw bytes")
 
@@ -140,3 +121,11 @@ class InfoResponse(_Strict):
     health: dict[str, Any]
     limits: dict[str, Any]
     test_hooks: bool = False
+
+
+class AgentError(Exception):
+    """An error answer: HTTP status, a code from :mod:`autotune.agent.schemas`, one line."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers

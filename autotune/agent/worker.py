@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autotune.agent.job import TEST_HOOKS_ENV
+import autotune
+from autotune.agent.job import MEMORY_ENV
+from autotune.wire import TOKEN_ENV
 
 
 class PhaseTimeout(Exception):
@@ -57,11 +59,17 @@ def _describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def child_env() -> dict[str, str]:
-    """The job's environment: the agent's, minus anything that would load extra code."""
+def child_env(memory_bytes: int = 0) -> dict[str, str]:
+    """The job's environment: the agent's, minus anything that would load extra code, and minus
+    the token (the job parses untrusted models: it has no use for it)."""
     env = dict(os.environ)
-    for key in ("PYTHONSTARTUP", "PYTHONINSPECT", "ORT_CUSTOM_OPS_LIB"):
+    for key in ("PYTHONSTARTUP", "PYTHONINSPECT", "ORT_CUSTOM_OPS_LIB", TOKEN_ENV):
         env.pop(key, None)
+    env[MEMORY_ENV] = str(max(0, int(memory_bytes)))
+    # the job imports the same autotune as the agent (not another copy that its working
+    # directory or an editable install would put first on sys.path)
+    here = str(Path(autotune.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")  # threads are set per session; no hidden pools
     return env
@@ -70,8 +78,16 @@ def child_env() -> dict[str, str]:
 class WorkerProcess:
     """One reusable job subprocess of a given role (``measure`` or ``validate``)."""
 
-    def __init__(self, role: str, workdir: Path, max_uses: int = 50, startup_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        role: str,
+        workdir: Path,
+        max_uses: int = 50,
+        startup_timeout: float = 120.0,
+        memory_bytes: int = 0,
+    ) -> None:
         self.role = role
+        self.memory_bytes = memory_bytes
         self.workdir = workdir
         self.max_uses = max_uses
         self.startup_timeout = startup_timeout
@@ -113,7 +129,7 @@ class WorkerProcess:
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
                 cwd=self.workdir,
-                env=child_env(),
+                env=child_env(self.memory_bytes),
                 start_new_session=True,  # its own process group: a kill takes its children too
                 close_fds=True,
             )
@@ -243,7 +259,3 @@ class WorkerProcess:
                     if phases is not None:
                         phases[phase] = now - started
                     return event
-
-
-def hooks_enabled() -> bool:
-    return os.environ.get(TEST_HOOKS_ENV) == "1"

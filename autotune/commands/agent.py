@@ -1,6 +1,7 @@
-"""Run the measurement agent on an edge device (HTTP, protocol v1; see DESIGN.md).
+"""Run the measurement agent on an edge device (HTTP, protocol v1; see ``docs/agent-protocol.md``).
 
-Install on the device with ``pip install 'autotune[agent]'`` (no torch). The agent listens on
+Install on the device from this project's wheel (``autotune agent-wheel`` on the workstation, then
+``pip install './autotune_hw-<version>-py3-none-any.whl[agent]'``; no torch). The agent listens on
 loopback unless told otherwise; any other address needs a bearer token, read from
 ``--token-file`` or the AUTOTUNE_AGENT_TOKEN environment variable.
 """
@@ -58,6 +59,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=50,
         help="recycle the job process after this many jobs (default: 50; 1 = fresh per job)",
     )
+    p.add_argument(
+        "--max-queued-input-mb", type=float, default=256,
+        help="inputs held by all queued jobs together; more gets 429 (default: 256)",
+    )  # fmt: skip
+    p.add_argument(
+        "--job-memory-mb", type=float, default=None,
+        help="address space a job may add to its process (RLIMIT_AS, CPU backends), and the largest "
+        "static tensor a model may declare (default: the machine's memory; 0: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-free-mb", type=float, default=256, help="free disk space uploads must leave (default: 256)"
+    )
+    p.add_argument(
+        "--header-timeout", type=float, default=10,
+        help="seconds a connection has to send a complete request head (default: 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-connections-per-client", type=int, default=32,
+        help="open connections from one client address (default: 32)",
+    )  # fmt: skip
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM): serve https")
+    p.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for --tls-cert")
+    p.add_argument(
+        "--self-signed", action="store_true",
+        help="serve https with a self-signed certificate kept in the root; prints the fingerprint to pin",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="a host name clients use for this agent (Host header check; repeatable)",
+    )  # fmt: skip
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     p.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
@@ -70,7 +101,9 @@ def read_token(path: Path | None) -> str | None:
     from autotune.errors import UserError
 
     if path is None:
-        token = os.environ.get("AUTOTUNE_AGENT_TOKEN", "").strip()
+        from autotune.wire import TOKEN_ENV
+
+        token = os.environ.get(TOKEN_ENV, "").strip()
         return token or None
     path = path.expanduser()
     if not path.is_file():
@@ -84,10 +117,11 @@ def read_token(path: Path | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autotune._util import cache_root
     from autotune.errors import UserError
 
     token = read_token(args.token_file)
-    for name in ("max_queue", "jobs_per_process"):
+    for name in ("max_queue", "jobs_per_process", "max_connections_per_client"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     positive = (
@@ -97,19 +131,38 @@ def run(args: argparse.Namespace) -> int:
         "startup_timeout",
         "prepare_timeout",
         "measure_timeout",
+        "max_queued_input_mb",
+        "header_timeout",
     )
     for name in positive:
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    if args.job_memory_mb is not None and args.job_memory_mb < 0:
+        raise UserError(f"--job-memory-mb {args.job_memory_mb}: must be 0 (no limit) or positive")
+    if args.self_signed and (args.tls_cert or args.tls_key):
+        raise UserError("--self-signed or --tls-cert/--tls-key, not both")
     try:
-        from autotune.agent.server import AgentConfig, default_root, serve
+        from autotune.agent.config import AgentConfig
+        from autotune.agent.server import serve
     except ImportError as exc:
-        raise UserError(f"the agent needs its extra: pip install 'autotune[agent]' ({exc})") from None
+        raise UserError(
+            f"the agent needs its extra: pip install './autotune_hw-<version>-py3-none-any.whl[agent]' "
+            f"(or pip install -e '.[agent]' in a checkout) ({exc})"
+        ) from None
+    root = args.root.expanduser() if args.root else cache_root() / "agent"
+    tls_cert, tls_key = args.tls_cert, args.tls_key
+    if args.self_signed:
+        from autotune.agent.tls import self_signed
+
+        try:
+            tls_cert, tls_key = self_signed(root)
+        except (RuntimeError, OSError) as exc:
+            raise UserError(f"--self-signed: {exc}") from None
     cfg = AgentConfig(
         host=args.host,
         port=args.port,
         token=token,
-        root=args.root.expanduser() if args.root else default_root(),
+        root=root,
         max_model_bytes=int(args.max_model_mb * 2**20),
         max_store_bytes=int(args.max_store_mb * 2**20),
         max_input_bytes=int(args.max_input_mb * 2**20),
@@ -119,9 +172,18 @@ def run(args: argparse.Namespace) -> int:
         prepare_timeout_s=args.prepare_timeout,
         measure_timeout_s=args.measure_timeout,
         jobs_per_worker=args.jobs_per_process,
+        max_queued_input_bytes=int(args.max_queued_input_mb * 2**20),
+        min_free_bytes=int(args.min_free_mb * 2**20),
+        header_timeout_s=args.header_timeout,
+        max_connections_per_client=args.max_connections_per_client,
+        tls_cert=tls_cert.expanduser() if tls_cert else None,
+        tls_key=tls_key.expanduser() if tls_key else None,
+        allowed_hosts=tuple(args.allowed_host),
         log_level=args.log_level,
         access_log=args.access_log,
     )
+    if args.job_memory_mb is not None:
+        cfg.job_memory_bytes = int(args.job_memory_mb * 2**20)
     try:
         cfg.check()
     except ValueError as exc:

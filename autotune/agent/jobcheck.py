@@ -1,0 +1,189 @@
+"""The job validator: everything a ``POST /v1/jobs`` body must satisfy before it is queued.
+
+The schema (:mod:`autotune.agent.schemas`) checks shapes and types; this checks the request
+against what this agent offers and allows (backends, uploaded models, runtime and protocol
+fields, threads, input sizes), and turns it into the job subprocess's spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from autotune.agent.schemas import AgentError, JobRequest
+
+if TYPE_CHECKING:
+    from autotune.agent.config import AgentConfig
+    from autotune.agent.state import Agent
+
+_ITEMSIZE = {
+    "float32": 4,
+    "float16": 2,
+    "float64": 8,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
+
+
+_CHUNK = 1 << 20  # base64 characters decoded at a time (a multiple of 4)
+
+
+def _decoded_size_and_sha256(data: str) -> tuple[int, str]:
+    """Size and sha256 of what ``data`` decodes to, without holding the decoded bytes at once.
+
+    ValueError (binascii.Error) when it is not strict base64 (padding only at the very end)."""
+    h = hashlib.sha256()
+    size = 0
+    for start in range(0, len(data), _CHUNK):
+        piece = data[start : start + _CHUNK]
+        if "=" in piece and start + _CHUNK < len(data):
+            raise ValueError("padding inside the data")
+        raw = base64.b64decode(piece, validate=True)
+        size += len(raw)
+        h.update(raw)
+    return size, h.hexdigest()
+
+
+#: protocol fields that count something
+_INTEGER_FIELDS = frozenset({"warmup_runs", "min_samples", "max_retries"})
+_DEFAULT_BOUND = 1e6
+
+
+def protocol_bounds(cfg: AgentConfig) -> dict[str, float]:
+    """The largest value this agent accepts for each ``Protocol`` field (also in ``/v1/info``).
+
+    Times are bounded by the measure phase's timeout: a protocol that cannot finish within it
+    would only end as ``timeout``.
+    """
+    t = cfg.measure_timeout_s
+    return {
+        "warmup_s": t,
+        "warmup_runs": 100_000,
+        "min_samples": 100_000,
+        "min_time_s": t,
+        "max_time_s": t,
+        "min_sample_ms": 10_000.0,
+        "unstable_iqr": 10.0,
+        "max_retries": 10,
+        "min_cpu_share": 1.0,
+    }
+
+
+def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dict[str, float], int]:
+    """Check a job request; return its coalescing key, the subprocess spec, timeouts, and the
+    bytes its inputs hold while it waits (base64 text)."""
+    b = agent.backends.get(req.backend)
+    if b is None or not b.available:
+        usable = ", ".join(n for n, i in agent.backends.items() if i.available) or "none"
+        why = f" ({b.reason})" if b is not None and b.reason else ""
+        raise AgentError(
+            400, "bad_request", f"backend {req.backend!r} is not available here{why}; usable: {usable}"
+        )
+    if not agent.store.has(req.model_sha256):
+        raise AgentError(
+            409,
+            "unknown_model",
+            f"model {req.model_sha256} is not uploaded; PUT /v1/models/{{sha256}} first",
+        )
+    unknown = set(req.options) - agent.runtime_fields
+    if unknown:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"unknown runtime options {sorted(unknown)}; known: {sorted(agent.runtime_fields)}",
+        )
+    unknown = set(req.protocol) - agent.protocol_fields
+    if unknown:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"unknown protocol fields {sorted(unknown)}; known: {sorted(agent.protocol_fields)}",
+        )
+    threads = req.options.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= agent.cfg.max_threads:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"threads must be an integer in 1..{agent.cfg.max_threads}, got {threads!r}",
+        )
+    bounds = protocol_bounds(agent.cfg)
+    for k, v in req.protocol.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise AgentError(400, "bad_request", f"protocol.{k} must be a non-negative number, got {v!r}")
+        if k in _INTEGER_FIELDS and not float(v).is_integer():
+            raise AgentError(400, "bad_request", f"protocol.{k} must be an integer, got {v!r}")
+        if v > bounds.get(k, _DEFAULT_BOUND):
+            raise AgentError(
+                400,
+                "bad_request",
+                f"protocol.{k} = {v!r} is over this agent's bound of {bounds.get(k, _DEFAULT_BOUND):g}",
+            )
+    if req.test is not None and not agent.cfg.test_hooks:
+        raise AgentError(400, "bad_request", "test hooks are disabled on this agent")
+    total = 0
+    digests = []
+    names = set()
+    for t in req.inputs:
+        if t.name in names:
+            raise AgentError(400, "bad_request", f"input {t.name!r} given twice")
+        names.add(t.name)
+        if any(d < 0 for d in t.shape):
+            raise AgentError(400, "bad_request", f"input {t.name!r}: negative dimension in {t.shape}")
+        try:
+            size, digest = _decoded_size_and_sha256(t.data)
+        except (binascii.Error, ValueError):
+            raise AgentError(400, "bad_request", f"input {t.name!r}: data is not base64") from None
+        expected = math.prod(t.shape) * _ITEMSIZE[t.dtype]
+        if size != expected:
+            raise AgentError(
+                400,
+                "bad_request",
+                f"input {t.name!r}: {size} bytes, shape {t.shape} {t.dtype} needs {expected}",
+            )
+        total += size
+        if total > agent.cfg.max_input_bytes:
+            raise AgentError(
+                413, "too_large", f"inputs exceed the agent's cap of {agent.cfg.max_input_bytes} bytes"
+            )
+        digests.append([t.name, t.dtype, list(t.shape), digest])
+    identity = {
+        "model": req.model_sha256,
+        "backend": req.backend,
+        "options": req.options,
+        "protocol": req.protocol,
+        "inputs": digests,
+        "test": req.test,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    spec = {
+        "model_path": str(agent.store.path(req.model_sha256)),
+        "backend": req.backend,
+        "options": req.options,
+        "protocol": req.protocol,
+        # the request's own strings, not copies: a queued job holds its inputs once
+        "inputs": [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data} for t in req.inputs
+        ],
+        "test": req.test,
+    }
+    caps = {
+        "startup": agent.cfg.startup_timeout_s,
+        "prepare": agent.cfg.prepare_timeout_s,
+        "measure": agent.cfg.measure_timeout_s,
+    }
+    asked = {
+        "startup": req.timeouts.startup_s,
+        "prepare": req.timeouts.prepare_s,
+        "measure": req.timeouts.measure_s,
+    }
+    timeouts = {k: min(cap, asked[k] or cap) for k, cap in caps.items()}
+    held = sum(len(t.data) for t in req.inputs)
+    return key, spec, timeouts, held

@@ -1,0 +1,474 @@
+"""An agent you can leave on a network (issue 9): each finding of the audit, against a real agent
+process on loopback. Every test checks the agent still serves afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import psutil
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from autotune.agent.process import AgentProcess
+from autotune.agent.store import ModelStore
+from autotune.devices import Protocol, RuntimeOptions
+from autotune.devices.remote import RemoteDevice
+from autotune.errors import UserError
+
+TOKEN = "hardening-test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TINY = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=5, min_time_s=0.0, max_retries=0)
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+
+
+def model_bytes(
+    graph: onnx.GraphProto, functions: list[onnx.FunctionProto] | None = None, **kw: Any
+) -> bytes:
+    opsets = [helper.make_opsetid("", 17), *kw.pop("extra_opsets", [])]
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions or [])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def relu_model(seed: float = 0.0) -> bytes:
+    c = numpy_helper.from_array(np.full((1, 4), seed, np.float32), "c")
+    nodes = [helper.make_node("Add", ["x", "c"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    return model_bytes(helper.make_graph(nodes, "g", [X], [Y], [c]))
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tensor(arr: np.ndarray, name: str = "x") -> dict[str, Any]:
+    return {"name": name, "dtype": str(arr.dtype), "shape": list(arr.shape),
+            "data": base64.b64encode(arr.tobytes()).decode()}  # fmt: skip
+
+
+def job(model_sha: str, x: np.ndarray | None = None, **extra: Any) -> dict[str, Any]:
+    x = np.ones((1, 4), np.float32) if x is None else x
+    return {"model_sha256": model_sha, "backend": "ort-cpu", "options": {"threads": 1},
+            "protocol": TINY.to_dict(), "inputs": [tensor(x)], **extra}  # fmt: skip
+
+
+def wait_job(client: httpx.Client, job_id: str, limit: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        view = client.get(f"/v1/jobs/{job_id}", params={"wait": 5}).json()
+        if view["status"] not in ("queued", "running"):
+            return view
+    raise AssertionError(f"job {job_id} did not finish in {limit} s")
+
+
+def alive(client: httpx.Client) -> dict[str, Any]:
+    resp = client.get("/v1/info")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def upload(client: httpx.Client, data: bytes) -> httpx.Response:
+    return client.put(f"/v1/models/{sha(data)}", content=data)
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    args = ["--max-input-mb", "1", "--max-queued-input-mb", "0.5", "--job-memory-mb", "2048",
+            "--allowed-host", "agent.example"]  # fmt: skip
+    proc = AgentProcess(token=TOKEN, root=tmp_path_factory.mktemp("hard"), args=args,
+                        env={"AUTOTUNE_AGENT_TEST_HOOKS": "1"})  # fmt: skip
+    with proc:
+        yield proc
+
+
+@pytest.fixture
+def client(agent: AgentProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=agent.url, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+# --------------------------------------------------------------------------- 1: idle sockets
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    ready, _, _ = select.select([sock], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return sock.recv(4096) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def test_idle_and_slow_header_sockets_do_not_lock_out_clients(tmp_path: Path) -> None:
+    timeout = 5.0
+    args = ["--header-timeout", str(timeout), "--max-connections-per-client", "32"]
+    with (
+        AgentProcess(token=TOKEN, root=tmp_path / "root", args=args) as agent,
+        httpx.Client(base_url=agent.url, headers=AUTH, timeout=30) as client,
+    ):
+        port = agent.port
+        socks: list[socket.socket] = []
+        t0 = time.monotonic()
+        for i in range(300):  # from another loopback address than the real client
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", port))
+            if i % 2:  # slow headers: a request head that never completes
+                s.sendall(b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            socks.append(s)
+        # once it has taken them in (well before the header timeout), the agent holds no more
+        # than the cap from one address
+        proc = psutil.Process(agent.pid)
+        held = []
+        while time.monotonic() - t0 < timeout - 1:
+            held.append(sum(1 for c in proc.net_connections("tcp") if c.raddr and c.raddr.ip == "127.0.0.2"))
+            if held[-1] <= 32:
+                break
+            time.sleep(0.05)
+        assert held[-1] <= 32, held
+        # an authenticated client is served while they are open
+        data = relu_model(1.0)
+        assert upload(client, data).status_code == 201
+        resp = client.post("/v1/jobs", json=job(sha(data)))
+        assert resp.status_code == 202, resp.text
+        view = wait_job(client, resp.json()["job_id"])
+        assert view["status"] in ("ok", "unstable"), view
+        # the agent closes every one of them: beyond the per-address cap at once, the rest
+        # when their header timeout expires
+        closed_at: dict[int, float] = {}
+        deadline = time.monotonic() + timeout + 30
+        while len(closed_at) < len(socks) and time.monotonic() < deadline:
+            for i, s in enumerate(socks):
+                if i not in closed_at and _closed_by_peer(s):
+                    closed_at[i] = time.monotonic() - t0
+            time.sleep(0.05)
+        for s in socks:
+            s.close()
+        assert len(closed_at) == 300, f"{300 - len(closed_at)} sockets still open"
+        print(f"\n[slowloris] 300 idle/slow-header sockets from one address: the agent held "
+              f"{held[-1]} once it had taken them in (cap 32); an authenticated job finished "
+              f"{view['status']}; all 300 closed by the agent {max(closed_at.values()):.1f} s after "
+              f"the first connect (header timeout {timeout:g} s)")  # fmt: skip
+        alive(client)
+
+
+# --------------------------------------------------------------------------- 2: queue bytes
+
+
+def test_queued_inputs_have_a_byte_budget(client: httpx.Client) -> None:
+    data = relu_model(2.0)
+    assert upload(client, data).status_code in (200, 201)
+    digest = sha(data)
+    blocker = client.post("/v1/jobs", json=job(digest, test={"sleep_s": 3}))
+    assert blocker.status_code == 202
+    accepted, refused = [], None
+    for i in range(10):  # each ~0.27 MB of base64: the 0.5 MiB budget holds one
+        x = np.full((1, 50_000), i, np.float32)
+        resp = client.post("/v1/jobs", json=job(digest, x, test={"sleep_s": 0}))
+        if resp.status_code == 429:
+            refused = resp
+            break
+        assert resp.status_code == 202, resp.text
+        accepted.append(resp.json()["job_id"])
+    assert refused is not None and accepted, "no job was refused for the byte budget"
+    body = refused.json()
+    assert body["error"] == "queue_full" and "budget of 524288 bytes" in body["detail"]
+    print(f"\n[queue bytes] {len(accepted)} job(s) queued, then 429: {body['detail']}")
+    # one job larger than the whole budget can never fit: 413
+    resp = client.post("/v1/jobs", json=job(digest, np.ones((1, 120_000), np.float32)))
+    assert resp.status_code == 413 and "queue budget" in resp.json()["detail"]
+    for job_id in accepted:
+        client.delete(f"/v1/jobs/{job_id}")
+    wait_job(client, blocker.json()["job_id"])
+    alive(client)
+
+
+# --------------------------------------------------------------------------- 3: memory bombs
+
+
+def _constant_of_shape(shape_input: str, inputs: list[Any], inits: list[Any]) -> bytes:
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("ConstantOfShape", [shape_input], ["big"], value=value),
+        helper.make_node("ReduceSum", ["big"], ["y"], keepdims=0),
+    ]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [])
+    return model_bytes(helper.make_graph(nodes, "bomb", inputs, [out], inits))
+
+
+def test_memory_bombs(client: httpx.Client) -> None:
+    # static: 100000 x 100000 floats (40 GB), known at upload by shape inference
+    shape = numpy_helper.from_array(np.array([100_000, 100_000], np.int64), "shape")
+    static = _constant_of_shape("shape", [], [shape])
+    resp = upload(client, static)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_model", resp.text
+    assert "over the agent's memory budget" in resp.json()["detail"]
+    print(f"\n[memory bomb, static] {resp.status_code}: {resp.json()['detail']}")
+    # dynamic: the shape is an input, so only the job's address-space limit can stop it
+    shp = helper.make_tensor_value_info("shp", TensorProto.INT64, [2])
+    dynamic = _constant_of_shape("shp", [shp], [])
+    assert upload(client, dynamic).status_code == 201
+    body = job(sha(dynamic), np.array([100_000, 100_000], np.int64))
+    body["inputs"][0]["name"] = "shp"
+    view = wait_job(client, client.post("/v1/jobs", json=body).json()["job_id"])
+    assert view["status"] == "oom", view
+    print(f"[memory bomb, dynamic] job {view['status']}: {view['error'] or view['measurement']['error']}")
+    data = relu_model(3.0)
+    upload(client, data)
+    after = wait_job(client, client.post("/v1/jobs", json=job(sha(data))).json()["job_id"])
+    assert after["status"] in ("ok", "unstable")
+    assert alive(client)["limits"]["job_memory_bytes"] == 2048 * 2**20
+
+
+# --------------------------------------------------------------------------- 5: validator gaps
+
+
+def _function(domain: str, name: str, nodes: list[Any]) -> onnx.FunctionProto:
+    return helper.make_function(domain, name, ["x"], ["y"], nodes, [helper.make_opsetid("", 17)])
+
+
+def _external(tensor: onnx.TensorProto, location: str) -> onnx.TensorProto:
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def test_validator_walks_functions_attributes_and_subgraphs(client: httpx.Client) -> None:
+    att = [helper.make_opsetid("com.attacker", 1)]
+    dummy = _function("com.attacker", "Dummy", [helper.make_node("Relu", ["x"], ["y"])])
+    ext_const = _external(numpy_helper.from_array(np.ones((1, 4), np.float32), "c"), "#x.bin")
+    evil = helper.make_node("Evil", ["x"], ["y"], domain="com.attacker")
+    then = helper.make_graph([helper.make_node("Evil", ["x"], ["z"], domain="com.attacker")], "t", [],
+                             [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    sparse = helper.make_sparse_tensor(
+        _external(numpy_helper.from_array(np.ones(1, np.float32), "v"), "/etc/passwd"),
+        numpy_helper.from_array(np.zeros(1, np.int64), "i"),
+        [1, 4],
+    )
+    wrap = helper.make_node("Wrap", ["x"], ["y"], domain="local")
+    true = helper.make_tensor("b", TensorProto.BOOL, [], [1])
+    bad = {
+        # a dummy local function in the domain does not make another operator of it acceptable
+        "domain hidden by a dummy function": model_bytes(
+            helper.make_graph([evil], "g", [X], [Y]), [dummy], extra_opsets=att
+        ),
+        "custom op inside a function": model_bytes(
+            helper.make_graph([wrap], "g", [X], [Y]), [_function("local", "Wrap", [evil])],
+            extra_opsets=[helper.make_opsetid("local", 1), *att],
+        ),
+        "external data in a function's Constant": model_bytes(
+            helper.make_graph([wrap], "g", [X], [Y]),
+            [_function("local", "Wrap", [helper.make_node("Constant", [], ["c"], value=ext_const),
+                                         helper.make_node("Add", ["x", "c"], ["y"])])],
+            extra_opsets=[helper.make_opsetid("local", 1)],
+        ),
+        "external data in a sparse_tensor attribute": model_bytes(
+            helper.make_graph([helper.make_node("Constant", [], ["c"], sparse_value=sparse),
+                               helper.make_node("Add", ["x", "c"], ["y"])], "g", [X], [Y])
+        ),
+        "custom op in a subgraph inside a function": model_bytes(
+            helper.make_graph([wrap], "g", [X], [Y]),
+            [_function("local", "Wrap", [
+                helper.make_node("Constant", [], ["cond"], value=true),
+                helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=then)])],
+            extra_opsets=[helper.make_opsetid("local", 1), *att],
+        ),
+    }  # fmt: skip
+    for what, data in bad.items():
+        resp = upload(client, data)
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_model", (what, resp.text)
+        print(f"\n[validator] {what}: {resp.json()['detail']}", end="")
+        assert client.head(f"/v1/models/{sha(data)}").status_code == 404
+    print()
+    # a model that calls its own function, all standard inside, is fine
+    good = model_bytes(
+        helper.make_graph([wrap], "g", [X], [Y]),
+        [_function("local", "Wrap", [helper.make_node("Relu", ["x"], ["y"])])],
+        extra_opsets=[helper.make_opsetid("local", 1)],
+    )
+    assert upload(client, good).status_code == 201
+    view = wait_job(client, client.post("/v1/jobs", json=job(sha(good))).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    alive(client)
+
+
+# --------------------------------------------------------------------------- 6: bounded values
+
+
+def test_protocol_values_are_bounded(client: httpx.Client) -> None:
+    data = relu_model(4.0)
+    upload(client, data)
+    for field, value, bound in (("min_samples", 1e12, "100000"), ("max_time_s", 1e9, "900"),
+                                ("max_retries", 1e6, "10"), ("warmup_runs", 2.5, None)):  # fmt: skip
+        body = job(sha(data))
+        body["protocol"] = {**body["protocol"], field: value}
+        resp = client.post("/v1/jobs", json=body)
+        assert resp.status_code == 400, (field, resp.text)
+        detail = resp.json()["detail"]
+        assert f"protocol.{field}" in detail and (bound is None or f"bound of {bound}" in detail), detail
+        print(f"\n[bounds] {field}={value:g}: {detail}", end="")
+    print()
+    assert alive(client)["limits"]["protocol"]["min_samples"] == 100_000
+
+
+# --------------------------------------------------------------------------- 7: Host, Content-Type
+
+
+def test_host_header_and_content_type(agent: AgentProcess, client: httpx.Client) -> None:
+    hosts = [("evil.example", 400), ("evil.example:80", 400), ("localhost", 200),
+             (f"127.0.0.1:{agent.port}", 200), ("[::1]:1", 200), ("agent.example", 200)]  # fmt: skip
+    for host, status in hosts:
+        resp = client.get("/v1/info", headers={"Host": host})
+        assert resp.status_code == status, (host, resp.text)
+        if status == 400:
+            assert resp.json()["error"] == "bad_host"
+    data = relu_model(5.0)
+    upload(client, data)
+    payload = httpx.Request("POST", "/", json=job(sha(data))).content
+    for kind in ("text/plain", "application/x-www-form-urlencoded", ""):
+        resp = client.post("/v1/jobs", content=payload, headers={"Content-Type": kind})
+        assert resp.status_code == 415 and resp.json()["error"] == "unsupported_media_type", kind
+    resp = client.post(
+        "/v1/jobs", content=payload, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert resp.status_code == 202
+    wait_job(client, resp.json()["job_id"])
+
+
+# --------------------------------------------------------------------------- 8: smaller items
+
+
+def test_errors_name_models_by_id_not_by_path(agent: AgentProcess, client: httpx.Client) -> None:
+    i64 = helper.make_tensor_value_info("i", TensorProto.INT64, [1, 4])
+    mixed = model_bytes(helper.make_graph([helper.make_node("Add", ["x", "i"], ["y"])], "g", [X, i64], [Y]))
+    assert upload(client, mixed).status_code == 201  # onnx.checker passes; onnxruntime refuses it
+    body = job(sha(mixed))
+    body["inputs"].append(tensor(np.ones((1, 4), np.int64), "i"))
+    view = wait_job(client, client.post("/v1/jobs", json=body).json()["job_id"])
+    text = f"{view['error']} {(view['measurement'] or {}).get('error')}"
+    assert view["status"] in ("build_error", "invalid_model", "runtime_error"), view
+    assert str(agent.root) not in text and "/models/" not in text, text
+    assert f"model {sha(mixed)}" in text, text
+    print(f"\n[paths] {text[:200]}")
+
+
+def test_job_processes_do_not_get_the_token(agent: AgentProcess, client: httpx.Client) -> None:
+    alive(client)
+    children = psutil.Process(agent.pid).children(recursive=True)
+    assert children, "no job processes"
+    for child in children:
+        env = child.environ()
+        assert "AUTOTUNE_AGENT_TOKEN" not in env and TOKEN not in env.values(), child.cmdline()
+        assert env["AUTOTUNE_AGENT_JOB_MEMORY"] == str(2048 * 2**20)
+
+
+def test_uploads_in_progress_count_against_the_store(tmp_path: Path) -> None:
+    args = ["--max-store-mb", "0.5", "--max-model-mb", "0.4"]
+    with (
+        AgentProcess(token=TOKEN, root=tmp_path / "a", args=args) as agent,
+        httpx.Client(base_url=agent.url, headers=AUTH, timeout=30) as client,
+    ):
+        first = b"\1" * 300_000
+        sent, release = threading.Event(), threading.Event()
+        result: dict[str, int] = {}
+
+        def slow() -> Iterator[bytes]:
+            yield first[:250_000]
+            sent.set()
+            release.wait(30)
+            yield first[250_000:]
+
+        def put_slowly() -> None:
+            with httpx.Client(base_url=agent.url, headers=AUTH, timeout=60) as c:
+                result["status"] = c.put(f"/v1/models/{sha(first)}", content=slow()).status_code
+
+        thread = threading.Thread(target=put_slowly)
+        thread.start()
+        assert sent.wait(30)
+        time.sleep(0.5)  # let the agent take in the first chunk
+        second = b"\2" * 300_000
+        resp = client.put(f"/v1/models/{sha(second)}", content=second)
+        release.set()
+        thread.join(60)
+        assert resp.status_code == 507 and resp.json()["error"] == "insufficient_storage", resp.text
+        print(f"\n[store cap] second upload during the first: {resp.status_code} {resp.json()['detail']}")
+        assert result["status"] == 400  # not an ONNX model, but it was let in
+        assert list((agent.root / "tmp").iterdir()) == []
+        alive(client)
+    # free disk: an agent that must leave more free space than any disk has takes nothing
+    with (
+        AgentProcess(token=TOKEN, root=tmp_path / "b", args=["--min-free-mb", str(2**40)]) as agent,
+        httpx.Client(base_url=agent.url, headers=AUTH, timeout=30) as client,
+    ):
+        data = relu_model(6.0)
+        resp = upload(client, data)
+        assert resp.status_code == 507 and "free" in resp.json()["detail"], resp.text
+        alive(client)
+
+
+def test_store_size_of_an_evicted_model_is_none(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, max_bytes=1000)
+    up = store.new_upload()
+    up.write(b"x" * 10)
+    digest = up.finish()
+    store.commit(up, digest)
+    assert store.size(digest) == 10
+    store.evict(0, keep=set())
+    assert store.size(digest) is None  # a HEAD or PUT racing with eviction answers 404 / stores it
+
+
+# --------------------------------------------------------------------------- 4: TLS
+
+
+def test_tls_self_signed_pinned(tmp_path: Path) -> None:
+    with AgentProcess(token=TOKEN, root=tmp_path / "tls", args=["--self-signed"]) as agent:
+        assert agent.url.startswith("https://127.0.0.1:")
+        line = next(line for line in agent.output if "fingerprint" in line)
+        pin = re.search(r"((?:[0-9A-F]{2}:){31}[0-9A-F]{2})", line)
+        assert pin is not None, line
+        print(f"\n[tls] {line}")
+        model = tmp_path / "m.onnx"
+        model.write_bytes(relu_model(7.0))
+        x = {"x": np.ones((1, 4), np.float32)}
+        device = RemoteDevice([agent.url], token=TOKEN, fingerprint=pin.group(1))
+        device.connect()
+        m = device.measure(model, x, RuntimeOptions(threads=1), TINY)
+        assert m.status in ("ok", "unstable"), m.error
+        device.close()
+        print(f"[tls] pinned: {m.status}, median {m.median_ms:.3f} ms")
+        # the certificate as a CA file works too (its names include 127.0.0.1)
+        ca = tmp_path / "tls" / "tls" / "agent-cert.pem"
+        device = RemoteDevice([agent.url], token=TOKEN, ca_file=str(ca))
+        device.connect()
+        assert device.measure(model, x, RuntimeOptions(threads=1), TINY).status in ("ok", "unstable")
+        device.close()
+        # a wrong pin: refused before the token is sent
+        wrong = "AB:" * 31 + "CD"
+        device = RemoteDevice([agent.url], token=TOKEN, fingerprint=wrong)
+        with pytest.raises(UserError, match="not the pinned fingerprint") as err:
+            device.connect()
+        print(f"[tls] wrong pin: {err.value}")
+        device.close()
+        # and no certificate check at all fails against a self-signed agent
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{agent.url}/v1/info", headers=AUTH, timeout=10)
+        # plain http to the TLS port is not served
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(agent.url.replace("https://", "http://") + "/v1/info", headers=AUTH, timeout=10)
