@@ -7,6 +7,7 @@ No assertion depends on how fast this machine is.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -306,3 +307,76 @@ def test_confirmation_targets_borderline_and_protocol() -> None:
     assert not borderline(Figure(6, 90.0, 0.90, 1.0, 0.03), 1.0)
     p = confirmation_protocol(Protocol())
     assert p.min_samples == 192 and p.min_time_s == 3.0 and p.ratio_resolution == 0.01
+
+
+# -- a loopback agent: the job names the reference by sha256 -------------------------------------
+AGENT_TOKEN = "latency-test-token-0123456789abcdef"
+
+
+def test_paired_timing_through_a_loopback_agent(tmp_path: Path) -> None:
+    import base64
+
+    import httpx
+
+    from autotune.agent.process import AgentProcess
+    from autotune.devices.remote import RemoteDevice
+
+    cand = matmul_model(tmp_path / "c.onnx", dim=32)
+    ref = matmul_model(tmp_path / "r.onnx", dim=256)
+    env = {"AUTOTUNE_AGENT_TEST_HOOKS": "1"}
+    with AgentProcess(token=AGENT_TOKEN, root=tmp_path / "agent", env=env) as agent:
+        device = RemoteDevice([agent.url], token=AGENT_TOKEN)
+        try:
+            m = device.measure_paired(
+                cand, inputs_for(32), Reference(ref, inputs_for(256)), RuntimeOptions(), QUICK
+            )
+            assert m.usable and m.paired and 0 < m.ratio < 1, m.error
+            assert m.ratio_ci[0] <= m.ratio <= m.ratio_ci[1] and m.reference_median_ms > 0
+            assert m.reference_sha256 == sha256_of(ref) and m.extra["agent"]["url"] == agent.url
+            # the reference is uploaded once, then named by its sha256
+            again = device.measure_paired(
+                cand, inputs_for(32), Reference(ref, inputs_for(256)), RuntimeOptions(), QUICK
+            )
+            assert again.paired and device.agents[0].stats["upload_skipped"] >= 0
+            stored = {p.stem for p in (agent.root / "models").glob("*.onnx")}
+            assert stored == {sha256_of(cand), sha256_of(ref)}
+        finally:
+            device.close()
+        # coalescing: identical paired jobs share one; the unpaired job and a job against
+        # another reference are other jobs
+        x = inputs_for(32)["input"]
+        body = {
+            "model_sha256": sha256_of(cand),
+            "backend": "ort-cpu",
+            "protocol": QUICK.to_dict(),
+            "inputs": [{"name": "input", "dtype": "float32", "shape": list(x.shape),
+                        "data": base64.b64encode(x.tobytes()).decode()}],
+        }  # fmt: skip
+        y = inputs_for(256)["input"]
+        ref_inputs = [{"name": "input", "dtype": "float32", "shape": list(y.shape),
+                       "data": base64.b64encode(y.tobytes()).decode()}]  # fmt: skip
+        paired = {**body, "reference_sha256": sha256_of(ref), "reference_inputs": ref_inputs}
+        with httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {AGENT_TOKEN}"}) as c:
+            blocker = c.post("/v1/jobs", json={**body, "test": {"sleep_s": 1.0}}).json()
+            first = c.post("/v1/jobs", json=paired).json()
+            second = c.post("/v1/jobs", json=paired).json()
+            alone = c.post("/v1/jobs", json=body).json()
+            self_ref = c.post("/v1/jobs", json={**body, "reference_sha256": sha256_of(cand)}).json()
+            assert second["coalesced"] and second["job_id"] == first["job_id"]
+            assert len({first["job_id"], alone["job_id"], self_ref["job_id"], blocker["job_id"]}) == 4
+            missing = c.post("/v1/jobs", json={**body, "reference_sha256": "0" * 64})
+            assert missing.status_code == 409 and "0" * 64 in missing.text
+            for job in (blocker, first, alone, self_ref):
+                deadline = time.monotonic() + 60
+                while (view := c.get(f"/v1/jobs/{job['job_id']}", params={"wait": 5}).json())["status"] in (
+                    "queued",
+                    "running",
+                ):
+                    assert time.monotonic() < deadline
+            assert view["measurement"]["ratio"] is not None  # the self-referenced job: paired
+
+
+def sha256_of(path: Path) -> str:
+    from autotune._util import sha256_file
+
+    return sha256_file(path)
