@@ -2,15 +2,17 @@
 
 Why: a host's speed shifts for seconds at a time (other processes, frequency scaling, a noisy
 neighbour VM). Both halves of a pair run within ~20 ms of each other on the same host, so the
-per-pair ratio cancels what moves the absolute numbers (README, "Measurement": under a CPU hog
-toggling on both cores, the absolute median spread 63.7% over fresh sessions, the paired ratio
-0.9%).
+per-pair ratio cancels what moves the absolute numbers (in the experiment behind this design,
+a CPU hog toggling on both cores spread the absolute median 63.7% over fresh sessions, the
+paired ratio 0.9%; this project's own figures are in the README's "Measurement" section).
 
 * Blocks alternate A B | B A | A B ..., so a trend inside a pair does not bias the ratio one way.
 * A block is k back-to-back runs, k chosen after the warm-up so a block lasts about
   ``protocol.pair_block_ms`` (each side its own k); per-run times are block time / k.
 * Stop: at least ``protocol.min_samples`` pairs and ``protocol.min_time_s`` seconds (or
   ``max_time_s``, flagged ``capped``).
+* With ``cpu_time`` (one thread computing in the caller's thread) the ratio is taken from the
+  thread's CPU time per block: time spent preempted counts for neither side.
 * Estimator: the median of the per-pair ratios candidate / reference, with the distribution-free
   95% interval of a median (order statistics at ranks n/2 -+ 0.98 sqrt(n)): :func:`median_ci`.
 * Stability is judged on the ratio, not on the absolute times that a busy host widens: while
