@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from autotune.devices import Protocol
+from autotune.config import SearchConfig
 from autotune.result import ParetoSet
-from autotune.study import SearchConfig, run_search
+from autotune.study import run_search
 from autotune.task import Evaluate, Finetune, Task
 
 
@@ -19,23 +19,10 @@ def search(
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     *,
     evaluate: Evaluate | None = None,
-    budget: str | float,
-    device: str = "cpu",
-    trials: int = 30,
-    space: str | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
     calibration: Sequence[tuple[np.ndarray, ...]] | None = None,
     finetune: Finetune | None = None,
-    out_dir: str | Path = "runs",
-    seed: int = 0,
-    threads: int | None = None,
-    protocol: Protocol | None = None,
-    agent: str | None = None,
-    remeasure: bool = False,
     name: str = "model",
-    progress: bool = True,
-    report: str | Path | bool | None = None,
+    **options: Any,
 ) -> ParetoSet:
     """Search compressed variants of ``model`` for the best accuracy under ``budget``.
 
@@ -44,47 +31,28 @@ def search(
         example_inputs: one batch at deployment batch size; latency is measured on it.
         evaluate: ``evaluate(runner) -> float``, higher is better; ``runner`` runs the exact
             ONNX artifact whose latency was measured.
-        budget: latency budget, e.g. ``"10ms"``, ``"500us"`` or milliseconds as a number.
-        device: a device profile name (``cpu``, ``cuda``, ``jetson``, ...) or a profile YAML.
-        trials: number of trials, baselines included; a resumed study continues to it.
-        space: a search_spaces preset name or YAML path.
-        storage: Optuna storage URL (default: SQLite in ``out_dir/<study>/study.db``).
         calibration: batches for int8 calibration (default: the example inputs).
         finetune: ``finetune(student, teacher)`` recovery training after pruning.
-        agent: URL of a remote agent, overriding the device profile's ``agents``.
-        remeasure: ignore cached measurements.
-        report: where to write the HTML report (default ``reports/<study>.html``; False: none).
+        name: the task's name in study names and reports.
+        **options: the fields of :class:`~autotune.study.SearchConfig`: ``budget`` (required),
+            ``device``, ``trials``, ``space``, ``storage``, ``study_name``, ``out_dir``, ``seed``,
+            ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``.
 
     Returns:
         The :class:`ParetoSet`: ``.pareto``, ``.best``, ``.report()``, ``.best.export()``.
     """
+    cfg = SearchConfig(**options)  # checks the options before any model work
     if isinstance(model, Task):
         task = model
     else:
         if example_inputs is None or evaluate is None:
             raise TypeError("search() needs example_inputs and evaluate with a torch model")
         task = Task(
-            model=model,
+            source=model,
             example_inputs=example_inputs if isinstance(example_inputs, tuple) else (example_inputs,),
             evaluate=evaluate,
             calibration=list(calibration or []),
             finetune=finetune,
             name=name,
         )
-    cfg = SearchConfig(
-        budget=budget,
-        device=device,
-        trials=trials,
-        space=space,
-        storage=storage,
-        study_name=study_name,
-        out_dir=Path(out_dir),
-        seed=seed,
-        threads=threads,
-        protocol=protocol or Protocol(),
-        agent=agent,
-        remeasure=remeasure,
-        progress=progress,
-        report=Path(report) if isinstance(report, (str, Path)) else (None if report is True else report),
-    )
     return run_search(task, cfg)

@@ -31,15 +31,25 @@ from autotune.task import Task
 T = TypeVar("T")
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C hidden inside another error: torch-pruning's tracer retries after a bare
+    ``except:``, so a KeyboardInterrupt there comes out as the retry's TypeError."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 @dataclass
 class Artifact:
     path: Path
     sha256: str
     size_bytes: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256, "size_bytes": self.size_bytes}
 
 
 class ArtifactBuilder:
@@ -51,7 +61,7 @@ class ArtifactBuilder:
         self.artifact_dir = artifact_dir
         artifact_dir.mkdir(parents=True, exist_ok=True)
         # the unmodified model's ONNX: exported once, shared by every bits-only candidate
-        self._unmodified: Path | None = task.onnx_path
+        self._unmodified: Path | None = task.source if isinstance(task.source, Path) else None
         self._workdir = tempfile.TemporaryDirectory(prefix="autotune-build-")
 
     def build(self, candidate: Candidate) -> Artifact:
@@ -65,6 +75,8 @@ class ArtifactBuilder:
             except CandidateError:
                 raise
             except Exception as exc:
+                if _interrupted(exc):
+                    raise KeyboardInterrupt from exc
                 msg = error_line(exc)
                 raise CandidateError(name, msg) from exc
             finally:

@@ -250,7 +250,7 @@ def demo_task() -> Task:
             distill(student, teacher, x_distill, y_train=y_distill, logits=cached[key])
 
     return Task(
-        model=model,
+        source=model,
         example_inputs=(torch.from_numpy(splits.x_test[:1].copy()),),
         evaluate=evaluate,
         calibration=calibration,

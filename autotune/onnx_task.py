@@ -42,7 +42,7 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Top-1 agreement (%) for (batch, classes) outputs, else 100 x (1 - relative L2 error)."""
     if reference.ndim == 2 and reference.shape[1] > 1:
         return float((reference.argmax(1) == candidate.argmax(1)).mean() * 100)
-    err = np.linalg.norm(candidate - reference) / max(float(np.linalg.norm(reference)), 1e-12)
+    err = float(np.linalg.norm(candidate - reference)) / max(float(np.linalg.norm(reference)), 1e-12)
     return float(max(0.0, 1.0 - err) * 100)
 
 
@@ -72,11 +72,10 @@ def onnx_task(path: Path, seed: int = 0) -> Task:
 
     calibration = [tuple(rng.standard_normal(s).astype(np.float32) for _, s in shapes) for _ in range(8)]
     return Task(
-        model=None,
+        source=path,
         example_inputs=batch1,
         evaluate=evaluate,
         calibration=calibration,
         name=path.stem,
         metric="fidelity",
-        onnx_path=path,
     )

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,18 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from autotune.onnx_export import weighted_nodes
 
 INT4_BLOCK_SIZE = 32
+
+
+@contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """Set the named logger's level for the block only, then restore it."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 class _Batches(CalibrationDataReader):
@@ -53,14 +66,14 @@ def quantize_model(
     fp16 = [n for n in all_nodes if bits.get(n, 32) == 16]
     names = [i.name for i in model.graph.input]
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # the quantizers chat on the root logger (which MatMulNBits' import sets to INFO): quiet it here only
+    with tempfile.TemporaryDirectory() as tmp, logger_level("root", logging.ERROR):
         current = src
         if int8:
             prepared = Path(tmp) / "prepared.onnx"
             # shape inference only: ORT graph optimisation here would rename the nodes we map
             quant_pre_process(str(current), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
             out = Path(tmp) / "int8.onnx"
-            logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer chats on root
             quantize_static(
                 str(prepared),
                 str(out),

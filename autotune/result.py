@@ -12,17 +12,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.devices import Measurement
 from autotune.errors import UserError
+from autotune.records import Measurement
+from autotune.run import DB_NAME, RunMeta, TrialRecord
 from autotune.space import Candidate
-
-META_KEY = "autotune"  # study user attribute holding the run's metadata
-DB_NAME = "study.db"
 
 
 @dataclass
@@ -43,21 +40,23 @@ class TrialResult:
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
-        ua = trial.user_attrs
+        """A COMPLETE trial: its record has a candidate, an artifact and a measurement."""
+        record = TrialRecord.from_attrs(trial.user_attrs)
+        assert record.candidate and record.artifact_path and record.sha256 and record.measurement
         accuracy, latency, size = trial.values
-        path = Path(ua["artifact"]["path"])
+        path = Path(record.artifact_path)
         return cls(
             number=trial.number,
-            candidate=Candidate.from_dict(ua["config"]),
+            candidate=record.candidate,
             accuracy=accuracy,
             latency_ms=latency,
             size_bytes=int(size),
             feasible=all(c <= 0 for c in trial.constraints.values()),
-            measurement=Measurement.from_dict(ua["measurement"]),
+            measurement=record.measurement,
             artifact_path=path if path.is_absolute() else run_dir / path,
-            sha256=ua["artifact"]["sha256"],
-            baseline=ua.get("baseline"),
-            timings=ua.get("timings", {}),
+            sha256=record.sha256,
+            baseline=record.baseline,
+            timings=record.timings,
         )
 
     def export(self, path: str | Path) -> Path:
@@ -84,17 +83,45 @@ class TrialResult:
         return path
 
 
+@dataclass
+class FailedTrial:
+    """A candidate that failed: the stage, the one-line reason, and its full traceback's file."""
+
+    number: int
+    stage: str
+    reason: str
+    traceback_path: Path | None = None
+    candidate: Candidate | None = None
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> FailedTrial:
+        record = TrialRecord.from_attrs(trial.user_attrs)
+        return cls(
+            number=trial.number,
+            stage=record.fail_stage or "unknown",
+            reason=record.fail_reason or "",
+            traceback_path=run_dir / record.traceback if record.traceback else None,
+            candidate=record.candidate,
+        )
+
+
+def storage_url(run_dir: str | Path | None = None, storage: str | None = None) -> str:
+    """The Optuna storage URL of a runs directory (``runs/NAME``), or ``storage`` as given."""
+    if storage is not None:
+        return storage
+    if run_dir is None:
+        raise UserError("give a runs directory, or --storage URL with --study NAME")
+    db = Path(run_dir) / DB_NAME
+    if not db.is_file():
+        raise UserError(f"{run_dir}: not an autotune run directory (no {DB_NAME})")
+    return f"sqlite:///{db}"
+
+
 def load_study(
     run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
 ) -> optuna.Study:
     """Open a study from a runs directory (``runs/NAME``) or a storage URL and name."""
-    if storage is None:
-        if run_dir is None:
-            raise UserError("give a runs directory, or --storage URL with --study NAME")
-        db = Path(run_dir) / DB_NAME
-        if not db.is_file():
-            raise UserError(f"{run_dir}: not an autotune run directory (no {DB_NAME})")
-        storage = f"sqlite:///{db}"
+    storage = storage_url(run_dir, storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if study_name is None:
         if len(names) != 1:
@@ -108,23 +135,31 @@ def load_study(
 
 
 class ParetoSet:
-    """Feasible, non-dominated candidates of a study (accuracy up, latency down, size down)."""
+    """A study's results: ``trials`` (every completed trial), ``failures`` (every failed
+    candidate) and ``pareto`` (the feasible, non-dominated ones: accuracy up, latency down,
+    size down). Iterating the set, or ``len()``, covers the Pareto members only.
+    """
 
-    def __init__(self, study: optuna.Study, run_dir: Path | None = None) -> None:
+    def __init__(self, study: optuna.Study, run_dir: Path | None = None, storage: str | None = None) -> None:
         self.study = study
-        self.meta: dict[str, Any] = study.user_attrs.get(META_KEY, {})
-        self.run_dir = Path(run_dir or self.meta.get("run_dir", "."))
-        self.budget_ms: float = float(self.meta.get("budget_ms", float("inf")))
+        self.meta = RunMeta.from_study(study) or RunMeta()
+        self.run_dir = Path(run_dir or self.meta.run_dir)
+        self.storage = storage  # the storage URL, when known (the report names it)
+        self.budget_ms: float = float(self.meta.budget_ms)
         self.report_path: Path | None = None  # set once a report is written
         trials = study.get_trials(deepcopy=False)
+        #: every completed trial (feasible or not); failed candidates are in ``failures``
         self.trials: list[TrialResult] = [
             TrialResult.from_trial(t, self.run_dir) for t in trials if t.state == TrialState.COMPLETE
         ]
-        self.failures: list[FrozenTrial] = [
-            t for t in trials if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
+        self.failures: list[FailedTrial] = [
+            FailedTrial.from_trial(t, self.run_dir)
+            for t in trials
+            if t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate
         ]
         pareto_numbers = {t.number for t in study.best_trials} if self.trials else set()
-        self.members: list[TrialResult] = sorted(
+        #: feasible, non-dominated trials, fastest first
+        self.pareto: list[TrialResult] = sorted(
             (t for t in self.trials if t.number in pareto_numbers and t.feasible), key=lambda t: t.latency_ms
         )
 
@@ -133,12 +168,9 @@ class ParetoSet:
         cls, run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
     ) -> ParetoSet:
         study = load_study(run_dir, storage, study_name)
-        return cls(study, Path(run_dir) if run_dir else None)
+        return cls(study, Path(run_dir) if run_dir else None, storage=storage_url(run_dir, storage))
 
     # -- the questions people ask ---------------------------------------------------------
-    @property
-    def pareto(self) -> list[TrialResult]:
-        return self.members
 
     @property
     def feasible(self) -> list[TrialResult]:
@@ -162,16 +194,26 @@ class ParetoSet:
         for t in self.trials:
             if t.number == number:
                 return t
+        for f in self.failures:
+            if f.number == number:
+                where = f"; full traceback: {f.traceback_path}" if f.traceback_path else ""
+                raise UserError(f"trial {number} failed ({f.reason}){where}")
         raise UserError(f"trial {number} is not a completed trial of study {self.study.study_name!r}")
 
+    @property
+    def tracebacks_dir(self) -> Path | None:
+        """Where the failed candidates' full tracebacks are (None when none was stored here)."""
+        paths = [f.traceback_path for f in self.failures if f.traceback_path]
+        return paths[0].parent if paths else None
+
     def failure_reasons(self) -> Counter[str]:
-        return Counter(t.user_attrs.get("fail_stage", "unknown") for t in self.failures)
+        return Counter(f.stage for f in self.failures)
 
     def __iter__(self) -> Iterator[TrialResult]:
-        return iter(self.members)
+        return iter(self.pareto)
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.pareto)
 
     def report(self, path: str | Path | None = None) -> Path:
         """Write the self-contained Plotly HTML report; returns its path."""
@@ -181,8 +223,8 @@ class ParetoSet:
 
     # -- text output ----------------------------------------------------------------------
     def table(self) -> str:
-        metric = self.meta.get("metric", "accuracy")
-        rows = self.members if self.members else self.fastest(5)
+        metric = self.meta.metric
+        rows = self.pareto if self.pareto else self.fastest(5)
         fp32 = self.baselines.get("fp32")
         header = (
             f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'median ms':>9}  {'p90 ms':>8}  "
@@ -204,23 +246,27 @@ class ParetoSet:
     def summary(self) -> str:
         n_fail = len(self.failures)
         lines = []
-        budget = self.meta.get("budget", f"{self.budget_ms}ms")
-        device = self.meta.get("device", "?")
+        budget = self.meta.budget
+        device = self.meta.device
         lines.append(
             f"study {self.study.study_name}: {len(self.trials)} complete, {n_fail} failed; "
             f"budget {budget} on {device}"
         )
         if n_fail:
-            lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in self.failure_reasons().items()))
-        if self.members:
-            lines.append(f"Pareto set under the budget ({len(self.members)} candidates, * = best):")
+            lines.append(
+                "failures: "
+                + ", ".join(f"{k} x{v}" for k, v in self.failure_reasons().items())
+                + (f"; full tracebacks in {self.tracebacks_dir}" if self.tracebacks_dir else "")
+            )
+        if self.pareto:
+            lines.append(f"Pareto set under the budget ({len(self.pareto)} candidates, * = best):")
         else:
             lines.append(
                 f"NO candidate met the budget of {budget}. The fastest candidates found "
                 "(everything is saved; try a larger budget or a wider search space):"
             )
         lines.append(self.table())
-        stats = self.meta.get("last_run", {}).get("measurer", {})
+        stats = self.meta.measurer
         if stats:
             lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
             if stats.get("cache_hits") and not stats.get("measured"):

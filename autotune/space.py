@@ -180,7 +180,7 @@ class SearchSpace:
     def baselines(self) -> dict[str, dict[str, Any]]:
         """Uniform configurations enqueued first, so the result never loses to them."""
         params = self.parameters()
-        recipes = {
+        recipes: dict[str, dict[str, Any]] = {
             "fp32": {},
             "int8": {"bits": 8},
             "w0.75": {"width": 0.75},
@@ -233,18 +233,18 @@ def build_space(
             notes.append(f"{knob_name} {dropped} not searched on {profile.name}: {why}")
         allowed[knob_name] = kept or [knob.default]
 
-    if task.onnx_path is not None:
-        layers, ignored = _discover_onnx(task.onnx_path, allowed, notes)
+    if isinstance(task.source, Path):
+        layers, ignored = _discover_onnx(task.source, allowed, notes)
     else:
         layers, ignored = _discover_torch(task, preset, allowed, notes)
 
     for layer in layers:
         for pattern, override in preset.overrides.items():
             if fnmatch.fnmatchcase(layer.name, pattern):
-                for knob, values in override.items():
-                    if knob in layer.knobs:
-                        layer.knobs[knob] = [v for v in values if v in layer.knobs[knob]] or [
-                            KNOBS[knob].default
+                for name, values in override.items():
+                    if name in layer.knobs:
+                        layer.knobs[name] = [v for v in values if v in layer.knobs[name]] or [
+                            KNOBS[name].default
                         ]
 
     if threads is not None:

@@ -7,11 +7,13 @@ Re-running with the same study name resumes and continues to the requested trial
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import time
+import traceback
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +25,20 @@ from tqdm import tqdm
 from autotune import __version__
 from autotune._util import error_line
 from autotune.artifact import ArtifactBuilder
-from autotune.budget import format_ms, parse_budget
-from autotune.devices import Device, Protocol, Reference, device_for_profile
+from autotune.budget import format_ms
+from autotune.config import SearchConfig
+from autotune.devices import Device, Reference, device_for_profile
 from autotune.errors import CandidateError, UserError
 from autotune.evaluate import evaluate_artifact
 from autotune.measure import Measurer
 from autotune.onnx_export import input_names
 from autotune.profiles import DeviceProfile, load_profile
-from autotune.result import DB_NAME, META_KEY, ParetoSet
+from autotune.result import ParetoSet
+from autotune.run import DB_NAME, FAILURES_DIR, RunMeta, TrialRecord
 from autotune.space import Candidate, SearchSpace, build_space, load_preset
 from autotune.task import Task
 
-MAX_STORED_SAMPLES = 256  # per trial, for the report's latency distributions
-
-
-@dataclass
-class SearchConfig:
-    budget: str | float
-    device: str = "cpu"
-    trials: int = 30
-    space: str | None = None
-    storage: str | None = None
-    study_name: str | None = None
-    out_dir: Path = Path("runs")
-    seed: int = 0
-    threads: int | None = None
-    protocol: Protocol = field(default_factory=Protocol)
-    agent: str | None = None
-    remeasure: bool = False
-    progress: bool = True
-    report: Path | bool | None = None  # None: reports/<study>.html; False: no report
+__all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-exported for callers
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
@@ -63,8 +49,7 @@ def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
     }
 
 
-def _storage(cfg: SearchConfig, run_dir: Path) -> optuna.storages.BaseStorage:
-    url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
+def _storage(url: str) -> optuna.storages.BaseStorage:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
@@ -85,14 +70,40 @@ def _counted(study: optuna.Study) -> int:
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+        if t.state == TrialState.COMPLETE
+        or (t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate)
     )
 
 
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """For the search only: no Optuna log line per failed trial (the summary groups the reasons
+    and failures/<trial>.txt keeps each traceback) and no experimental-feature warnings."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _save_traceback(run_dir: Path, number: int, exc: BaseException) -> str:
+    """Write a failed candidate's full traceback; returns its path relative to the run directory."""
+    rel = Path(FAILURES_DIR) / f"{number}.txt"
+    (run_dir / rel).parent.mkdir(exist_ok=True)
+    (run_dir / rel).write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    return rel.as_posix()
+
+
 def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
-    budget_ms = parse_budget(cfg.budget)
-    if cfg.trials < 1:
-        raise UserError(f"--trials {cfg.trials}: must be at least 1")
+    with _quiet_optuna():
+        return _search(task, cfg)
+
+
+def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
+    budget_ms = cfg.budget_ms
     profile = load_profile(cfg.device)
     device = device_for_profile(profile, agent=cfg.agent)
     preset = load_preset(cfg.space)
@@ -100,9 +111,8 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     run_dir = Path(cfg.out_dir) / study_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by reason in the summary
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = _storage(cfg, run_dir)
+    storage_url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
+    storage = _storage(storage_url)
     space = build_space(task, preset, profile, threads=cfg.threads)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=10)
     study = optuna.create_study(
@@ -135,18 +145,17 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = space.sample(trial)
-        trial.set_user_attr("config", candidate.to_dict())
-        timings: dict[str, float] = {}
+        record = TrialRecord(candidate=candidate)
+        record.save(trial)
         try:
             artifact = builder.build(candidate)
-            timings = artifact.timings
-            trial.set_user_attr(
-                "artifact", {**artifact.to_dict(), "path": str(artifact.path.relative_to(run_dir))}
-            )
+            timings = record.timings = artifact.timings
+            record.artifact_path = str(artifact.path.relative_to(run_dir))
+            record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
             t0 = time.perf_counter()
             m = measurer.measure(artifact.path, inputs, candidate.runtime)
             timings["measure"] = time.perf_counter() - t0
-            trial.set_user_attr("measurement", m.to_dict(max_samples=MAX_STORED_SAMPLES))
+            record.measurement = m
             if not m.usable:
                 raise CandidateError("measure", f"{m.status}: {m.error}")
             t0 = time.perf_counter()
@@ -157,11 +166,11 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
             finally:
                 timings["evaluate"] = time.perf_counter() - t0
         except CandidateError as exc:
-            trial.set_user_attr("fail_stage", exc.stage)
-            trial.set_user_attr("fail_reason", str(exc))
+            record.fail_stage, record.fail_reason = exc.stage, str(exc)
+            record.traceback = _save_traceback(run_dir, trial.number, exc)
             raise
         finally:
-            trial.set_user_attr("timings", timings)
+            record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
         trial.set_constraint("latency_budget", latency_ms - budget_ms)
         return accuracy, latency_ms, float(artifact.size_bytes)
@@ -182,13 +191,13 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
             remaining = cfg.trials - _counted(study)  # trials lost to a stale worker are redone
     finally:
         bar.close()
-        meta["wall_s"] = float(meta.get("wall_s", 0.0)) + time.time() - started
-        meta["last_run"] = {"measurer": measurer.stats}
-        study.set_user_attr(META_KEY, meta)
+        meta.wall_s += time.time() - started
+        meta.measurer = dict(measurer.stats)
+        meta.save(study)
         device.close()
-    result = ParetoSet(study, run_dir)
+    result = ParetoSet(study, run_dir, storage=storage_url)
     if cfg.report is not False:
-        result.report_path = result.report(cfg.report)
+        result.report_path = result.report(None if cfg.report is True else cfg.report)
     return result
 
 
@@ -201,46 +210,50 @@ def _check_or_write_meta(
     cfg: SearchConfig,
     space: SearchSpace,
     run_dir: Path,
-) -> dict[str, Any]:
-    meta = dict(study.user_attrs.get(META_KEY, {}))
-    if meta:
-        for key, now in (("task", task.name), ("device", profile.name), ("budget_ms", budget_ms)):
-            if meta.get(key) != now:
+) -> RunMeta:
+    meta = RunMeta.from_study(study)
+    if meta is not None:
+        for key, was, now in (
+            ("task", meta.task, task.name),
+            ("device", meta.device, profile.name),
+            ("budget_ms", meta.budget_ms, budget_ms),
+        ):
+            if was != now:
                 raise UserError(
-                    f"study {study.study_name!r} was created with {key}={meta.get(key)!r}, not {now!r}; "
+                    f"study {study.study_name!r} was created with {key}={was!r}, not {now!r}; "
                     "pass a new --study name to start another search"
                 )
         return meta
-    meta = {
-        "version": __version__,
-        "task": task.name,
-        "metric": task.metric,
-        "device": profile.name,
-        "backend": profile.backend,
-        "budget_ms": budget_ms,
-        "budget": format_ms(budget_ms),
-        "run_dir": str(run_dir.resolve()),
-        "fingerprint": device.fingerprint(),
-        "space": space.summary(),
-        "protocol": cfg.protocol.to_dict(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-        "wall_s": 0.0,
-    }
-    study.set_user_attr(META_KEY, meta)
+    meta = RunMeta(
+        version=__version__,
+        task=task.name,
+        metric=task.metric,
+        device=profile.name,
+        backend=profile.backend,
+        budget_ms=budget_ms,
+        budget=format_ms(budget_ms),
+        run_dir=str(run_dir.resolve()),
+        fingerprint=device.fingerprint(),
+        space=space.summary(),
+        protocol=cfg.protocol.to_dict(),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join(sys.argv),
+    )
+    meta.save(study)
     return meta
 
 
 def _enqueue_baselines(study: optuna.Study, space: SearchSpace) -> None:
-    done = {
-        t.user_attrs.get("baseline")
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
-    }
+    done = set()
+    for t in study.get_trials(deepcopy=False):
+        record = TrialRecord.from_attrs(t.user_attrs)
+        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) or (
+            t.state == TrialState.FAIL and record.failed_by_candidate
+        ):
+            done.add(record.baseline)
     for name, params in space.baselines().items():
         if name not in done:
-            study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=True)
+            study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs(), skip_if_exists=True)
 
 
 class _ProgressBar:

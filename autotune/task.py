@@ -7,7 +7,6 @@ measured, so the accuracy reported is the accuracy of what ships.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-
-from autotune.errors import UserError
 
 
 class Runner(Protocol):
@@ -39,7 +36,8 @@ class Task:
     """A model plus how to judge it.
 
     Args:
-        model: the FP32 model to compress (put in eval mode by autotune); None for an ONNX task.
+        source: what to compress: the FP32 torch model (put in eval mode by autotune), or the
+            path of an ONNX file (then only bit-width and runtime knobs are searched).
         example_inputs: one batch at the deployment batch size; latency is measured on it.
         evaluate: ``evaluate(runner) -> float``, higher is better (accuracy in percent, say).
         calibration: input batches for static int8 quantization (tuples of arrays).
@@ -48,16 +46,17 @@ class Task:
         metric: what ``evaluate`` returns, shown in reports ("accuracy", "fidelity", ...).
     """
 
-    model: torch.nn.Module | None
+    source: torch.nn.Module | Path
     example_inputs: tuple[torch.Tensor, ...]
     evaluate: Evaluate
     calibration: Sequence[tuple[np.ndarray, ...]] = field(default_factory=list)
     finetune: Finetune | None = None
     name: str = "model"
     metric: str = "accuracy"
-    onnx_path: Path | None = None  # set when the task wraps an ONNX file (no torch knobs)
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, str):
+            self.source = Path(self.source)
         if isinstance(self.example_inputs, torch.Tensor):
             self.example_inputs = (self.example_inputs,)
         self.example_inputs = tuple(self.example_inputs)
@@ -68,33 +67,9 @@ class Task:
             for b in self.calibration
         ]
 
-
-def load_task(spec: str | None) -> Task:
-    """Resolve ``--model``: None (built-in demo), ``module:function`` or ``path.onnx``."""
-    if spec is None:
-        from autotune.demo import demo_task
-
-        return demo_task()
-    if spec.endswith(".onnx"):
-        path = Path(spec)
-        if not path.is_file():
-            raise UserError(f"--model {spec}: no such ONNX file")
-        from autotune.onnx_task import onnx_task
-
-        return onnx_task(path)
-    module_name, sep, func_name = spec.partition(":")
-    if not sep or not module_name or not func_name:
-        raise UserError(
-            f"--model {spec!r}: expected 'package.module:function' returning a Task, or a .onnx file"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"--model {spec}: cannot import module {module_name!r} ({exc})") from None
-    factory = getattr(module, func_name, None)
-    if not callable(factory):
-        raise UserError(f"--model {spec}: module {module_name!r} has no function {func_name!r}")
-    task = factory()
-    if not isinstance(task, Task):
-        raise UserError(f"--model {spec}: {func_name}() returned {type(task).__name__}, not a Task")
-    return task
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch model; only a torch task has one (check ``isinstance(task.source, Path)``)."""
+        if isinstance(self.source, Path):
+            raise TypeError(f"task {self.name!r} wraps the ONNX file {self.source}, not a torch model")
+        return self.source

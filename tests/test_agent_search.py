@@ -51,7 +51,7 @@ def tiny_task() -> Task:
     def evaluate(run: Any) -> float:
         return float(100.0 - np.abs(run(x) - reference).mean())
 
-    return Task(model=model, example_inputs=(x,), evaluate=evaluate, name="tiny")
+    return Task(source=model, example_inputs=(x,), evaluate=evaluate, name="tiny")
 
 
 def write_profile(path: Path, agents: list[str], **options: Any) -> Path:
@@ -119,7 +119,7 @@ def test_search_through_loopback_agent(tmp_path: Path, no_token_env: None) -> No
             m = t.user_attrs["measurement"]
             assert m["extra"]["agent"]["url"] == agent.url
             assert m["fingerprint"]["agent_version"] == autotune.__version__
-        assert result.meta["fingerprint"]["backend"] == "remote"
+        assert result.meta.fingerprint["backend"] == "remote"
         stored = {p.stem for p in (agent.root / "models").glob("*.onnx")}
         assert {t.user_attrs["artifact"]["sha256"] for t in trials} <= stored
         assert info(agent.url)["health"]["uploads"] == len(stored)  # each model uploaded once

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).parent
+#: the checkout under test first, then the tiny tasks (an editable install may point elsewhere)
+PYTHONPATH = os.pathsep.join([str(TESTS.parent), str(TESTS)])
 
 
 def autotune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     return subprocess.run(
         [sys.executable, "-m", "autotune", *args],
         cwd=cwd,
@@ -54,6 +56,7 @@ def test_help_lists_options_and_commands(tmp_path: Path) -> None:
         (["--budget", "10ms", "--space", "nosuch"], "unknown preset"),
         (["--budget", "10ms", "--trials", "many"], "invalid int value"),
         (["--budget", "10ms", "--trials", "0"], "at least 1"),
+        (["--budget", "10ms", "--threads", "0"], "--threads 0: must be at least 1"),
         ([], "--budget"),
     ],
 )
@@ -100,7 +103,7 @@ def test_ctrl_c_keeps_completed_trials_and_the_same_command_resumes(tmp_path: Pa
         "--study",
         "cc",
     ]
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "TINY_TASK_EVAL_DELAY": "0.7"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TINY_TASK_EVAL_DELAY": "0.7"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotune", *args],
         cwd=tmp_path,

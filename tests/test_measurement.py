@@ -362,11 +362,11 @@ def test_study_twice_measures_nothing_the_second_time(tmp_path: Path) -> None:
         report=False,
     )
     first = autotune.search(conv_task(), **kw)
-    stats1 = first.meta["last_run"]["measurer"]
+    stats1 = first.meta.measurer
     assert stats1["measured"] == 3 and stats1["cache_hits"] == 0 and stats1["canary_runs"] >= 1
     # same study again (fresh storage, same run directory): every latency comes from the cache
     second = autotune.search(conv_task(), storage=f"sqlite:///{tmp_path / 'again.db'}", **kw)
-    stats2 = second.meta["last_run"]["measurer"]
+    stats2 = second.meta.measurer
     assert stats2["measured"] == 0 and stats2["canary_runs"] == 0 and stats2["cache_hits"] == 3
     assert all(t.measurement.cached for t in second.trials)
     assert {t.latency_ms for t in second.trials} == {t.latency_ms for t in first.trials}

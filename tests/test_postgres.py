@@ -98,7 +98,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_two_workers_share_one_study(postgres_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}  # checkout first
     args = ["--model", "tiny_tasks:conv_task", "--budget", "50ms", "--trials", "12", "--quick"]
     args += ["--storage", postgres_url, "--study", "shared", "--no-progress"]
     workers = [

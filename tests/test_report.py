@@ -19,7 +19,8 @@ from autotune.cli import main
 from autotune.devices import Protocol
 from autotune.report import build_html, default_path, write_report
 from autotune.report.browser import chromium_path
-from autotune.result import META_KEY, ParetoSet
+from autotune.result import ParetoSet
+from autotune.run import RunMeta
 
 QUICK = Protocol.quick()
 
@@ -137,15 +138,16 @@ def test_report_is_self_contained_and_escaped(result: ParetoSet, tmp_path: Path)
     storage = f"sqlite:///{tmp_path / 'copy.db'}"
     optuna.copy_study(
         from_study_name=result.study.study_name,
-        from_storage=result.study._storage,
+        from_storage=result.storage,
         to_storage=storage,
         to_study_name="copy",
     )
     study = optuna.load_study(study_name="copy", storage=storage)
-    meta = dict(study.user_attrs[META_KEY])
-    meta["task"] = "<img src=x onerror=alert(1)>"
-    meta["sensitivity"] = {"stem": {"int8": -0.5, "w0.5": -3.0}, "conv1": {"int8": -0.1, "w0.5": -1.0}}
-    study.set_user_attr(META_KEY, meta)
+    meta = RunMeta.from_study(study)
+    assert meta is not None
+    meta.task = "<img src=x onerror=alert(1)>"
+    meta.sensitivity = {"stem": {"int8": -0.5, "w0.5": -3.0}, "conv1": {"int8": -0.1, "w0.5": -1.0}}
+    meta.save(study)
     html = build_html(ParetoSet(study, result.run_dir))
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert html.count("<script") == 1 + len(_figure_ids(html))  # plotly.js once, one call per figure
@@ -179,7 +181,15 @@ def test_report_command(result: ParetoSet, runs: Path, tmp_path: Path, monkeypat
     assert main(["report", "--storage", f"sqlite:///{runs / 'main' / 'study.db'}", "--study", "main",
                  "-o", "b.html"]) == 0  # fmt: skip
     assert (tmp_path / "b.html").read_text().count("plotly-graph-div") >= 5
-    assert "report: b.html" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "report: b.html" in out
+    failures = runs / "main" / "failures"
+    assert (
+        result.failures
+        and f"failed trial(s), grouped by reason in the report; full tracebacks in {failures}" in out
+    )
+    html = (tmp_path / "b.html").read_text()
+    assert "full traceback (first trial)" in html and f"failures/{result.failures[0].number}.txt" in html
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert main(["report"]) == 2
     assert main(["report", str(runs / "main"), "-o", "x.pdf"]) == 2

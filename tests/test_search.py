@@ -1,6 +1,8 @@
 """End-to-end searches through the Python API on small models (quick protocol)."""
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from tiny_tasks import agreement_task, conv_task, flaky_task
 
 import autotune
+from autotune import cli
 from autotune.devices import Protocol
 from autotune.result import ParetoSet
 from autotune.zoo import MLP, ConcatNet, TinyTransformer
@@ -84,13 +87,28 @@ def test_resume_continues_to_the_requested_count(tmp_path: Path) -> None:
     assert sum(1 for t in second.trials if t.baseline) == 6
 
 
-def test_failed_candidates_become_failed_trials_and_the_study_goes_on(tmp_path: Path) -> None:
+def test_failed_candidates_become_failed_trials_and_the_study_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root_level, verbosity = logging.getLogger().level, optuna.logging.get_verbosity()
     result = run(flaky_task(), tmp_path, trials=8, study_name="flaky")
+    # no process-wide side effects: logger levels are as they were, no warning filter of ours is left
+    assert (logging.getLogger().level, optuna.logging.get_verbosity()) == (root_level, verbosity)
+    assert not [f for f in warnings.filters if f[2] is optuna.exceptions.ExperimentalWarning]
     assert result.failures, "int8 candidates fail in evaluate"
-    assert all(f.user_attrs["fail_stage"] == "evaluate" for f in result.failures)
-    assert "exploded on purpose" in result.failures[0].user_attrs["fail_reason"]
+    assert all(f.stage == "evaluate" for f in result.failures)
+    failed = result.failures[0]
+    assert "exploded on purpose" in failed.reason and "\n" not in failed.reason
     assert len(result.trials) + len(result.failures) == 8
     assert "fp32" in result.baselines
+    # the one-line reason is in the summary, the full traceback in a file beside the study
+    assert failed.traceback_path == result.run_dir / "failures" / f"{failed.number}.txt"
+    text = failed.traceback_path.read_text()
+    assert text.startswith("Traceback") and "in evaluate" in text
+    assert "RuntimeError: evaluation exploded on purpose" in text
+    assert f"full tracebacks in {result.run_dir / 'failures'}" in result.summary()
+    assert cli.main(["export", str(result.run_dir), "--trial", str(failed.number)]) == 2
+    assert f"full traceback: {failed.traceback_path}" in capsys.readouterr().err
 
 
 def test_no_feasible_candidate_is_said_plainly_and_everything_is_saved(tmp_path: Path) -> None:
@@ -126,10 +144,10 @@ def test_models_the_core_tests_never_saw(tmp_path: Path, make: type, shape: tupl
     task = agreement_task(make(), torch.randn(*shape), make.__name__)
     result = run(task, tmp_path, trials=8)
     assert len(result.trials) + len(result.failures) == 8
-    assert not result.failures, [f.user_attrs["fail_reason"] for f in result.failures]
+    assert not result.failures, [f.reason for f in result.failures]
     assert result.best is not None
     if make is TinyTransformer:
-        space = result.meta["space"]
+        space = result.meta.space
         assert any(4 in layer["knobs"]["bits"] for layer in space["layers"])
 
 
@@ -155,3 +173,62 @@ def test_plain_model_api_with_defaults(tmp_path: Path) -> None:
     assert result.best is not None
     storage = f"sqlite:///{tmp_path / result.study.study_name / 'study.db'}"
     assert optuna.load_study(study_name=result.study.study_name, storage=storage).trials
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"budget": "fast"}, "not a latency"),
+        ({"budget": "10ms", "trials": 0}, "--trials 0: must be at least 1"),
+        ({"budget": "10ms", "threads": 0}, "--threads 0: must be at least 1"),
+    ],
+)
+def test_bad_options_fail_before_any_model_work(tmp_path: Path, options: dict, needle: str) -> None:
+    with pytest.raises(autotune.UserError, match=needle):
+        autotune.search(conv_task(), out_dir=tmp_path / "runs", **options)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(TypeError, match="trails"):
+        autotune.search(conv_task(), budget="10ms", trails=5)
+
+
+def test_run_records_round_trip_through_optuna_attrs() -> None:
+    from autotune.records import Measurement, RuntimeOptions
+    from autotune.run import RunMeta, TrialRecord
+    from autotune.space import Candidate
+
+    samples = [float(i) for i in range(1000)]
+    record = TrialRecord(
+        candidate=Candidate({"stem": {"bits": 8}}, RuntimeOptions(threads=2)),
+        artifact_path="artifacts/ab.onnx",
+        sha256="ab",
+        size_bytes=10,
+        measurement=Measurement(status="ok", backend="ort-cpu", n=1000, samples_ms=samples),
+        timings={"export": 0.5},
+        fail_stage="evaluate",
+        fail_reason="evaluate: boom",
+        traceback="failures/3.txt",
+    )
+    attrs = record.to_attrs()
+    # the stored keys are those earlier runs wrote, so old studies still load
+    assert set(attrs) == {
+        "config",
+        "artifact",
+        "measurement",
+        "timings",
+        "fail_stage",
+        "fail_reason",
+        "traceback",
+    }
+    assert len(attrs["measurement"]["samples_ms"]) == 256  # capped for storage
+    back = TrialRecord.from_attrs(json.loads(json.dumps(attrs)))
+    assert (
+        back.candidate == record.candidate and back.failed_by_candidate and back.traceback == "failures/3.txt"
+    )
+    assert TrialRecord(baseline="fp32").to_attrs() == {"baseline": "fp32"}
+    assert not TrialRecord.from_attrs({}).failed_by_candidate
+
+    meta = RunMeta(task="t", budget_ms=0.6, budget="0.6ms", measurer={"measured": 3})
+    stored = json.loads(json.dumps(meta.to_attrs()))
+    assert stored["last_run"] == {"measurer": {"measured": 3}} and "sensitivity" not in stored
+    assert RunMeta.from_attrs(stored) == meta
+    assert RunMeta.from_attrs({}).budget_ms == float("inf")

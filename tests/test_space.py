@@ -4,16 +4,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_tasks import conv_task
 
+from autotune.artifact import ArtifactBuilder
 from autotune.errors import UserError
 from autotune.profiles import available_profiles, load_profile
-from autotune.space import build_space, load_preset
+from autotune.space import Candidate, build_space, load_preset
 from autotune.task import Task
 from autotune.zoo import MLP, ConcatNet, TinyTransformer, resnet18
 
 
 def task_for(model: torch.nn.Module, x: torch.Tensor) -> Task:
-    return Task(model=model.eval(), example_inputs=(x,), evaluate=lambda r: 0.0)
+    return Task(source=model.eval(), example_inputs=(x,), evaluate=lambda r: 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,29 @@ def test_unknown_device_and_preset_list_the_choices() -> None:
     with pytest.raises(UserError, match="default"):
         load_preset("nosuch")
     assert "cpu" in available_profiles()
+
+
+def test_task_source_is_a_torch_model_or_an_onnx_file(tmp_path: Path) -> None:
+    model = MLP().eval()
+    torch_task = task_for(model, torch.randn(1, 64))
+    assert torch_task.model is model
+    onnx_task = Task(source=str(tmp_path / "m.onnx"), example_inputs=(torch.randn(1, 64),), evaluate=len)
+    assert onnx_task.source == tmp_path / "m.onnx"
+    with pytest.raises(TypeError, match="ONNX file"):
+        _ = onnx_task.model
+
+
+def test_ctrl_c_swallowed_by_a_library_still_stops_the_build(tmp_path: Path, cpu: object) -> None:
+    task = conv_task()
+
+    def finetune(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:  # torch-pruning's tracer: a bare except, then a retry that fails
+            raise TypeError("the retry failed too")  # noqa: B904
+
+    task.finetune = finetune
+    space = build_space(task, load_preset(None), cpu)  # type: ignore[arg-type]
+    layer = next(layer.name for layer in space.layers if len(layer.knobs.get("width", [])) > 1)
+    with pytest.raises(KeyboardInterrupt):
+        ArtifactBuilder(task, space, tmp_path).build(Candidate({layer: {"width": 0.5}}))

@@ -44,7 +44,7 @@ def agreement_task(model: nn.Module, x: torch.Tensor, name: str) -> Task:
         return float((runner(x).argmax(-1) == reference).mean() * 100)
 
     return Task(
-        model=model,
+        source=model,
         example_inputs=(x[:1],),
         evaluate=evaluate,
         calibration=[(x[i : i + 16].numpy(),) for i in range(0, len(x), 16)],

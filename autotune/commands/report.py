@@ -31,4 +31,7 @@ def run(args: argparse.Namespace) -> int:
     result = ParetoSet.load(args.run, args.storage, args.study)
     path = result.report(args.output)
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB; open it in a browser, no network needed)")
+    if result.failures:
+        where = f"; full tracebacks in {result.tracebacks_dir}" if result.tracebacks_dir else ""
+        print(f"{len(result.failures)} failed trial(s), grouped by reason in the report{where}")
     return 0

@@ -49,27 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # check the cheap arguments before loading the model, so bad input fails fast
-    from autotune.budget import parse_budget
-    from autotune.devices import device_for_profile
-    from autotune.errors import UserError
-    from autotune.profiles import load_profile
-    from autotune.space import load_preset
+    # check the cheap arguments before loading torch or the model, so bad input fails fast
+    from autotune.config import SearchConfig
+    from autotune.records import Protocol
 
-    parse_budget(args.budget)
-    load_preset(args.space)
-    # reach the device before loading a model: an unreachable agent should fail in a second
-    device_for_profile(load_profile(args.device), agent=args.agent).close()
-    if args.trials < 1:
-        raise UserError(f"--trials {args.trials}: must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads}: must be at least 1")
-
-    from autotune.devices import Protocol
-    from autotune.study import SearchConfig, run_search
-    from autotune.task import load_task
-
-    task = load_task(args.model)
     cfg = SearchConfig(
         budget=args.budget,
         device=args.device,
@@ -86,8 +69,18 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         report=args.report,
     )
+    from autotune.commands._task import load_task
+    from autotune.devices import device_for_profile
+    from autotune.profiles import load_profile
+    from autotune.space import load_preset
+    from autotune.study import run_search
+
+    load_preset(args.space)
+    # reach the device before loading a model: an unreachable agent should fail in a second
+    device_for_profile(load_profile(args.device), agent=args.agent).close()
+    task = load_task(args.model)
     result = run_search(task, cfg)
-    for note in result.meta.get("space", {}).get("notes", []):
+    for note in result.meta.notes:
         print(f"note: {note}")
     print(result.summary())
     if result.report_path:

@@ -98,7 +98,7 @@ def build_html(result: ParetoSet) -> str:
         page.add(
             "candidates",
             "Candidates",
-            "Pareto set under the budget" if result.members else "Fastest candidates (none met the budget)",
+            "Pareto set under the budget" if result.pareto else "Fastest candidates (none met the budget)",
             candidates_table(view),
             "Each row's command writes that trial's ONNX artifact and a JSON record of its configuration.",
         )
@@ -165,8 +165,8 @@ def build_html(result: ParetoSet) -> str:
         f"<title>autotune report: {esc(name)}</title><style>{CSS}</style>"
         f'<script type="text/javascript">{javascript}</script></head><body><main>'
         f"<h1>autotune report: {esc(name)}</h1>"
-        f"<p class='sub'>{esc(result.meta.get('task', 'model'))} on {esc(result.meta.get('device', '?'))}, "
-        f"budget {esc(result.meta.get('budget', '?'))}</p>"
+        f"<p class='sub'>{esc(result.meta.task)} on {esc(result.meta.device)}, "
+        f"budget {esc(result.meta.budget)}</p>"
         f"{verdict(view)}{facts(view)}{nav}"
         + "".join(body for _, _, body in page.sections)
         + f"{footer}</main></body></html>\n"

@@ -46,10 +46,10 @@ class View:
 
     @classmethod
     def of(cls, result: ParetoSet) -> View:
-        focus = list(result.members) if result.members else result.fastest(5)
+        focus = list(result.pareto) if result.pareto else result.fastest(5)
         return cls(
             result=result,
-            metric=str(result.meta.get("metric", "accuracy")),
+            metric=result.meta.metric,
             budget_ms=result.budget_ms,
             chosen=result.best,
             focus=focus,
@@ -57,7 +57,7 @@ class View:
 
     @property
     def pareto_numbers(self) -> set[int]:
-        return {t.number for t in self.result.members}
+        return {t.number for t in self.result.pareto}
 
     @property
     def has_budget(self) -> bool:
@@ -120,7 +120,7 @@ def latency_spread(t: TrialResult) -> str:
 def latency_flags(t: TrialResult) -> list[str]:
     """Why not to trust a latency blindly: unstable, device drift during the measurement."""
     m = t.measurement
-    flags = []
+    flags: list[str] = []
     if m.status != "ok":
         flags.append(m.status)
     if drifted(t):

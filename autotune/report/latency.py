@@ -56,7 +56,7 @@ def latency_figure(view: View) -> go.Figure | None:
     log_y = low > 0 and top / low > LOG_SPREAD
     title = "Latency distributions (stored samples; green ok, orange unstable, red drift)"
     if view.has_budget:
-        budget = view.result.meta.get("budget", f"{view.budget_ms:g}ms")
+        budget = view.result.meta.budget
         if view.budget_ms <= top * 1.5:  # else the boxes would be squashed flat
             fig.add_hline(y=view.budget_ms, line={"color": CHOSEN, "dash": "dash", "width": 2})
             fig.add_annotation(

@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 from autotune._util import error_line
 from autotune.knobs import KNOBS
 from autotune.report._common import CHOSEN, PARETO, View, aggressiveness, base_layout, trial_name, value_label
+from autotune.run import TrialRecord
 
 #: fewer completed trials than this and importances are noise
 MIN_TRIALS_FOR_IMPORTANCE = 8
@@ -24,7 +25,7 @@ MAX_LABELLED_LAYERS = 24
 
 def _searched(view: View) -> tuple[list[str], list[str], dict[str, dict[str, list[Any]]]]:
     """Layers (in model order), knobs with a real choice somewhere, and each layer's choices."""
-    space = view.result.meta.get("space", {})
+    space = view.result.meta.space
     choices: dict[str, dict[str, list[Any]]] = {
         layer["name"]: dict(layer.get("knobs", {})) for layer in space.get("layers", [])
     }
@@ -91,7 +92,7 @@ def config_figure(view: View) -> go.Figure | None:
             col=1,
         )
         fig.update_yaxes(autorange="reversed", row=i, col=1)
-    what = "Pareto members" if view.result.members else "fastest candidates (none met the budget)"
+    what = "Pareto members" if view.result.pareto else "fastest candidates (none met the budget)"
     height = 110 + len(knobs) * (40 + 26 * len(rows)) + min(160, 6 * max(len(x) for x in layers))
     base_layout(fig, f"Per-layer configuration of the {what} (darker = compressed more)", height)
     fig.update_xaxes(tickangle=-40, row=len(knobs), col=1)
@@ -149,11 +150,11 @@ def sensitivity_figure(view: View) -> go.Figure | None:
 
 def find_sensitivity(view: View) -> dict[str, Any] | None:
     """Study meta ``sensitivity``, else the first trial user attribute ``sensitivity``."""
-    sens = view.result.meta.get("sensitivity")
+    sens = view.result.meta.sensitivity
     if isinstance(sens, dict) and sens:
         return sens
     for t in view.result.study.get_trials(deepcopy=False):
-        cand = t.user_attrs.get("sensitivity")
+        cand = TrialRecord.from_attrs(t.user_attrs).sensitivity
         if isinstance(cand, dict) and cand:
             return cand
     return None

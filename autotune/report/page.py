@@ -10,12 +10,13 @@ import os
 import shlex
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
 from autotune._util import first_line
 from autotune.report._common import View, esc, latency_flags
+from autotune.run import DB_NAME, TrialRecord
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
@@ -83,20 +84,14 @@ def _display_path(path: Path) -> str:
 
 def storage_url(result: ParetoSet) -> str:
     """The Optuna storage URL of the study (for optuna-dashboard), relative when it is local."""
-    from autotune.result import DB_NAME
-
     db = result.run_dir / DB_NAME
     if db.is_file():
         return f"sqlite:///{_display_path(db)}"
-    storage: Any = result.study._storage  # the URL is not public API: fall back to a placeholder
-    url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", None)
-    return str(url or "STORAGE_URL")
+    return result.storage or "STORAGE_URL"  # a ParetoSet built from a bare study knows no URL
 
 
 def run_reference(result: ParetoSet) -> str:
     """How the CLI names this run: the runs directory, or ``--storage URL --study NAME``."""
-    from autotune.result import DB_NAME
-
     if (result.run_dir / DB_NAME).is_file():
         return shlex.quote(_display_path(result.run_dir))
     return f"--storage {shlex.quote(storage_url(result))} --study {shlex.quote(result.study.study_name)}"
@@ -115,8 +110,8 @@ def trial_counts(result: ParetoSet) -> dict[str, int]:
 
 def verdict(view: View) -> str:
     r = view.result
-    budget = esc(r.meta.get("budget", f"{view.budget_ms:g}ms"))
-    device = esc(r.meta.get("device", "?"))
+    budget = esc(r.meta.budget)
+    device = esc(r.meta.device)
     fp32 = r.baselines.get("fp32")
     c = view.chosen
     if c is None:
@@ -152,7 +147,7 @@ def verdict(view: View) -> str:
             f"{fp32.latency_ms / c.latency_ms:.2f}x faster, "
             f"{fp32.size_bytes / max(c.size_bytes, 1):.2f}x smaller."
         )
-    faster = [t for t in r.members if t.latency_ms < c.latency_ms]
+    faster = [t for t in r.pareto if t.latency_ms < c.latency_ms]
     if faster:
         alt = max(faster, key=lambda t: t.accuracy)
         why += (
@@ -168,7 +163,7 @@ def verdict(view: View) -> str:
         else f"p99 {m.p99_ms:.3f} ms"
     )
     iqr_rel = m.iqr_ms / m.median_ms if m.median_ms > 0 else math.nan
-    limit = r.meta.get("protocol", {}).get("unstable_iqr")
+    limit = r.meta.protocol.get("unstable_iqr")
     trust = (
         f'<span class="flag">flagged: {esc(", ".join(flags))}</span>'
         if flags
@@ -202,14 +197,10 @@ def facts(view: View) -> str:
     for state in ("running", "waiting"):
         if counts.get(state):
             count_text += f", {counts[state]} {state}"
-    count_text += f"; {len(r.feasible)} under budget, {len(r.members)} on the Pareto front"
-    fp = meta.get("fingerprint", {})
-    fp_text = ", ".join(f"{k} {v}" for k, v in fp.items()) if isinstance(fp, dict) else str(fp)
-    budget_ms = meta.get("budget_ms")
-    budget = meta.get("budget", "?") + (
-        f" ({budget_ms:g} ms median)" if isinstance(budget_ms, (int, float)) else ""
-    )
-    protocol = meta.get("protocol", {})
+    count_text += f"; {len(r.feasible)} under budget, {len(r.pareto)} on the Pareto front"
+    fp_text = ", ".join(f"{k} {v}" for k, v in meta.fingerprint.items())
+    budget = meta.budget + (f" ({meta.budget_ms:g} ms median)" if math.isfinite(meta.budget_ms) else "")
+    protocol = meta.protocol
     proto_text = (
         f"warm-up {protocol.get('warmup_s')} s, at least {protocol.get('min_samples')} samples "
         f"and {protocol.get('min_time_s')} s, unstable above IQR/median {protocol.get('unstable_iqr')}"
@@ -217,13 +208,13 @@ def facts(view: View) -> str:
         else "?"
     )
     items = [
-        ("model / task", meta.get("task", "?")),
+        ("model / task", meta.task),
         ("metric", view.metric),
-        ("device", f"{meta.get('device', '?')} (backend {meta.get('backend', '?')})"),
+        ("device", f"{meta.device} (backend {meta.backend})"),
         ("device fingerprint", fp_text or "?"),
         ("latency budget", budget),
         ("trials", count_text),
-        ("wall time", _fmt_s(float(meta.get("wall_s", 0.0)))),
+        ("wall time", _fmt_s(meta.wall_s)),
         (
             "chosen candidate",
             f"trial {view.chosen.number}: {view.chosen.candidate.describe()}"
@@ -232,11 +223,11 @@ def facts(view: View) -> str:
         ),
         ("measurement protocol", proto_text),
         ("study", f"{r.study.study_name} ({run_reference(r)})"),
-        ("created", meta.get("created", "?")),
-        ("autotune", f"{meta.get('version', '?')}; command: {meta.get('command', '?')}"),
+        ("created", meta.created),
+        ("autotune", f"{meta.version}; command: {meta.command}"),
     ]
     body = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items)
-    notes = meta.get("space", {}).get("notes", [])
+    notes = meta.notes
     notes_html = (
         "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else ""
     )
@@ -279,20 +270,24 @@ def candidates_table(view: View) -> str:
 
 def failures_table(result: ParetoSet) -> str:
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    tracebacks: dict[tuple[str, str], str] = {}  # the first trial's full traceback, per group
     for t in result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        stage = str(t.user_attrs.get("fail_stage", "worker"))
-        reason = str(
-            t.user_attrs.get("fail_reason", "no reason recorded: the worker stopped (killed or interrupted)")
-        )
-        groups[(stage, first_line(reason, 300))].append(t.number)
+        record = TrialRecord.from_attrs(t.user_attrs)
+        stage = record.fail_stage or "worker"
+        reason = record.fail_reason or "no reason recorded: the worker stopped (killed or interrupted)"
+        key = (stage, first_line(reason, 300))
+        groups[key].append(t.number)
+        if record.traceback and key not in tracebacks:
+            tracebacks[key] = _display_path(result.run_dir / record.traceback)
     if not groups:
         return '<p class="note">No trial failed.</p>'
     rows = "".join(
         f'<tr><td>{esc(stage)}</td><td class="num">{len(nums)}</td><td>{esc(reason)}</td>'
-        f"<td>{esc(', '.join(map(str, nums[:30])) + (' ...' if len(nums) > 30 else ''))}</td></tr>"
+        f"<td>{esc(', '.join(map(str, nums[:30])) + (' ...' if len(nums) > 30 else ''))}</td>"
+        f"<td><code>{esc(tracebacks.get((stage, reason), ''))}</code></td></tr>"
         for (stage, reason), nums in sorted(groups.items(), key=lambda kv: -len(kv[1]))
     )
     return (
-        '<table><tr><th>stage</th><th class="num">count</th><th>reason</th><th>trials</th></tr>'
-        f"{rows}</table>"
+        '<table><tr><th>stage</th><th class="num">count</th><th>reason</th><th>trials</th>'
+        f"<th>full traceback (first trial)</th></tr>{rows}</table>"
     )

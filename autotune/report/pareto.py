@@ -37,7 +37,7 @@ def front_figure(view: View) -> go.Figure:
 
     infeasible = [t for t in r.trials if not t.feasible]
     dominated = [t for t in r.trials if t.feasible and t.number not in pareto]
-    members = sorted(r.members, key=lambda t: t.latency_ms)
+    members = sorted(r.pareto, key=lambda t: t.latency_ms)
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
@@ -133,7 +133,7 @@ def front_figure(view: View) -> go.Figure:
             )
         )
     lat = [t.latency_ms for t in r.trials]
-    budget_text = f"budget {r.meta.get('budget', f'{view.budget_ms:g}ms')}"
+    budget_text = f"budget {r.meta.budget}"
     on_scale = view.has_budget and bool(lat) and view.budget_ms <= BUDGET_ON_SCALE * max(lat)
     log_x = log_axis(lat + ([view.budget_ms] if on_scale else []))
     subtitle = ""

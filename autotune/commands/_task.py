@@ -1,0 +1,40 @@
+"""Resolve ``--model`` into a Task: the CLI's job, so ``task.py`` depends on no task factory."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from autotune.errors import UserError
+from autotune.task import Task
+
+
+def load_task(spec: str | None) -> Task:
+    """Resolve ``--model``: None (built-in demo), ``module:function`` or ``path.onnx``."""
+    if spec is None:
+        from autotune.demo import demo_task
+
+        return demo_task()
+    if spec.endswith(".onnx"):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"--model {spec}: no such ONNX file")
+        from autotune.onnx_task import onnx_task
+
+        return onnx_task(path)
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise UserError(
+            f"--model {spec!r}: expected 'package.module:function' returning a Task, or a .onnx file"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"--model {spec}: cannot import module {module_name!r} ({exc})") from None
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise UserError(f"--model {spec}: module {module_name!r} has no function {func_name!r}")
+    task = factory()
+    if not isinstance(task, Task):
+        raise UserError(f"--model {spec}: {func_name}() returned {type(task).__name__}, not a Task")
+    return task
