@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import UserError
+from autotune.measure import confirm
 from autotune.records import Measurement
 from autotune.run import DB_NAME, RunMeta, TrialRecord
 from autotune.space import Candidate
@@ -117,6 +118,10 @@ def storage_url(run_dir: str | Path | None = None, storage: str | None = None) -
     return f"sqlite:///{db}"
 
 
+def _figure(t: TrialResult) -> confirm.Figure:
+    return confirm.figure(t.number, t.accuracy, t.latency_ms, t.size_bytes, t.measurement)
+
+
 def load_study(
     run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
 ) -> optuna.Study:
@@ -157,10 +162,11 @@ class ParetoSet:
             for t in trials
             if t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate
         ]
-        pareto_numbers = {t.number for t in study.best_trials} if self.trials else set()
+        # noise-aware: a latency difference inside the two candidates' resolution does not count
+        front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
         self.pareto: list[TrialResult] = sorted(
-            (t for t in self.trials if t.number in pareto_numbers and t.feasible), key=lambda t: t.latency_ms
+            (t for t in self.trials if t.number in front), key=lambda t: t.latency_ms
         )
 
     @classmethod
@@ -178,10 +184,10 @@ class ParetoSet:
 
     @property
     def best(self) -> TrialResult | None:
-        """Most accurate candidate under the budget (then fastest); None if none meets it."""
-        if not self.feasible:
-            return None
-        return max(self.feasible, key=lambda t: (t.accuracy, -t.latency_ms))
+        """Most accurate candidate under the budget; among equally accurate ones, those as fast as
+        the fastest (inside their latency resolution) are decided by size. None if none meets it."""
+        chosen = confirm.best([_figure(t) for t in self.feasible])
+        return next(t for t in self.feasible if t.number == chosen.key) if chosen else None
 
     def fastest(self, k: int = 3) -> list[TrialResult]:
         return sorted(self.trials, key=lambda t: t.latency_ms)[:k]
