@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -162,6 +163,10 @@ class ParetoSet:
             for t in trials
             if t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate
         ]
+        #: the confirmation round's figures, by trial number (latency_ms, ratio, ratio_ci, borderline)
+        self.confirmed: dict[int, dict[str, Any]] = {
+            int(k): v for k, v in study.user_attrs.get(confirm.CONFIRMED_KEY, {}).items()
+        }
         # noise-aware: a latency difference inside the two candidates' resolution does not count
         front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
@@ -186,8 +191,20 @@ class ParetoSet:
     def best(self) -> TrialResult | None:
         """Most accurate candidate under the budget; among equally accurate ones, those as fast as
         the fastest (inside their latency resolution) are decided by size. None if none meets it."""
-        chosen = confirm.best([_figure(t) for t in self.feasible])
+        figures = [self._confirmed_figure(t) for t in self.feasible]  # confirmed figures win
+        chosen = confirm.best([f for f in figures if f.latency_ms <= self.budget_ms])
         return next(t for t in self.feasible if t.number == chosen.key) if chosen else None
+
+    def _confirmed_figure(self, t: TrialResult) -> confirm.Figure:
+        c = self.confirmed.get(t.number)
+        if c is None:
+            return _figure(t)
+        return confirm.Figure(t.number, t.accuracy, c["latency_ms"], t.size_bytes, c["resolution"])
+
+    @property
+    def borderline(self) -> list[int]:
+        """Confirmed trials whose latency interval straddles the budget."""
+        return sorted(n for n, c in self.confirmed.items() if c.get("borderline"))
 
     def fastest(self, k: int = 3) -> list[TrialResult]:
         return sorted(self.trials, key=lambda t: t.latency_ms)[:k]
@@ -294,5 +311,18 @@ class ParetoSet:
             lines.append(
                 "device drift (canary model slower or faster than at the start) in trials "
                 f"{', '.join(drifted)}: their latency is suspect; re-run with --remeasure on a quiet machine"
+            )
+        if self.confirmed:
+            lines.append(
+                "confirmed with a longer interleaved protocol: "
+                + ", ".join(
+                    f"{n} {c['latency_ms']:.3f} ms (x{c['ratio']:.3f} [{c['ratio_ci'][0]:.3f}, "
+                    f"{c['ratio_ci'][1]:.3f}])" + (" borderline" if c.get("borderline") else "")
+                    for n, c in sorted(self.confirmed.items())
+                )
+            )
+        if self.borderline:
+            lines.append(
+                f"borderline (the confirmed interval straddles the budget) in trials {self.borderline}"
             )
         return "\n".join(lines)

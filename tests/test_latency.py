@@ -380,3 +380,21 @@ def sha256_of(path: Path) -> str:
     from autotune._util import sha256_file
 
     return sha256_file(path)
+
+
+def test_search_ends_with_a_confirmation_round(tmp_path: Path) -> None:
+    from tiny_tasks import conv_task
+
+    import autotune
+
+    result = autotune.search(
+        conv_task(), budget="50ms", trials=3, out_dir=tmp_path, protocol=QUICK, progress=False, report=False
+    )
+    assert result.best is not None and result.best.number in result.confirmed  # the best is confirmed
+    c = result.confirmed[result.best.number]
+    assert c["ratio_ci"][0] <= c["ratio"] <= c["ratio_ci"][1] and c["latency_ms"] > 0
+    assert c["borderline"] is False  # 50 ms is far above a tiny conv's latency
+    assert "confirmed with a longer interleaved protocol" in result.summary()
+    # the stored round survives a reload
+    again = autotune.ParetoSet.load(tmp_path / result.study.study_name)
+    assert again.confirmed == result.confirmed and again.best.number == result.best.number

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from autotune.records import Measurement, Protocol
 
@@ -97,3 +98,41 @@ def confirmation_protocol(p: Protocol) -> Protocol:
         max_time_s=max(p.max_time_s, p.min_time_s * 3 * 4),
         ratio_resolution=p.ratio_resolution / 2,
     )
+
+
+#: study user attribute holding the confirmation round's figures, by trial number
+CONFIRMED_KEY = "confirmed"
+
+
+def run_round(
+    result: Any, measurer: Any, inputs: dict[str, Any], budget_ms: float, protocol: Protocol
+) -> dict[str, dict[str, Any]]:
+    """Measure the best and the Pareto members near the budget again with a longer protocol.
+
+    ``result`` is a ParetoSet, ``measurer`` the study's Measurer. Returns, per trial number (as
+    a string, for JSON), the confirmed latency, ratio, interval, resolution and whether it is
+    borderline.
+    """
+
+    def fig(t: Any) -> Figure:
+        return figure(t.number, t.accuracy, t.latency_ms, t.size_bytes, t.measurement)
+
+    keys = to_confirm([fig(t) for t in result.pareto], fig(result.best) if result.best else None, budget_ms)
+    longer = confirmation_protocol(protocol)
+    out: dict[str, dict[str, Any]] = {}
+    for t in result.trials:
+        if t.number not in keys:
+            continue
+        m = measurer.measure(t.artifact_path, inputs, t.candidate.runtime, protocol=longer)
+        if not m.usable:
+            continue
+        f = figure(t.number, t.accuracy, measurer.latency_ms(m, t.candidate.runtime), t.size_bytes, m)
+        out[str(t.number)] = {
+            "latency_ms": f.latency_ms,
+            "ratio": m.ratio,
+            "ratio_ci": m.ratio_ci,
+            "resolution": f.resolution,
+            "borderline": borderline(f, budget_ms),
+            "status": m.status,
+        }
+    return out
