@@ -65,6 +65,11 @@ class Protocol:
     # single-threaded CPU runs: the measuring thread getting less of a core than this (others
     # competed for it) -> retry, then flag "unstable"; 0 disables the check
     min_cpu_share: float = 0.90
+    # paired timing: candidate and reference alternate in blocks of about this long ...
+    pair_block_ms: float = 10.0
+    # ... and pairs are added (up to max_retries more rounds) until the ratio's 95% interval is
+    # within +-this share of it; wider -> "unstable"
+    ratio_resolution: float = 0.02
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +111,12 @@ class Measurement:
     drift_ratio: float | None = None  # canary latency now / canary latency at start
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend specific (e.g. GPU compute time)
+    # paired timing (README, "Measurement"): the candidate interleaved with a reference artifact in
+    # one session; the statistics above are the candidate's, n counts pairs
+    ratio: float | None = None  # median of per-pair candidate / reference
+    ratio_ci: list[float] | None = None  # [low, high] 95% interval of that median
+    reference_sha256: str | None = None
+    reference_median_ms: float | None = None
 
     @property
     def usable(self) -> bool:
@@ -124,10 +135,27 @@ class Measurement:
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
+    @property
+    def paired(self) -> bool:
+        return self.ratio is not None
+
+    @property
+    def ratio_resolution(self) -> float:
+        """Relative half-width of the ratio's interval: differences below it are noise."""
+        if self.ratio is None or not self.ratio_ci:
+            return float("nan")
+        return (self.ratio_ci[1] - self.ratio_ci[0]) / 2 / self.ratio
+
     def summary(self) -> str:
         if not self.usable:
             return f"{self.status}: {self.error or ''}".strip()
-        return (
+        text = (
             f"median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, "
             f"CV {self.cv:.1%}, n={self.n} ({self.status})"
         )
+        if self.ratio is not None and self.ratio_ci:
+            text += (
+                f"; x{self.ratio:.3f} [{self.ratio_ci[0]:.3f}, {self.ratio_ci[1]:.3f}] "
+                f"of the reference ({self.reference_median_ms:.3f} ms)"
+            )
+        return text

@@ -17,7 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune import summary
 from autotune.errors import UserError
+from autotune.measure import confirm
 from autotune.records import Measurement
 from autotune.run import DB_NAME, RunMeta, TrialRecord
 from autotune.space import Candidate
@@ -120,6 +122,10 @@ def storage_url(run_dir: str | Path | None = None, storage: str | None = None) -
     return f"sqlite:///{db}"
 
 
+def _figure(t: TrialResult) -> confirm.Figure:
+    return confirm.figure(t.number, t.accuracy, t.latency_ms, t.size_bytes, t.measurement)
+
+
 def load_study(
     run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
 ) -> optuna.Study:
@@ -160,10 +166,15 @@ class ParetoSet:
             for t in trials
             if t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate
         ]
-        pareto_numbers = {t.number for t in study.best_trials} if self.trials else set()
+        #: the confirmation round's figures, by trial number (latency_ms, ratio, ratio_ci, borderline)
+        self.confirmed: dict[int, dict[str, Any]] = {
+            int(k): v for k, v in study.user_attrs.get(confirm.CONFIRMED_KEY, {}).items()
+        }
+        # noise-aware: a latency difference inside the two candidates' resolution does not count
+        front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
         self.pareto: list[TrialResult] = sorted(
-            (t for t in self.trials if t.number in pareto_numbers and t.feasible), key=lambda t: t.latency_ms
+            (t for t in self.trials if t.number in front), key=lambda t: t.latency_ms
         )
 
     @classmethod
@@ -181,10 +192,22 @@ class ParetoSet:
 
     @property
     def best(self) -> TrialResult | None:
-        """Most accurate candidate under the budget (then fastest); None if none meets it."""
-        if not self.feasible:
-            return None
-        return max(self.feasible, key=lambda t: (t.accuracy, -t.latency_ms))
+        """Most accurate candidate under the budget; among equally accurate ones, those as fast as
+        the fastest (inside their latency resolution) are decided by size. None if none meets it."""
+        figures = [self._confirmed_figure(t) for t in self.feasible]  # confirmed figures win
+        chosen = confirm.best([f for f in figures if f.latency_ms <= self.budget_ms])
+        return next(t for t in self.feasible if t.number == chosen.key) if chosen else None
+
+    def _confirmed_figure(self, t: TrialResult) -> confirm.Figure:
+        c = self.confirmed.get(t.number)
+        if c is None:
+            return _figure(t)
+        return confirm.Figure(t.number, t.accuracy, c["latency_ms"], t.size_bytes, c["resolution"])
+
+    @property
+    def borderline(self) -> list[int]:
+        """Confirmed trials whose latency interval straddles the budget."""
+        return sorted(n for n, c in self.confirmed.items() if c.get("borderline"))
 
     def fastest(self, k: int = 3) -> list[TrialResult]:
         return sorted(self.trials, key=lambda t: t.latency_ms)[:k]
@@ -237,100 +260,9 @@ class ParetoSet:
 
         return write_report(self, Path(path) if path else None)
 
-    # -- text output ----------------------------------------------------------------------
+    # -- text output (autotune/summary.py) --------------------------------------------------
     def table(self) -> str:
-        metric = self.meta.metric
-        rows = self.pareto if self.pareto else self.closest(5)
-        ref = self.reference_accuracy
-        header = (
-            f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'median ms':>9}  {'p90 ms':>8}  "
-            f"{'CV':>5}  {'size KiB':>9}  config"
-        )
-        lines = [header, "-" * len(header)]
-        for t in rows:
-            delta = f"{t.accuracy - ref:+.2f}" if ref is not None else "n/a"
-            flag = "" if t.measurement.status == "ok" else f" [{t.measurement.status}]"
-            tag = f" ({t.baseline})" if t.baseline else ""
-            mark = "*" if self.best and t.number == self.best.number else " "
-            lines.append(
-                f"{t.number:>4}{mark}  {t.accuracy:>9.2f}  {delta:>9}  {t.latency_ms:>9.3f}  "
-                f"{t.measurement.p90_ms:>8.3f}  {t.measurement.cv:>5.1%}  {t.size_bytes / 1024:>9.1f}  "
-                f"{t.candidate.describe()}{tag}{flag}"
-            )
-        return "\n".join(lines)
-
-    def _verdict(self) -> list[str]:
-        """The lines above the table: limits, what stopped the run, and what the table shows."""
-        budget, floor, lines = self.meta.budget, self.meta.floor, []
-        if floor is not None:
-            lines.append(f"accuracy floor: {floor:.2f} (the unmodified model minus {self.meta.max_drop})")
-        if self.meta.infeasible:
-            lines.append(f"infeasible: {self.meta.infeasible}")
-        if self.meta.stopped == "infeasible":
-            lines.append(
-                "stopped after the feasibility probe (everything is saved; --keep-going searches anyway)"
-            )
-        elif self.meta.stopped == "timeout":
-            lines.append("stopped by --timeout (everything is saved; run the same command to continue)")
-        recovered = [t for t in self.trials if t.recovery and t.recovery.get("accuracy_before") is not None]
-        if recovered:
-            gain = sum(t.accuracy - t.recovery["accuracy_before"] for t in recovered) / len(recovered)  # type: ignore[index]
-            ran = sorted({r for t in recovered for r in t.recovery["ran"]})  # type: ignore[index]
-            lines.append(
-                f"recovery ({'+'.join(ran)}) in {len(recovered)} trials: {gain:+.2f} points on average"
-            )
-        if self.pareto:
-            lines.append(f"Pareto set under the budget ({len(self.pareto)} candidates, * = best):")
-        elif floor is not None and any(t.latency_ms <= self.budget_ms for t in self.trials):
-            lines.append(
-                f"NO candidate meets both the budget of {budget} and the accuracy floor of {floor:.2f}: "
-                "none is the one to ship. The most accurate under the budget (everything is saved):"
-            )
-        else:
-            lines.append(
-                f"NO candidate met the budget of {budget}. The fastest candidates found "
-                "(everything is saved; try a larger budget or a wider search space):"
-            )
-        return lines
+        return summary.table(self)
 
     def summary(self) -> str:
-        n_fail = len(self.failures)
-        lines = []
-        budget = self.meta.budget
-        device = self.meta.device
-        lines.append(
-            f"study {self.study.study_name}: {len(self.trials)} complete, {n_fail} failed; "
-            f"budget {budget} on {device}"
-        )
-        if n_fail:
-            lines.append(
-                "failures: "
-                + ", ".join(f"{k} x{v}" for k, v in self.failure_reasons().items())
-                + (f"; full tracebacks in {self.tracebacks_dir}" if self.tracebacks_dir else "")
-            )
-        lines.extend(self._verdict())
-        lines.append(self.table())
-        stats = self.meta.measurer
-        if stats:
-            lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
-            if stats.get("cache_hits") and not stats.get("measured"):
-                lines.append("every latency this run came from the measurement cache (identical artifacts)")
-        cached = [t.number for t in self.trials if t.measurement.cached]
-        if cached:
-            lines.append(f"latency reused from the measurement cache in {len(cached)} trial(s): {cached}")
-        unstable = [t.number for t in self.trials if t.measurement.status == "unstable"]
-        if unstable:
-            lines.append(
-                f"unstable latency (IQR/median > 10% or CPU contention, after retries) in trials {unstable}"
-            )
-        drifted = [
-            f"{t.number} (x{t.measurement.drift_ratio:.2f})"
-            for t in self.trials
-            if t.measurement.extra.get("drift_flag") and t.measurement.drift_ratio is not None
-        ]
-        if drifted:
-            lines.append(
-                "device drift (canary model slower or faster than at the start) in trials "
-                f"{', '.join(drifted)}: their latency is suspect; re-run with --remeasure on a quiet machine"
-            )
-        return "\n".join(lines)
+        return summary.summary(self)

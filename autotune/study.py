@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-from tqdm import tqdm
 
 from autotune import __version__
 from autotune._util import error_line
@@ -28,6 +27,7 @@ from autotune.artifact import ArtifactBuilder
 from autotune.budget import format_ms
 from autotune.config import SearchConfig
 from autotune.devices import Device, device_for_profile
+from autotune.devices import Reference as TimingReference
 from autotune.errors import CandidateError, UserError
 from autotune.evaluate import evaluate_artifact
 from autotune.guide import (
@@ -39,14 +39,15 @@ from autotune.guide import (
     sensitivity_for_report,
     sensitivity_guidance,
 )
-from autotune.measure import Measurer
+from autotune.measure import Measurer, confirm
 from autotune.onnx_export import input_names
 from autotune.profiles import DeviceProfile, load_profile
+from autotune.progress import ProgressBar
 from autotune.recover import Recovery
 from autotune.result import ParetoSet
 from autotune.run import DB_NAME, FAILURES_DIR, RunMeta, TrialRecord
 from autotune.samplers import make_sampler
-from autotune.space import SearchSpace, build_space, load_preset
+from autotune.space import Candidate, SearchSpace, build_space, load_preset
 from autotune.task import Task
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-exported for callers
@@ -136,10 +137,21 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery)
     final = Recovery(mode="kd", steps=cfg.recover_final_steps)
     final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final)
-    measurer = Measurer(device, cfg.protocol, cache_dir=run_dir / "measurements", remeasure=cfg.remeasure)
     inputs = _trial_inputs(task)
     started = time.time()
     try:
+        # every candidate is timed interleaved with the unmodified model (README, "Measurement")
+        try:
+            unmodified = builder.build(Candidate(layers={}))
+        except CandidateError as exc:
+            raise UserError(f"the unmodified model (the latency reference) does not build: {exc}") from None
+        measurer = Measurer(
+            device,
+            cfg.protocol,
+            cache_dir=run_dir / "measurements",
+            remeasure=cfg.remeasure,
+            reference=TimingReference(unmodified.path, inputs, unmodified.sha256),
+        )
         # the unmodified model first, whatever the preset says: it defines "Δ vs FP32" and "50%"
         old = RunMeta.from_study(study)
         if old is not None and old.reference:
@@ -198,10 +210,11 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             raise
         finally:
             record.save(trial)
-        trial.set_constraint("latency_budget", m.median_ms - budget_ms)
+        latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
+        trial.set_constraint("latency_budget", latency_ms - budget_ms)
         if floor is not None:
             trial.set_constraint("accuracy_floor", floor - accuracy)
-        return accuracy, m.median_ms, float(artifact.size_bytes)
+        return accuracy, latency_ms, float(artifact.size_bytes)
 
     def stop_at_target(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         # other workers on the same storage count too: stop once the study as a whole is done
@@ -209,8 +222,9 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             study.stop()
 
     deadline = None if cfg.timeout_s is None else started + cfg.timeout_s
-    bar = _ProgressBar(cfg.trials - _counted(study), budget_ms, floor, cfg.progress)
+    bar = ProgressBar(cfg.trials - _counted(study), budget_ms, floor, cfg.progress)
     meta.stopped = None
+    trial_stats: dict[str, Any] = {}
     try:
         # feasibility probe: the enqueued baselines and the most aggressive configuration run first
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -242,10 +256,17 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         # more recovery for the most accurate pruned candidates under the budget, as new trials
         if cfg.recover_final_steps and not meta.stopped and (n := enqueue_final(study, budget_ms)):
             study.optimize(objective, n_trials=n, catch=(CandidateError,), callbacks=[bar.update])
+        # confirmation round: the candidates that decide the outcome, measured again for longer
+        # (its measurements are counted apart from the trials')
+        trial_stats = dict(measurer.stats)
+        found = ParetoSet(study, run_dir, storage=storage_url)
+        confirmed = confirm.run_round(found, measurer, inputs, budget_ms, cfg.protocol)
+        study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
+        trial_stats["confirmed"] = len(confirmed)
     finally:
         bar.close()
         meta.wall_s += time.time() - started
-        meta.measurer = dict(measurer.stats)
+        meta.measurer = trial_stats or dict(measurer.stats)
         meta.save(study)
         device.close()
     result = ParetoSet(study, run_dir, storage=storage_url)
@@ -313,34 +334,3 @@ def _enqueue_baselines(study: optuna.Study, space: SearchSpace, greedy: list[dic
     for name, params in named:
         if name not in done:
             study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs(), skip_if_exists=True)
-
-
-class _ProgressBar:
-    """tqdm bar with ETA and the best feasible candidate so far."""
-
-    def __init__(self, total: int, budget_ms: float, floor: float | None, enabled: bool) -> None:
-        self.budget_ms = budget_ms
-        self.floor = -float("inf") if floor is None else floor
-        self.bar = tqdm(
-            total=max(total, 0), disable=not enabled, unit="trial", file=sys.stderr, dynamic_ncols=True
-        )
-        self.best: tuple[float, float] | None = None
-        self.failed = 0
-
-    def update(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
-            acc, lat, _ = trial.values
-            if (
-                lat <= self.budget_ms
-                and acc >= self.floor
-                and (self.best is None or (acc, -lat) > (self.best[0], -self.best[1]))
-            ):
-                self.best = (acc, lat)
-        elif trial.state == TrialState.FAIL:
-            self.failed += 1
-        best = f"{self.best[0]:.2f} @ {self.best[1]:.3f}ms" if self.best else "none yet"
-        self.bar.set_postfix_str(f"best under budget: {best}; failed {self.failed}")
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()

@@ -5,12 +5,23 @@
 (b) five independent measurements (fresh sessions, the full default protocol) of one artifact
     at 1 thread: spread of medians = max/min - 1;
 (c) seconds spent measuring one candidate at default settings (load + warm-up + steady state),
-    and with the Measurer: first job (with the canary reference) and a cache hit.
+    and with the Measurer: first job (with the canary reference) and a cache hit;
+(d) paired timing on a noisy host: five fresh processes each time the model's int8 version
+    against the FP32 model (interleaved, the default protocol) while a CPU hog on every core
+    toggles 3 s on / 2 s off (bounded, self-stopping); spread of the ratio (target <= 2%)
+    beside the spread of the absolute medians from the same sessions;
+(e) the latency predictor on a real demo search (default protocol, every candidate measured,
+    no fine-tuning):
+    trained on the first 30 measured candidates, its error on the next 20 (MAPE, share within
+    +-10%); and trials per minute with and without it, replayed from the trials' recorded
+    costs (a skipped candidate costs no build, measurement or evaluation).
 
 Models: the demo model (``autotune.demo.demo_task()``) and ResNet-18 at 224x224. Usage::
 
     python benchmarks/profiler.py                   # both models
     python benchmarks/profiler.py --models demo --repeats 5
+    python benchmarks/profiler.py --models demo --checks d    # only the noisy-host check
+    python benchmarks/profiler.py --models demo --checks e --search-trials 50
 
 The figures depend on how quiet the machine is: the CPU load of other processes seen while
 measuring is printed beside them (a shared VM also drifts with its neighbours, which only the
@@ -20,10 +31,15 @@ canary sees).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +47,8 @@ from torch.utils.benchmark import Timer
 
 from autotune.devices import OrtCpuDevice, Protocol, RuntimeOptions
 from autotune.devices._fingerprint import HostLoad
+from autotune.devices._ort import session_options
 from autotune.devices._protocol import run_protocol
-from autotune.devices.ort_cpu import session_options
 from autotune.measure import Measurer
 from autotune.onnx_export import export_onnx
 
@@ -124,15 +140,147 @@ def measurer_costs(path: Path, inputs: dict[str, np.ndarray], tmp: Path) -> dict
     }
 
 
+#: one paired session in a fresh process: candidate vs reference, printed as JSON
+_SESSION = r"""
+import json, sys
+import numpy as np
+from pathlib import Path
+from autotune.devices import OrtCpuDevice, Protocol, Reference, RuntimeOptions
+x = {"input": np.load(sys.argv[3])}
+ref = Reference(Path(sys.argv[2]), x)
+m = OrtCpuDevice().measure_paired(Path(sys.argv[1]), x, ref, RuntimeOptions(), Protocol())
+print(json.dumps({"status": m.status, "ratio": m.ratio, "ci": m.ratio_ci, "median_ms": m.median_ms,
+                  "reference_median_ms": m.reference_median_ms, "pairs": m.n,
+                  "foreign_cpu": m.extra["host_load"]["foreign_cpu"]}))
+"""
+
+#: a CPU hog: busy on every core for ``on`` s, idle for ``off`` s, until ``seconds`` have passed
+_HOG = r"""
+import sys, time
+on, off, end = float(sys.argv[1]), float(sys.argv[2]), time.time() + float(sys.argv[3])
+while time.time() < end:
+    t = time.time() + on
+    while time.time() < min(t, end):
+        pass
+    time.sleep(max(0.0, min(off, end - time.time())))
+"""
+
+
+def int8_version(path: Path, x: np.ndarray, out: Path) -> Path:
+    """The model with every weighted layer int8 (static QDQ, calibrated on ``x``)."""
+    import onnx
+
+    from autotune.onnx_export import weighted_nodes
+    from autotune.quantize import quantize_model
+
+    nodes = [n.name for n in weighted_nodes(onnx.load(str(path)))]
+    quantize_model(path, out, dict.fromkeys(nodes, 8), [(x,)])
+    return out
+
+
+def noisy_host(
+    path: Path, x: np.ndarray, tmp: Path, sessions: int
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """(d) fresh paired sessions (int8 vs FP32) under a toggling CPU hog on every core."""
+    cand = int8_version(path, x, tmp / "int8.onnx")
+    np.save(tmp / "x.npy", x)
+    rows = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for _ in range(sessions):
+        # the hog outlives one session by a margin and then stops by itself
+        hogs = [
+            subprocess.Popen([sys.executable, "-c", _HOG, "3", "2", "40"]) for _ in range(os.cpu_count() or 2)
+        ]
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", _SESSION, str(cand), str(path), str(tmp / "x.npy")],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=300,
+            )
+        finally:
+            for h in hogs:
+                h.kill()
+            for h in hogs:
+                h.wait()
+        if out.returncode:
+            raise RuntimeError(out.stderr[-800:])
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"    session: {rows[-1]}", flush=True)
+        time.sleep(2)  # sessions start at different phases of the hog
+    spread = {
+        k: max(r[k] for r in rows) / min(r[k] for r in rows) - 1
+        for k in ("ratio", "median_ms", "reference_median_ms")
+    }
+    return rows, spread
+
+
+def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> dict[str, float]:
+    """(e) a demo search, then its trials replayed in order through the predictor."""
+    import autotune
+    from autotune.demo import demo_task
+    from autotune.predictor import LatencyPredictor, layer_stats
+    from autotune.profiles import load_profile
+    from autotune.space import build_space, load_preset
+
+    task = demo_task()
+    # latency does not depend on the weights' values: skip the KD fine-tuning (about a minute
+    # per pruned candidate on 2 busy cores) so 50 measured candidates fit in a few minutes
+    task.finetune = None
+    t0 = time.perf_counter()
+    result = autotune.search(
+        task, budget="1s", trials=trials, out_dir=tmp, study_name="predictor", progress=False, report=False
+    )
+    wall = time.perf_counter() - t0
+    space = build_space(task, load_preset(None), load_profile("cpu"))
+    x = {"input": task.example_inputs[0].numpy().astype(np.float32)}
+    stats = layer_stats(result.baselines["fp32"].artifact_path, x)
+    measured = sorted((t for t in result.trials if t.measurement.ratio is not None), key=lambda t: t.number)
+    check = LatencyPredictor(space, stats, min_train=train)
+    errors = []
+    for t in measured:
+        predicted = check.observe(t.candidate, t.measurement.ratio)
+        if predicted is not None and len(errors) < 20:
+            errors.append(abs(predicted - t.measurement.ratio) / t.measurement.ratio)
+    # replay: with the predictor, a candidate it puts beyond the budget costs ~nothing
+    live = LatencyPredictor(space, stats, min_train=train)
+    cost_with = cost_without = 0.0
+    for t in measured:
+        cost = sum(t.timings.values())
+        cost_without += cost
+        skip, _ = live.beyond(t.candidate, budget_ratio)
+        if not skip:
+            cost_with += cost
+            live.observe(t.candidate, t.measurement.ratio)
+    err = np.asarray(errors)
+    ratios = [t.measurement.ratio for t in measured]
+    return {
+        "ratio_quartiles": [round(float(q), 3) for q in np.percentile(ratios, [0, 25, 50, 75, 100])],
+        "trials": len(measured),
+        "search_wall_s": wall,
+        "checked": err.size,
+        "mape": float(err.mean()) if err.size else float("nan"),
+        "within_10": float((err <= 0.10).mean()) if err.size else float("nan"),
+        "skipped": live.skipped,
+        "per_min_without": len(measured) / cost_without * 60,
+        "per_min_with": len(measured) / cost_with * 60,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,resnet18", help="comma-separated: demo, resnet18")
-    parser.add_argument("--repeats", type=int, default=5, help="independent measurements for (b)")
+    parser.add_argument("--repeats", type=int, default=5, help="independent measurements for (b), (d)")
+    parser.add_argument("--checks", default="abcd", help="which checks to run (default: abcd; e: predictor)")
+    parser.add_argument("--search-trials", type=int, default=50, help="(e): trials of the demo search")
+    parser.add_argument("--budget-ratio", type=float, default=0.6, help="(e): budget as a ratio to FP32")
+    parser.add_argument("--keep", help="(e): keep the demo search in this directory (runs/predictor)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for name in args.models.split(","):
+        for name in args.models.split(",") if set(args.checks) & set("abcd") else []:
             model, x = MODELS[name]()
             path = tmp / f"{name}.onnx"
             export_onnx(model, (x,), path)
@@ -142,29 +290,56 @@ def main() -> None:
                 "ORT CPU, 1 thread"
             )
             with HostLoad() as load:
-                a = against_timer(path, inputs)
-                b = fresh_sessions(path, inputs, args.repeats)
-                c = measurer_costs(path, inputs, tmp / name)
-            print(
-                f"(a) median: autotune {a['autotune_ms']:.3f} ms vs torch Timer.blocked_autorange "
-                f"{a['timer_ms']:.3f} ms; paired difference {a['diff']:+.1%} (worst pair "
-                f"{a['worst']:+.1%}; target within 5%)"
-            )
-            meds = ", ".join(f"{v:.3f}" for v in b["medians"])  # type: ignore[union-attr]
-            print(
-                f"(b) {args.repeats} fresh sessions: medians [{meds}] ms -> spread {b['spread']:.1%} "
-                f"(target <= 3%); statuses {sorted(set(b['statuses']))}"  # type: ignore[arg-type]
-            )
-            walls = b["wall_s"]
-            print(
-                f"(c) one candidate at the default protocol: {statistics.mean(walls):.2f} s "  # type: ignore[arg-type]
-                f"(min {min(walls):.2f}, max {max(walls):.2f}); Measurer first job incl. canary "  # type: ignore[arg-type]
-                f"{c['first_job_s']:.2f} s, cache hit {c['cache_hit_s'] * 1e3:.1f} ms"
-            )
-            print(
-                f"    host: other processes used {load.to_dict()['foreign_cpu']:.0%} of the CPUs "
-                "during these checks"
-            )
+                if "a" in args.checks:
+                    a = against_timer(path, inputs)
+                    print(
+                        f"(a) median: autotune {a['autotune_ms']:.3f} ms vs torch Timer.blocked_autorange "
+                        f"{a['timer_ms']:.3f} ms; paired difference {a['diff']:+.1%} (worst pair "
+                        f"{a['worst']:+.1%}; target within 5%)"
+                    )
+                if "b" in args.checks or "c" in args.checks:
+                    b = fresh_sessions(path, inputs, args.repeats)
+                    c = measurer_costs(path, inputs, tmp / name)
+                    meds = ", ".join(f"{v:.3f}" for v in b["medians"])  # type: ignore[union-attr]
+                    print(
+                        f"(b) {args.repeats} fresh sessions: medians [{meds}] ms -> spread {b['spread']:.1%} "
+                        f"(target <= 3%); statuses {sorted(set(b['statuses']))}"  # type: ignore[arg-type]
+                    )
+                    walls = b["wall_s"]
+                    print(
+                        f"(c) one candidate at the default protocol: {statistics.mean(walls):.2f} s "  # type: ignore[arg-type]
+                        f"(min {min(walls):.2f}, max {max(walls):.2f}); Measurer first job incl. canary "  # type: ignore[arg-type]
+                        f"{c['first_job_s']:.2f} s, cache hit {c['cache_hit_s'] * 1e3:.1f} ms"
+                    )
+            if set(args.checks) & set("abc"):
+                print(
+                    f"    host: other processes used {load.to_dict()['foreign_cpu']:.0%} of the CPUs "
+                    "during these checks"
+                )
+            if "d" in args.checks:
+                rows, sp = noisy_host(path, inputs["input"], tmp, args.repeats)
+                ratios = ", ".join(f"{r['ratio']:.4f}" for r in rows)
+                print(
+                    f"(d) {args.repeats} fresh paired sessions (int8 vs FP32) under a CPU hog toggling "
+                    f"3 s on / 2 s off on every core: ratio spread {sp['ratio']:.1%} (target <= 2%; "
+                    f"ratios {ratios}); absolute median spread "
+                    f"int8 {sp['median_ms']:.1%}, FP32 {sp['reference_median_ms']:.1%}; statuses "
+                    f"{sorted({r['status'] for r in rows})}; pairs {[r['pairs'] for r in rows]}; other "
+                    f"processes used {statistics.mean(r['foreign_cpu'] for r in rows):.0%} of the CPUs"
+                )
+
+    if "e" in args.checks:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            out = Path(args.keep) if args.keep else Path(tmpdir)
+            e = predictor_check(args.search_trials, 30, args.budget_ratio, out)
+        print(
+            f"(e) predictor on a {e['trials']}-trial demo search ({e['search_wall_s']:.0f} s): "
+            "trained on 30, "
+            f"next {e['checked']}: MAPE {e['mape']:.1%}, within +-10% {e['within_10']:.0%} (target >= 90%); "
+            f"replayed at budget x{args.budget_ratio}: {e['skipped']} skipped, "
+            f"{e['per_min_with']:.1f} trials/min with the predictor vs {e['per_min_without']:.1f} without "
+            f"(measured ratios min/quartiles/max {e['ratio_quartiles']})"
+        )
 
 
 if __name__ == "__main__":

@@ -270,7 +270,7 @@ def test_study_survives_agent_killed_mid_job_and_restarted(
         "calls": 0,
     }
     port = state["agent"].port
-    original = RemoteDevice.measure
+    original = RemoteDevice._run  # under measure and measure_paired (the study times pairs)
     runs = tmp_path / "runs"
 
     def measure(self: RemoteDevice, model_path: Path, *args: Any) -> Any:
@@ -291,7 +291,7 @@ def test_study_survives_agent_killed_mid_job_and_restarted(
             state["agent"] = AgentProcess(token=TOKEN, root=tmp_path / "agent", port=port, env=env).start()
         return original(self, model_path, *args)
 
-    monkeypatch.setattr(RemoteDevice, "measure", measure)
+    monkeypatch.setattr(RemoteDevice, "_run", measure)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     url = f"http://127.0.0.1:{port}"

@@ -20,10 +20,10 @@ from torch import nn
 
 from autotune.compress import apply_sparsity, make_permanent
 from autotune.devices import BACKENDS, OrtCpuDevice, Protocol, RuntimeOptions
-from autotune.devices._canary import canary_inputs, write_canary
 from autotune.devices._onnx_info import analyse, is_2_4
 from autotune.devices._onnx_torch import OnnxModule
 from autotune.devices.tensorrt_engine import build_plan, engine_key
+from autotune.measure._canary import canary_inputs, write_canary
 from autotune.onnx_export import export_onnx, weighted_nodes
 from autotune.profiles import load_profile
 from autotune.quantize import quantize_model
@@ -57,9 +57,10 @@ class SmallConv(nn.Module):
 
 # -- registry and availability --------------------------------------------------------------
 def test_importing_devices_needs_no_gpu_stack() -> None:
+    # the registry is lazy: naming the backends loads none of them (not even onnxruntime)
     code = (
-        "import sys, autotune.devices as d; "
-        "bad = [m for m in ('torch', 'tensorrt', 'cuda', 'pycuda') if m in sys.modules]; "
+        "import sys, autotune.records, autotune.devices as d; "
+        "bad = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'cuda', 'pycuda') if m in sys.modules]; "
         "assert not bad, bad; print(sorted(d.BACKENDS))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -227,3 +228,57 @@ def test_tensorrt_int8_and_fp16_artifacts_build(backend: str, tmp_path: Path) ->
 def test_cpu_reference_backend_still_measures_the_canary(tmp_path: Path) -> None:
     m = OrtCpuDevice().measure(write_canary(tmp_path), canary_inputs(), RuntimeOptions(), QUICK)
     assert m.usable
+
+
+def test_device_for_profile_uses_the_from_profile_classmethod() -> None:
+    from autotune.devices import device_for_profile
+    from autotune.profiles import load_profile
+
+    assert isinstance(device_for_profile(load_profile("cpu")), OrtCpuDevice)  # base: no options
+    # GPU backends override it to read their options (constructing one needs no GPU)
+    profile = type("P", (), {"options": {"device_id": 1, "cuda_graphs": False}})()
+    dev = BACKENDS["torch-cuda"].from_profile(profile)
+    assert (dev.device_id, dev.cuda_graphs) == (1, False)
+
+
+def test_gpu_backends_share_the_single_and_paired_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CudaDevice measures alone or paired from a backend's ``prepared``; runs here without a GPU."""
+    from contextlib import contextmanager
+
+    from autotune.devices import Measurement, Reference
+    from autotune.devices._gpu import CudaDevice, Prepared
+
+    monkeypatch.setenv("AUTOTUNE_LOCK_DIR", str(tmp_path / "locks"))
+    opened: list[str] = []
+
+    class FakeGpu(CudaDevice):
+        backend = "fake-gpu"
+
+        @contextmanager
+        def prepared(self, model_path, inputs, runtime):
+            if model_path.name == "bad.onnx":
+                yield Measurement(status="invalid_model", backend=self.backend, error="bad")
+                return
+            n = 40_000 if model_path.name == "big.onnx" else 500  # 80x apart: any host tells
+            opened.append(model_path.name)
+            yield Prepared(
+                run=lambda: sum(range(n)),
+                load_ms=1.0,
+                finish=lambda m: m.extra.update(finished=model_path.name),
+                extra={"engine_cache": "built"},
+            )
+            opened.remove(model_path.name)  # released after the measurement
+
+    dev = FakeGpu()
+    small, big, bad = tmp_path / "small.onnx", tmp_path / "big.onnx", tmp_path / "bad.onnx"
+    m = dev.measure_paired(small, {}, Reference(big, {}, "e" * 64), RuntimeOptions(), QUICK)
+    assert m.usable and m.paired and m.ratio < 1 and m.reference_sha256 == "e" * 64
+    assert m.extra["finished"] == "small.onnx" and m.extra["engine_cache"] == "built" and m.load_ms == 1.0
+    assert "gpu_state" in m.extra and opened == []
+    alone = dev.measure(small, {}, RuntimeOptions(), QUICK)
+    assert alone.usable and not alone.paired and alone.extra["finished"] == "small.onnx"
+    assert dev.measure_paired(bad, {}, Reference(big, {}), RuntimeOptions(), QUICK).status == "invalid_model"
+    failed = dev.measure_paired(small, {}, Reference(bad, {}), RuntimeOptions(), QUICK)
+    assert failed.status == "build_error" and "the reference bad.onnx does not load" in failed.error

@@ -23,11 +23,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from autotune import cli
 from autotune.devices import BACKENDS, Measurement, OrtCpuDevice, Protocol, RuntimeOptions
-from autotune.devices._cache import MeasurementCache, cache_key
-from autotune.devices._canary import canary_inputs, canary_proto, write_canary
 from autotune.devices._lock import device_lock
 from autotune.devices._protocol import run_protocol, summarize
 from autotune.measure import Measurer
+from autotune.measure._cache import MeasurementCache, cache_key
+from autotune.measure._canary import canary_inputs, canary_proto, write_canary
 
 QUICK = Protocol.quick()
 LOADED = Protocol(warmup_s=0.05, warmup_runs=3, min_samples=32, min_time_s=0.2, max_retries=0)

@@ -140,7 +140,7 @@ class Runner:
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
         from autotune import __version__
-        from autotune.devices import BACKENDS, Measurement, Protocol, RuntimeOptions
+        from autotune.devices import BACKENDS, Measurement, Protocol, Reference, RuntimeOptions
 
         backend = spec["backend"]
         test = spec.get("test")
@@ -158,7 +158,14 @@ class Runner:
             self.emit(event="phase", phase="measure")
             _run_hook(test, "measure")
             try:
-                m = device.measure(Path(spec["model_path"]), inputs, runtime, protocol)
+                if spec.get("reference_path"):  # paired timing against the named reference
+                    ref_inputs = (
+                        decode_inputs(spec["reference_inputs"]) if "reference_inputs" in spec else inputs
+                    )
+                    reference = Reference(Path(spec["reference_path"]), ref_inputs, spec["reference_sha256"])
+                    m = device.measure_paired(Path(spec["model_path"]), inputs, reference, runtime, protocol)
+                else:
+                    m = device.measure(Path(spec["model_path"]), inputs, runtime, protocol)
             except MemoryError:
                 m = Measurement(status="oom", backend=backend, error="MemoryError in the job process")
         if m.status in ("runtime_error", "build_error") and any(

@@ -14,7 +14,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from autotune.agent.schemas import AgentError, JobRequest
+from autotune.agent.schemas import AgentError, JobRequest, TensorIn
 
 if TYPE_CHECKING:
     from autotune.agent.config import AgentConfig
@@ -77,6 +77,36 @@ def protocol_bounds(cfg: AgentConfig) -> dict[str, float]:
     }
 
 
+def _checked_inputs(agent: Agent, tensors: list[TensorIn], total: int) -> tuple[list[Any], int]:
+    """Each tensor's [name, dtype, shape, sha256] after checking it; the running byte total."""
+    digests = []
+    names = set()
+    for t in tensors:
+        if t.name in names:
+            raise AgentError(400, "bad_request", f"input {t.name!r} given twice")
+        names.add(t.name)
+        if any(d < 0 for d in t.shape):
+            raise AgentError(400, "bad_request", f"input {t.name!r}: negative dimension in {t.shape}")
+        try:
+            size, digest = _decoded_size_and_sha256(t.data)
+        except (binascii.Error, ValueError):
+            raise AgentError(400, "bad_request", f"input {t.name!r}: data is not base64") from None
+        expected = math.prod(t.shape) * _ITEMSIZE[t.dtype]
+        if size != expected:
+            raise AgentError(
+                400,
+                "bad_request",
+                f"input {t.name!r}: {size} bytes, shape {t.shape} {t.dtype} needs {expected}",
+            )
+        total += size
+        if total > agent.cfg.max_input_bytes:
+            raise AgentError(
+                413, "too_large", f"inputs exceed the agent's cap of {agent.cfg.max_input_bytes} bytes"
+            )
+        digests.append([t.name, t.dtype, list(t.shape), digest])
+    return digests, total
+
+
 def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dict[str, float], int]:
     """Check a job request; return its coalescing key, the subprocess spec, timeouts, and the
     bytes its inputs hold while it waits (base64 text)."""
@@ -87,12 +117,11 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         raise AgentError(
             400, "bad_request", f"backend {req.backend!r} is not available here{why}; usable: {usable}"
         )
-    if not agent.store.has(req.model_sha256):
-        raise AgentError(
-            409,
-            "unknown_model",
-            f"model {req.model_sha256} is not uploaded; PUT /v1/models/{{sha256}} first",
-        )
+    for sha in (req.model_sha256, req.reference_sha256):
+        if sha is not None and not agent.store.has(sha):
+            raise AgentError(
+                409, "unknown_model", f"model {sha} is not uploaded; PUT /v1/models/{{sha256}} first"
+            )
     unknown = set(req.options) - agent.runtime_fields
     if unknown:
         raise AgentError(
@@ -128,32 +157,10 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
             )
     if req.test is not None and not agent.cfg.test_hooks:
         raise AgentError(400, "bad_request", "test hooks are disabled on this agent")
-    total = 0
-    digests = []
-    names = set()
-    for t in req.inputs:
-        if t.name in names:
-            raise AgentError(400, "bad_request", f"input {t.name!r} given twice")
-        names.add(t.name)
-        if any(d < 0 for d in t.shape):
-            raise AgentError(400, "bad_request", f"input {t.name!r}: negative dimension in {t.shape}")
-        try:
-            size, digest = _decoded_size_and_sha256(t.data)
-        except (binascii.Error, ValueError):
-            raise AgentError(400, "bad_request", f"input {t.name!r}: data is not base64") from None
-        expected = math.prod(t.shape) * _ITEMSIZE[t.dtype]
-        if size != expected:
-            raise AgentError(
-                400,
-                "bad_request",
-                f"input {t.name!r}: {size} bytes, shape {t.shape} {t.dtype} needs {expected}",
-            )
-        total += size
-        if total > agent.cfg.max_input_bytes:
-            raise AgentError(
-                413, "too_large", f"inputs exceed the agent's cap of {agent.cfg.max_input_bytes} bytes"
-            )
-        digests.append([t.name, t.dtype, list(t.shape), digest])
+    digests, total = _checked_inputs(agent, req.inputs, 0)
+    ref_digests = None
+    if req.reference_inputs is not None:
+        ref_digests, total = _checked_inputs(agent, req.reference_inputs, total)
     identity = {
         "model": req.model_sha256,
         "backend": req.backend,
@@ -162,6 +169,8 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         "inputs": digests,
         "test": req.test,
     }
+    if req.reference_sha256 is not None:  # a paired job is another job (and coalesces as one)
+        identity["reference"] = [req.reference_sha256, ref_digests]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     spec = {
         "model_path": str(agent.store.path(req.model_sha256)),
@@ -174,6 +183,14 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         ],
         "test": req.test,
     }
+    if req.reference_sha256 is not None:
+        spec["reference_sha256"] = req.reference_sha256
+        spec["reference_path"] = str(agent.store.path(req.reference_sha256))
+        if req.reference_inputs is not None:
+            spec["reference_inputs"] = [
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data}
+                for t in req.reference_inputs
+            ]
     caps = {
         "startup": agent.cfg.startup_timeout_s,
         "prepare": agent.cfg.prepare_timeout_s,
@@ -185,5 +202,5 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         "measure": req.timeouts.measure_s,
     }
     timeouts = {k: min(cap, asked[k] or cap) for k, cap in caps.items()}
-    held = sum(len(t.data) for t in req.inputs)
+    held = sum(len(t.data) for t in [*req.inputs, *(req.reference_inputs or [])])
     return key, spec, timeouts, held

@@ -146,7 +146,10 @@ class Scheduler:
     def inflight_models(self) -> set[str]:
         """Models of queued and running jobs (not to be evicted from the store)."""
         with self._cond:
-            return {j.model_sha256 for j in self._inflight.values() if not j.done}
+            live = [j for j in self._inflight.values() if not j.done]
+            return {j.model_sha256 for j in live} | {
+                j.spec["reference_sha256"] for j in live if j.spec.get("reference_sha256")
+            }
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)

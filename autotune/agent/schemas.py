@@ -57,6 +57,10 @@ class JobRequest(_Strict):
     protocol: dict[str, Scalar] = Field(default_factory=dict, description="Protocol")
     inputs: list[TensorIn] = Field(default_factory=list, max_length=64)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    #: paired timing: an uploaded model timed interleaved with this one (latency as a ratio to it)
+    reference_sha256: str | None = Field(default=None, pattern=SHA256_RE.pattern)
+    #: the reference's inputs when they differ from ``inputs`` (None: the same)
+    reference_inputs: list[TensorIn] | None = Field(default=None, max_length=64)
     #: test-only hooks (sleep / crash in the job subprocess); rejected unless the agent runs
     #: with AUTOTUNE_AGENT_TEST_HOOKS=1
     test: dict[str, Scalar] | None = None

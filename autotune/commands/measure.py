@@ -46,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-samples", type=int, help="minimum samples (default: 64)")
     p.add_argument("--min-time", type=float, help="minimum steady-state seconds (default: 1.0)")
     p.add_argument("--agent", help="agent URL for a remote device profile")
+    p.add_argument(
+        "--reference",
+        default="canary",
+        metavar="REF",
+        help="time the model interleaved with REF (an .onnx file; 'canary': the device canary, "
+        "the default; 'none': the model alone) and report the ratio, its interval and both medians",
+    )
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
 
 
@@ -117,6 +124,32 @@ def _protocol(args: argparse.Namespace) -> Any:
     return replace(p, **changes)
 
 
+def _reference(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]], tmp: Path) -> Any:
+    """The Reference that ``--reference`` names, or None for the model alone."""
+    import onnx
+
+    from autotune._util import sha256_file
+    from autotune.devices import Reference
+    from autotune.errors import UserError
+    from autotune.measure._canary import canary_inputs, write_canary
+
+    if args.reference == "none":
+        return None
+    if args.reference == "canary":
+        path = write_canary(tmp)
+        return Reference(path, canary_inputs(), sha256_file(path))
+    path = Path(args.reference)
+    if not path.is_file():
+        raise UserError(f"--reference {path}: no such file")
+    try:
+        names = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"--reference {path}: not an ONNX model ({error_line(exc, 200)})") from None
+    # --shape applies to the reference's inputs of the same name (usually the same network)
+    inputs = make_inputs(path, {k: v for k, v in shapes.items() if k in names}, args.batch)
+    return Reference(path, inputs, sha256_file(path))
+
+
 def _ms(v: float) -> str:
     return f"{v:.4g} ms" if math.isfinite(v) else "n/a"
 
@@ -170,6 +203,18 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
             f"[I] Host latency with copies: median = {_ms(x['host_io_ms'])}"
             + (f" ({parts})" if parts else "")
         )
+    if m.ratio is not None and m.ratio_ci:
+        ref = x.get("reference_stats", {})
+        lines.append(
+            f"[I] Reference: {x.get('reference_name', '?')} (sha256 {(m.reference_sha256 or '?')[:12]}), "
+            f"median = {_ms(m.reference_median_ms)} in the same window"
+            + (f", IQR = {_ms(ref['iqr_ms'])}" if "iqr_ms" in ref else "")
+        )
+        lines.append(
+            f"[I] Ratio to the reference: {m.ratio:.4f}, 95% interval [{m.ratio_ci[0]:.4f}, "
+            f"{m.ratio_ci[1]:.4f}] (+-{m.ratio_resolution:.1%}), median of {m.n} interleaved pairs"
+            + (" (measured separately: this backend does not time pairs)" if x.get("paired") is False else "")
+        )
     lines.append(
         f"[I] Spread: IQR = {_ms(m.iqr_ms)} ({m.iqr_ms / m.median_ms:.1%} of median), CV = {m.cv:.1%}, "
         f"n = {m.n} samples x {m.runs_per_sample} run(s)"
@@ -185,7 +230,12 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
     rel = m.iqr_ms / m.median_ms
     limit = p.get("unstable_iqr", 0.10)
     share = x.get("cpu_share_attempts")
-    if m.status == "ok":
+    if m.status == "ok" and m.paired and x.get("paired") is not False:
+        lines.append(
+            f"[I] Stability: ok (the ratio's interval is +-{m.ratio_resolution:.1%} <= "
+            f"+-{p.get('ratio_resolution', 0.02):.0%}; absolute times vary with the host)"
+        )
+    elif m.status == "ok":
         got = f"; the thread got {max(share):.0%} of a core" if share else ""
         lines.append(f"[I] Stability: ok (IQR/median {rel:.1%} <= {limit:.0%}{got})")
     else:
@@ -194,15 +244,18 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
             f"{x.get('unstable_reason') or f'IQR/median {rel:.1%} > {limit:.0%}'}; "
             "do not trust this number (close other programs, pin --affinity, or raise --min-time)"
         )
-    if m.cv > 0.05:
+    if m.cv > 0.05 and not m.paired:
         lines.append(f"[W] * Latency has a coefficient of variance of {m.cv:.1%} (> 5%)")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
+
     from autotune._util import sha256_file
     from autotune.devices import RuntimeOptions, device_for_profile
     from autotune.errors import UserError
+    from autotune.measure._reference import pair_separately
     from autotune.profiles import load_profile
 
     model = Path(args.model)
@@ -220,25 +273,45 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--affinity {args.affinity!r}: expected core numbers like 0 or 0,1") from None
     profile = load_profile(args.device)
     protocol = _protocol(args)
-    inputs = make_inputs(model, _parse_shapes(args.shape), args.batch)
+    shapes = _parse_shapes(args.shape)
+    inputs = make_inputs(model, shapes, args.batch)
+    tmp = tempfile.TemporaryDirectory(prefix="autotune-measure-")
+    reference = _reference(args, shapes, Path(tmp.name))
     runtime = RuntimeOptions(
         threads=args.threads, graph_optimization=args.graph_opt, affinity=affinity, precision=args.precision
     )
     device = device_for_profile(profile, agent=args.agent)
     try:
         try:
-            m = device.measure(model, inputs, runtime, protocol)
+            if reference is None:
+                m = device.measure(model, inputs, runtime, protocol)
+            elif device.supports_paired:
+                m = device.measure_paired(model, inputs, reference, runtime, protocol)
+            else:
+                m = device.measure(model, inputs, runtime, protocol)
+                if m.usable:
+                    r = device.measure(reference.path, reference.inputs, runtime, protocol)
+                    m = pair_separately(m, r, reference.sha256)
         except OSError as exc:  # e.g. sched_setaffinity with a core that does not exist
             raise UserError(f"cannot measure: {exc}") from None
     finally:
         device.close()
+        tmp.cleanup()
+    if reference is not None:
+        m.extra["reference_name"] = "canary" if args.reference == "canary" else str(reference.path)
     if m.status == "invalid_model":
         raise UserError(f"{model}: invalid model: {m.error}")
     sha = sha256_file(model)
     if args.json:
         print(
             json.dumps(
-                {"model": str(model), "sha256": sha, "device": profile.name, **m.to_dict()},
+                {
+                    "model": str(model),
+                    "sha256": sha,
+                    "device": profile.name,
+                    "reference": m.extra.get("reference_name"),
+                    **m.to_dict(),
+                },
                 indent=2,
                 default=str,
             )

@@ -1,7 +1,9 @@
 """Devices: where latency is measured. One module per backend behind one interface.
 
-Importing this package never needs CUDA, TensorRT or torch: GPU backends import their runtime
-inside their methods, and ``available()`` says why one cannot run here.
+Importing this package loads no backend: :data:`BACKENDS` maps a backend id to
+``"module:Class"`` and imports the module on first use, so ``import autotune.devices`` (and
+:mod:`autotune.records`) never loads onnxruntime, CUDA, TensorRT or torch. GPU backends import
+their runtime inside their methods, and ``available()`` says why one cannot run here.
 
 Example::
 
@@ -12,35 +14,83 @@ Example::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions, Status
-from autotune.devices.ort_cpu import OrtCpuDevice
-from autotune.devices.ort_gpu import OrtCudaDevice, OrtTensorrtDevice
-from autotune.devices.tensorrt_engine import TensorrtDevice
-from autotune.devices.torch_cuda import TorchCudaDevice
+from autotune.devices._base import (
+    Capabilities,
+    Device,
+    Measurement,
+    Protocol,
+    Reference,
+    RuntimeOptions,
+    Status,
+)
 
-#: backend id -> Device class. A new backend is one new module registered here.
-BACKENDS: dict[str, type[Device]] = {
-    cls.backend: cls
-    for cls in (OrtCpuDevice, OrtCudaDevice, OrtTensorrtDevice, TorchCudaDevice, TensorrtDevice)
+if TYPE_CHECKING:  # the public class names, for type checkers (resolved lazily at run time)
+    from autotune.devices.ort_cpu import OrtCpuDevice
+    from autotune.devices.ort_gpu import OrtCudaDevice, OrtTensorrtDevice
+    from autotune.devices.tensorrt_engine import TensorrtDevice
+    from autotune.devices.torch_cuda import TorchCudaDevice
+
+#: backend id -> "module:Class". A new backend is one new module registered here.
+_REGISTRY: dict[str, str] = {
+    "ort-cpu": "autotune.devices.ort_cpu:OrtCpuDevice",
+    "ort-cuda": "autotune.devices.ort_gpu:OrtCudaDevice",
+    "ort-tensorrt": "autotune.devices.ort_gpu:OrtTensorrtDevice",
+    "torch-cuda": "autotune.devices.torch_cuda:TorchCudaDevice",
+    "tensorrt": "autotune.devices.tensorrt_engine:TensorrtDevice",
+    "remote": "autotune.devices.remote:RemoteDevice",
 }
+# The remote client needs httpx, which an agent-only install (`autotune[agent]`) lacks: without
+# it the backend is not registered at all (as before the registry was lazy).
+_NEEDS: dict[str, str] = {"remote": "httpx"}
 
-# The remote client needs httpx, which an agent-only install (`autotune[agent]`) lacks.
-_OPTIONAL = {"remote": ("autotune.devices.remote", "RemoteDevice")}
-for _backend, (_module, _name) in _OPTIONAL.items():
-    try:
-        BACKENDS[_backend] = getattr(importlib.import_module(_module), _name)
-    except (ImportError, AttributeError):
-        pass
+
+class _Backends(Mapping[str, "type[Device]"]):
+    """Backend id -> Device class, imported on first access."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, type[Device]] = {}
+
+    def _present(self, name: str) -> bool:
+        need = _NEEDS.get(name)
+        return name in _REGISTRY and (need is None or importlib.util.find_spec(need) is not None)
+
+    def __getitem__(self, name: str) -> type[Device]:
+        if name not in self._loaded:
+            if not self._present(name):
+                raise KeyError(name)
+            module, cls = _REGISTRY[name].split(":")
+            self._loaded[name] = getattr(importlib.import_module(module), cls)
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._present(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in _REGISTRY if self._present(name))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+#: backend id -> Device class (lazy: the module is imported when a class is looked up)
+BACKENDS: Mapping[str, type[Device]] = _Backends()
+
+#: public class names -> backend id, resolved lazily by ``__getattr__``
+_CLASSES = {spec.split(":")[1]: name for name, spec in _REGISTRY.items() if name != "remote"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLASSES:
+        return BACKENDS[_CLASSES[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def device_for_profile(profile: Any, agent: str | None = None) -> Device:
-    """Instantiate the backend a device profile names, or raise UserError saying why not.
-
-    Uses the backend's ``from_profile(profile, agent=...)`` when it has one (GPU options,
-    agent URLs), else its no-argument constructor.
-    """
+    """Instantiate the backend a device profile names, or raise UserError saying why not."""
     from autotune.errors import UserError
 
     if agent is not None and profile.backend != "remote":
@@ -56,8 +106,7 @@ def device_for_profile(profile: Any, agent: str | None = None) -> Device:
     ok, why = cls.available()
     if not ok:
         raise UserError(f"device {profile.name!r}: backend {profile.backend} is not usable here: {why}")
-    factory = getattr(cls, "from_profile", None)
-    return factory(profile, agent=agent) if factory else cls()
+    return cls.from_profile(profile, agent=agent)
 
 
 __all__ = [
@@ -69,6 +118,7 @@ __all__ = [
     "OrtCudaDevice",
     "OrtTensorrtDevice",
     "Protocol",
+    "Reference",
     "RuntimeOptions",
     "Status",
     "TensorrtDevice",

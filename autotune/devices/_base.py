@@ -16,7 +16,19 @@ import numpy as np
 
 from autotune.records import Measurement, Protocol, RuntimeOptions, Status
 
-__all__ = ["Capabilities", "Device", "Measurement", "Protocol", "RuntimeOptions", "Status"]
+__all__ = ["Capabilities", "Device", "Measurement", "Protocol", "Reference", "RuntimeOptions", "Status"]
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """The artifact a candidate is timed against, interleaved (paired timing).
+
+    The study's unmodified model, or the device canary for a bare ``autotune measure``.
+    """
+
+    path: Path
+    inputs: dict[str, np.ndarray]
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,8 +60,6 @@ class Device(abc.ABC):
 
         from pathlib import Path
         import numpy as np
-
-from autotune.records import Measurement, Protocol, RuntimeOptions, Status
         from autotune.devices import OrtCpuDevice, Protocol, RuntimeOptions
 
         m = OrtCpuDevice().measure(Path("model.onnx"), {"input": np.zeros((1, 3), np.float32)},
@@ -61,11 +71,21 @@ from autotune.records import Measurement, Protocol, RuntimeOptions, Status
     backend: str = ""
     #: what this backend measures and which knob values are real on it
     capabilities: ClassVar[Capabilities] = Capabilities(measures="latency")
+    #: whether :meth:`measure_paired` times a candidate interleaved with a reference
+    supports_paired: ClassVar[bool] = False
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
         """Whether this backend can run here, and why not. Never raises, never needs a GPU."""
         return True, ""
+
+    @classmethod
+    def from_profile(cls, profile: Any, agent: str | None = None) -> Device:
+        """Build from a device profile (its ``options``); the default takes no options.
+
+        Backends with options (GPU index, engine cache, agent URLs) override this.
+        """
+        return cls()
 
     @property
     def lock_name(self) -> str:
@@ -85,6 +105,23 @@ from autotune.records import Measurement, Protocol, RuntimeOptions, Status
         protocol: Protocol,
     ) -> Measurement:
         """Measure ``model_path`` fed with ``inputs``. Failures come back as a status."""
+
+    def measure_paired(
+        self,
+        model_path: Path,
+        inputs: dict[str, np.ndarray],
+        reference: Reference,
+        runtime: RuntimeOptions,
+        protocol: Protocol,
+    ) -> Measurement:
+        """Measure ``model_path`` in alternating blocks with ``reference``, in one session.
+
+        The result carries ``ratio``, ``ratio_ci`` and ``reference_median_ms`` besides the
+        candidate's statistics (:mod:`autotune.devices._paired`). Backends that cannot time
+        pairs leave :attr:`supports_paired` False and the measurement stage pairs two separate
+        measurements instead.
+        """
+        raise NotImplementedError(f"{self.backend} does not time pairs")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (sessions, connections)."""

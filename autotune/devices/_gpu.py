@@ -3,14 +3,22 @@ results are stamped. The backends differ only in what runs the model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autotune._util import cache_root, error_line
 from autotune.devices import _cuda
-from autotune.devices._base import Device, Measurement, RuntimeOptions
+from autotune.devices._base import Device, Measurement, Protocol, Reference, RuntimeOptions
 from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._lock import device_lock
 from autotune.devices._onnx_info import OnnxTraits, analyse
+from autotune.devices._protocol import Timer
+from autotune.devices._timing import timed_pair, timed_run
 
 
 def default_cache_dir() -> Path:
@@ -18,8 +26,79 @@ def default_cache_dir() -> Path:
     return cache_root()
 
 
+@dataclass
+class Prepared:
+    """A model ready to run on the GPU: one inference, how to time it, what to add afterwards."""
+
+    run: Callable[[], object]
+    load_ms: float
+    timer: Timer | None = None  # None: wall clock around synchronous runs
+    first_run_ms: float | None = None  # when preparing already ran (and timed) the first run
+    finish: Callable[[Measurement], None] = lambda m: None  # extras after the steady state
+    extra: dict[str, Any] = field(default_factory=dict)  # stamped on the result
+
+
 class CudaDevice(Device):
+    """A backend on one CUDA GPU. Subclasses implement :meth:`prepared`; measuring (alone or
+    paired with a reference, both models resident at once) is shared here."""
+
     device_id: int = 0
+    supports_paired = True
+
+    def prepared(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+    ) -> AbstractContextManager[Prepared | Measurement]:
+        """Load ``model_path`` and yield it ready to run (or a failure), releasing it after."""
+        raise NotImplementedError
+
+    def measure(
+        self,
+        model_path: Path,
+        inputs: dict[str, np.ndarray],
+        runtime: RuntimeOptions,
+        protocol: Protocol,
+    ) -> Measurement:
+        with device_lock(self.lock_name) as waited_s, self.prepared(model_path, inputs, runtime) as p:
+            if isinstance(p, Measurement):
+                return self.stamp(p, runtime, waited_s)
+            m = timed_run(p.run, protocol, self.backend, timer=p.timer)
+            self._finish(p, m)
+        return self.stamp(m, runtime, waited_s, **p.extra)
+
+    def measure_paired(
+        self,
+        model_path: Path,
+        inputs: dict[str, np.ndarray],
+        reference: Reference,
+        runtime: RuntimeOptions,
+        protocol: Protocol,
+    ) -> Measurement:
+        with (
+            device_lock(self.lock_name) as waited_s,
+            self.prepared(model_path, inputs, runtime) as p,
+            self.prepared(reference.path, reference.inputs, runtime) as r,
+        ):
+            if isinstance(p, Measurement):
+                return self.stamp(p, runtime, waited_s)
+            if isinstance(r, Measurement):
+                failed = Measurement(
+                    status="build_error",
+                    backend=self.backend,
+                    error=f"the reference {reference.path.name} does not load: {r.status}: {r.error}",
+                )
+                return self.stamp(failed, runtime, waited_s)
+            m = timed_pair(p.run, r.run, protocol, self.backend, timer=p.timer)
+            self._finish(p, m)
+            m.reference_sha256 = reference.sha256 or None
+        return self.stamp(m, runtime, waited_s, **p.extra)
+
+    @staticmethod
+    def _finish(p: Prepared, m: Measurement) -> None:
+        m.load_ms = p.load_ms
+        if p.first_run_ms is not None:
+            m.first_run_ms = p.first_run_ms
+        if m.usable:
+            p.finish(m)
 
     @property
     def lock_name(self) -> str:

@@ -180,18 +180,24 @@ class AgentClient:
             status=status, backend=backend, error=f"upload to {self.url} refused: {detail(resp)}"
         )
 
-    def run(self, path: Path, sha: str, job: dict[str, Any]) -> Measurement:
-        """Upload if needed, submit the job, poll it to the end. AgentDown: try elsewhere."""
+    def run(
+        self, path: Path, sha: str, job: dict[str, Any], reference: tuple[Path, str] | None = None
+    ) -> Measurement:
+        """Upload if needed (the model, and a paired job's reference), submit the job, poll it to
+        the end. AgentDown: try elsewhere."""
         backend = job["backend"]
-        rejected = self.ensure_model(path, sha, backend)
-        if rejected is not None:
-            return rejected
-        resp = self.call("POST", "/v1/jobs", json=job)
-        if resp.status_code == 409:  # the agent lost the model (fresh root, eviction): upload again
-            self.models.discard(sha)
-            rejected = self.ensure_model(path, sha, backend, force=True)
+        models = [(path, sha), *([reference] if reference else [])]
+        for p, s in models:
+            rejected = self.ensure_model(p, s, backend)
             if rejected is not None:
                 return rejected
+        resp = self.call("POST", "/v1/jobs", json=job)
+        if resp.status_code == 409:  # the agent lost a model (fresh root, eviction): upload again
+            for p, s in models:
+                self.models.discard(s)
+                rejected = self.ensure_model(p, s, backend, force=True)
+                if rejected is not None:
+                    return rejected
             resp = self.call("POST", "/v1/jobs", json=job)
         if resp.status_code != 202:
             return Measurement(

@@ -9,6 +9,8 @@ returns). The latency with host copies (numpy in, numpy out) is reported beside 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,11 +19,11 @@ import onnxruntime as ort
 
 from autotune._util import error_line
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
-from autotune.devices._gpu import CudaDevice, default_cache_dir
-from autotune.devices._lock import device_lock
+from autotune.devices._base import Capabilities, Measurement, RuntimeOptions
+from autotune.devices._gpu import CudaDevice, Prepared, default_cache_dir
 from autotune.devices._onnx_info import static_shapes
-from autotune.devices.ort_cpu import feeds_for, load_failure, load_session, session_options, timed_run
+from autotune.devices._ort import feeds_for, load_session, session_options
+from autotune.devices._timing import load_failure
 
 HOST_IO_RUNS = 20  # runs with host copies, for extra["host_io_ms"]
 _MEASURES = "Run latency, I/O resident in GPU memory (IOBinding); latency with host copies in extra"
@@ -70,43 +72,35 @@ class _OrtGpuDevice(CudaDevice):
     ) -> dict[str, Any]:
         return {"device_id": self.device_id}
 
-    def measure(
-        self,
-        model_path: Path,
-        inputs: dict[str, np.ndarray],
-        runtime: RuntimeOptions,
-        protocol: Protocol,
-    ) -> Measurement:
+    @contextmanager
+    def prepared(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+    ) -> Iterator[Prepared | Measurement]:
         traits = self.inspect(model_path)
         if isinstance(traits, Measurement):
-            return traits
+            yield traits
+            return
         if runtime.precision not in self.capabilities.precisions:
-            return Measurement(
+            yield Measurement(
                 status="build_error",
                 backend=self.backend,
                 error=f"{self.backend} runs the artifact's own precision; precision={runtime.precision} "
                 "needs the tensorrt backend (or bits=16 layers in the artifact)",
             )
+            return
         options = self.provider_options(traits, inputs, runtime)
         providers = [(self.provider, options), "CPUExecutionProvider"]
-        with device_lock(self.lock_name) as waited_s:
-            m = self._measure(model_path, inputs, runtime, protocol, providers)
-        return self.stamp(
-            m,
-            runtime,
-            waited_s,
-            provider_options={k: str(v) for k, v in options.items()},
-            artifact_traits=traits.describe(),
-        )
+        yield self._session(model_path, inputs, runtime, providers, options, traits)
 
-    def _measure(
+    def _session(
         self,
         model_path: Path,
         inputs: dict[str, np.ndarray],
         runtime: RuntimeOptions,
-        protocol: Protocol,
         providers: list[Any],
-    ) -> Measurement:
+        options: dict[str, Any],
+        traits: Any,
+    ) -> Prepared | Measurement:
         try:
             session, load_ms = load_session(model_path, session_options(runtime), providers)
         except Exception as exc:  # noqa: BLE001
@@ -131,9 +125,7 @@ class _OrtGpuDevice(CudaDevice):
                 status="runtime_error", backend=self.backend, error=error_line(exc, with_type=False)
             )
 
-        m = timed_run(lambda: session.run_with_iobinding(binding), protocol, self.backend)
-        m.load_ms = load_ms
-        if m.usable:
+        def finish(m: Measurement) -> None:
             host = []
             for _ in range(HOST_IO_RUNS):
                 t0 = time.perf_counter()
@@ -142,8 +134,17 @@ class _OrtGpuDevice(CudaDevice):
             m.extra["host_io_ms"] = float(np.median(host))
             # TensorRT EP builds its engine lazily, at the first run: build = load + first run
             m.extra["build_ms"] = load_ms + m.first_run_ms
-        m.extra["providers"] = session.get_providers()
-        return m
+            m.extra["providers"] = session.get_providers()
+
+        return Prepared(
+            run=lambda: session.run_with_iobinding(binding),
+            load_ms=load_ms,
+            finish=finish,
+            extra={
+                "provider_options": {k: str(v) for k, v in options.items()},
+                "artifact_traits": traits.describe(),
+            },
+        )
 
 
 class OrtCudaDevice(_OrtGpuDevice):

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from autotune._util import sha256_file
-from autotune.devices._base import Capabilities, Device, Measurement, Protocol, RuntimeOptions
+from autotune.devices._base import Capabilities, Device, Measurement, Protocol, Reference, RuntimeOptions
 from autotune.devices._remote_client import AgentClient, CertificateMismatch, detail, reason
 from autotune.devices._remote_options import RemoteOptions
 from autotune.devices._remote_pool import AgentPool, AllAgentsDown
@@ -64,6 +64,7 @@ class RemoteDevice(Device):
     """
 
     backend = "remote"
+    supports_paired = True  # the job names the reference by sha256 (agents since paired timing)
     capabilities = Capabilities(
         measures="the agent's backend on the remote device (see `autotune agent`); round trips excluded",
         bits=(32, 16, 8, 4),
@@ -221,7 +222,27 @@ class RemoteDevice(Device):
         protocol: Protocol,
     ) -> Measurement:
         """Run one measurement somewhere in the pool; see the module docstring for retries."""
-        path = Path(model_path)
+        return self._run(Path(model_path), inputs, runtime, protocol, None)
+
+    def measure_paired(
+        self,
+        model_path: Path,
+        inputs: dict[str, np.ndarray],
+        reference: Reference,
+        runtime: RuntimeOptions,
+        protocol: Protocol,
+    ) -> Measurement:
+        """Paired timing on the agent: the job names the reference by sha256 (uploaded once)."""
+        return self._run(Path(model_path), inputs, runtime, protocol, reference)
+
+    def _run(
+        self,
+        path: Path,
+        inputs: dict[str, np.ndarray],
+        runtime: RuntimeOptions,
+        protocol: Protocol,
+        reference: Reference | None,
+    ) -> Measurement:
         sha = self._sha256(path)
         job: dict[str, Any] = {
             "model_sha256": sha,
@@ -234,9 +255,15 @@ class RemoteDevice(Device):
             job["timeouts"] = {"measure_s": self.opts.measure_timeout_s}
         if self.opts.test_hooks:
             job["test"] = dict(self.opts.test_hooks)
+        ref: tuple[Path, str] | None = None
+        if reference is not None:
+            ref = (Path(reference.path), reference.sha256 or self._sha256(Path(reference.path)))
+            job["reference_sha256"] = ref[1]
+            if not _same_inputs(inputs, reference.inputs):
+                job["reference_inputs"] = encode_inputs(reference.inputs)
         self.stats["jobs"] += 1
         try:
-            return self.pool.run(lambda agent: agent.run(path, sha, job))
+            return self.pool.run(lambda agent: agent.run(path, sha, job, ref))
         except AllAgentsDown as exc:
             return Measurement(
                 status="runtime_error",
@@ -253,6 +280,12 @@ class RemoteDevice(Device):
         if key not in self._sha_cache:
             self._sha_cache[key] = sha256_file(path)
         return self._sha_cache[key]
+
+
+def _same_inputs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a
+    )
 
 
 def read_client_token(token_file: str | None = None) -> str | None:

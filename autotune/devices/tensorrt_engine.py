@@ -19,10 +19,9 @@ Needs the ``tensorrt`` and ``cuda-python`` packages (``pip install 'autotune[ten
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
-import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,60 +29,15 @@ import numpy as np
 
 from autotune._util import sha256_file
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
-from autotune.devices._gpu import CudaDevice, default_cache_dir
-from autotune.devices._lock import device_lock
-from autotune.devices._onnx_info import OnnxTraits, static_shapes
+from autotune.devices._base import Capabilities, Measurement, RuntimeOptions
+from autotune.devices._gpu import CudaDevice, Prepared, default_cache_dir
+from autotune.devices._onnx_info import static_shapes
 from autotune.devices._protocol import summarize
-from autotune.devices.ort_cpu import timed_run
+from autotune.devices._timing import load_failure
+from autotune.devices._trt import _atomic_write, _check, _cudart, build_plan, engine_key
 
 HOST_IO_RUNS = 20
 DEFAULT_WORKSPACE = 2 << 30  # bytes of builder scratch memory
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-    return cudart
-
-
-def _check(result: Any) -> Any:
-    """cuda-python returns (err, *values): raise on error, return the value(s)."""
-    cudart = _cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA error: {cudart.cudaGetErrorString(err)[1].decode()}")
-    return values[0] if len(values) == 1 else values or None
-
-
-def build_plan(
-    traits: OnnxTraits, runtime: RuntimeOptions, compute_capability: tuple[int, int]
-) -> dict[str, Any]:
-    """The builder flags an artifact needs (pure: tested without a GPU)."""
-    fp16 = runtime.precision == "fp16" or traits.fp16
-    return {
-        "fp16": fp16,
-        "int8": traits.qdq,
-        "sparse_weights": bool(traits.sparse_2_4) and compute_capability >= (8, 0),
-        # the artifact's fp32 layers stay fp32 when only some layers were asked to be fp16
-        "pin_fp32_layers": traits.fp16 and runtime.precision != "fp16",
-    }
-
-
-def engine_key(
-    model_sha256: str, plan: dict[str, Any], shapes: dict[str, tuple[int, ...]], stack: dict[str, Any]
-) -> str:
-    """Engine cache key: the model, the flags, the shapes and the TensorRT/GPU stack."""
-    blob = json.dumps({"model": model_sha256, "plan": plan, "shapes": shapes, "stack": stack}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class TensorrtDevice(CudaDevice):
@@ -141,24 +95,23 @@ class TensorrtDevice(CudaDevice):
 
         return {"tensorrt": trt.__version__}
 
-    def measure(
-        self,
-        model_path: Path,
-        inputs: dict[str, np.ndarray],
-        runtime: RuntimeOptions,
-        protocol: Protocol,
-    ) -> Measurement:
+    @contextmanager
+    def prepared(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+    ) -> Iterator[Prepared | Measurement]:
         traits = self.inspect(model_path)
         if isinstance(traits, Measurement):
-            return traits
+            yield traits
+            return
         plan = build_plan(traits, runtime, _cuda.compute_capability(self.device_id))
-        with device_lock(self.lock_name) as waited_s:
-            session = _EngineSession(self, model_path, inputs, plan)
-            try:
-                m = session.measure(protocol)
-            finally:
-                session.close()
-        return self.stamp(m, runtime, waited_s, build_plan=plan, artifact_traits=traits.describe())
+        session = _EngineSession(self, model_path, inputs, plan)
+        try:
+            p = session.open()
+            if isinstance(p, Prepared):
+                p.extra.update(build_plan=plan, artifact_traits=traits.describe())
+            yield p
+        finally:
+            session.close()
 
 
 class _Logger:
@@ -254,7 +207,8 @@ class _EngineSession:
         return data, False
 
     # -- run --------------------------------------------------------------------------------
-    def measure(self, protocol: Protocol) -> Measurement:
+    def open(self) -> Prepared | Measurement:
+        """Build or load the engine, bind its buffers, upload the inputs: ready to run."""
         import tensorrt as trt
 
         cudart = _cudart()
@@ -277,8 +231,6 @@ class _EngineSession:
                 status="runtime_error", backend=backend, error=f"no value for model input {exc}"
             )
         except Exception as exc:  # noqa: BLE001 - a failed build is a result
-            from autotune.devices.ort_cpu import load_failure
-
             return load_failure(exc, backend)
         load_ms = (time.perf_counter() - t0) * 1e3
 
@@ -297,15 +249,16 @@ class _EngineSession:
 
         for host, dev_ptr, nbytes in io["inputs"]:  # inputs uploaded once for the steady state
             _check(cudart.cudaMemcpy(dev_ptr, host, nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-        m = timed_run(run, protocol, backend)
-        m.load_ms = load_ms
-        m.extra["engine_cache"] = "hit" if cached else "built"
-        if m.usable:
-            # CUDA-event compute times of the last steady-state attempt (not warm-up)
+
+        def finish(m: Measurement) -> None:
+            # CUDA-event compute times of the steady-state runs (not warm-up)
             steady = compute_ms[-m.n * m.runs_per_sample :]
             m.extra["gpu_compute"] = summarize(steady)
             m.extra.update(self._host_io(cudart, run, io))
-        return m
+
+        return Prepared(
+            run=run, load_ms=load_ms, finish=finish, extra={"engine_cache": "hit" if cached else "built"}
+        )
 
     def _bind(self, trt: Any, engine: Any, context: Any) -> dict[str, list[tuple[int, int, int]]]:
         """Pinned host + device buffers for every I/O tensor; inputs filled from ``self.inputs``."""

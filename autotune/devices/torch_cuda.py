@@ -12,6 +12,8 @@ CUDA graph when the model allows (``extra["cuda_graph"]`` says whether, and why 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,9 @@ import numpy as np
 
 from autotune._util import error_line
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Measurement, Protocol, RuntimeOptions
-from autotune.devices._gpu import CudaDevice
-from autotune.devices._lock import device_lock
-from autotune.devices.ort_cpu import load_failure, timed_run
+from autotune.devices._base import Capabilities, Measurement, RuntimeOptions
+from autotune.devices._gpu import CudaDevice, Prepared
+from autotune.devices._timing import load_failure
 
 HOST_RUNS = 20  # runs timed on the host (launch + sync), for extra["host_ms"]
 
@@ -73,20 +74,15 @@ class TorchCudaDevice(CudaDevice):
             "cudnn": torch.backends.cudnn.version(),
         }
 
-    def measure(
-        self,
-        model_path: Path,
-        inputs: dict[str, np.ndarray],
-        runtime: RuntimeOptions,
-        protocol: Protocol,
-    ) -> Measurement:
-        with device_lock(self.lock_name) as waited_s:
-            m = self._measure(model_path, inputs, runtime, protocol)
-        return self.stamp(m, runtime, waited_s)
+    @contextmanager
+    def prepared(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+    ) -> Iterator[Prepared | Measurement]:
+        yield self._prepare(model_path, inputs, runtime)
 
-    def _measure(
-        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions, protocol: Protocol
-    ) -> Measurement:
+    def _prepare(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+    ) -> Prepared | Measurement:
         import torch
 
         from autotune.devices._onnx_torch import OnnxModule
@@ -140,11 +136,7 @@ class TorchCudaDevice(CudaDevice):
             end.synchronize()
             return start.elapsed_time(end) / 1e3
 
-        m = timed_run(run, protocol, self.backend, timer=timer)
-        m.load_ms, m.first_run_ms = load_ms, first_ms
-        if capture_ms is not None:
-            m.extra["capture_ms"] = capture_ms
-        if m.usable:
+        def finish(m: Measurement) -> None:
             host = []
             for _ in range(HOST_RUNS):
                 t0 = time.perf_counter()
@@ -152,8 +144,13 @@ class TorchCudaDevice(CudaDevice):
                 torch.cuda.synchronize(dev)
                 host.append((time.perf_counter() - t0) * 1e3)
             m.extra["host_ms"] = float(np.median(host))
-        m.extra["cuda_graph"] = graph_note
-        return m
+
+        extra: dict[str, Any] = {"cuda_graph": graph_note}
+        if capture_ms is not None:
+            extra["capture_ms"] = capture_ms
+        return Prepared(
+            run=run, load_ms=load_ms, timer=timer, first_run_ms=first_ms, finish=finish, extra=extra
+        )
 
 
 def _capture(eager: Any, dev: Any) -> Any:

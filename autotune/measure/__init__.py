@@ -1,5 +1,7 @@
 """Measurement stage: artifact + device + runtime options -> Measurement.
 
+This package owns the stage's cache (:mod:`._cache`) and drift canary (:mod:`._canary`).
+
 The Measurer is the one place that decides whether to measure:
 
 * **cache** -- a measurement is keyed by (artifact sha256, device fingerprint, runtime options,
@@ -13,6 +15,12 @@ The Measurer is the one place that decides whether to measure:
   ``canary_every`` measured jobs, and right after any ``unstable`` job. Every measurement
   records ``drift_ratio`` = latest canary median / reference median; outside
   [1/threshold, threshold] it is flagged (``extra["drift_flag"] = True``).
+
+* **reference** -- with a ``reference`` (the study's unmodified model), every candidate is
+  timed interleaved with it (:meth:`Device.measure_paired`; two separate measurements on a
+  backend without paired timing) and carries ``ratio`` / ``ratio_ci``. The cache key includes
+  the reference's sha256. :meth:`Measurer.latency_ms` is the study's latency: the reference
+  latency (median of window medians, :mod:`._reference`) x the ratio.
 
 Counters for the summary are in :attr:`Measurer.stats`.
 
@@ -39,9 +47,10 @@ from typing import Any
 import numpy as np
 
 from autotune._util import sha256_file
-from autotune.devices import Device, Measurement, Protocol, RuntimeOptions
-from autotune.devices._cache import MeasurementCache, cache_key
-from autotune.devices._canary import CANARY_VERSION, canary_inputs, write_canary
+from autotune.devices import Device, Measurement, Protocol, Reference, RuntimeOptions
+from autotune.measure._cache import MeasurementCache, cache_key
+from autotune.measure._canary import CANARY_VERSION, canary_inputs, write_canary
+from autotune.measure._reference import ReferenceLatency, pair_separately
 
 #: re-measure the canary after this many measured jobs (0 disables the canary)
 DEFAULT_CANARY_EVERY = 8
@@ -73,6 +82,7 @@ class Measurer:
         canary_every: re-measure the canary after this many measured jobs; 0 disables it.
             None: :data:`DEFAULT_CANARY_EVERY`.
         drift_threshold: flag a measurement when the canary ratio leaves [1/t, t].
+        reference: time every candidate against this artifact (paired timing).
     """
 
     def __init__(
@@ -83,6 +93,7 @@ class Measurer:
         remeasure: bool = False,
         canary_every: int | None = None,
         drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
+        reference: Reference | None = None,
     ) -> None:
         self.device = device
         self.protocol = protocol
@@ -91,6 +102,11 @@ class Measurer:
         self.canary_every = DEFAULT_CANARY_EVERY if canary_every is None else canary_every
         self.drift_threshold = drift_threshold
         self.cache = MeasurementCache(self.cache_dir) if self.cache_dir is not None else None
+        if reference is not None and not reference.sha256:
+            reference = Reference(reference.path, reference.inputs, sha256_file(reference.path))
+        self.reference = reference
+        #: per runtime-options key: the reference's window medians
+        self.reference_latency: dict[str, ReferenceLatency] = {}
         #: counters shown in the summary
         self.stats: dict[str, Any] = {
             "measured": 0,
@@ -115,23 +131,39 @@ class Measurer:
         return self._fingerprint
 
     def measure(
-        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions
+        self,
+        model_path: Path,
+        inputs: dict[str, np.ndarray],
+        runtime: RuntimeOptions,
+        protocol: Protocol | None = None,
     ) -> Measurement:
-        """A measurement of ``model_path``: from the cache when identical, else measured."""
+        """A measurement of ``model_path``: from the cache when identical, else measured.
+
+        ``protocol`` overrides the Measurer's (e.g. a longer one to confirm a result).
+        """
+        protocol = protocol or self.protocol
+        rkey = _runtime_key(runtime)
         key = parts = None
         if self.cache is not None:
             key, parts = cache_key(
-                sha256_file(model_path), self.device.backend, self.fingerprint, runtime, self.protocol, inputs
+                sha256_file(model_path),
+                self.device.backend,
+                self.fingerprint,
+                runtime,
+                protocol,
+                inputs,
+                reference=self.reference.sha256 if self.reference else None,
             )
             if not self.remeasure:
                 hit = self.cache.get(key)
                 if hit is not None:
                     self.stats["cache_hits"] += 1
+                    self._add_window(rkey, hit)
                     return hit
-        rkey = _runtime_key(runtime)
         if self._canary_due(rkey):
             self._measure_canary(runtime)
-        m = self.device.measure(Path(model_path), inputs, runtime, self.protocol)
+        m = self._measure(Path(model_path), inputs, runtime, protocol)
+        self._add_window(rkey, m)
         self.stats["measured"] += 1
         self._since[rkey] = self._since.get(rkey, 0) + 1
         if m.status == "unstable":
@@ -143,10 +175,46 @@ class Measurer:
             self.cache.put(key, parts, m)
         return m
 
+    def latency_ms(self, m: Measurement, runtime: RuntimeOptions) -> float:
+        """The study's latency of ``m``: reference latency x ratio (its own median unpaired)."""
+        if m.ratio is None:
+            return m.median_ms
+        ref = self.reference_latency.get(_runtime_key(runtime))
+        estimate = ref.estimate_ms if ref is not None and ref.windows else m.reference_median_ms
+        return float(estimate * m.ratio) if estimate is not None else m.median_ms
+
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    # -- reference ----------------------------------------------------------------------------
+    def _measure(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions, protocol: Protocol
+    ) -> Measurement:
+        ref = self.reference
+        if ref is None:
+            return self.device.measure(model_path, inputs, runtime, protocol)
+        if self.device.supports_paired:
+            return self.device.measure_paired(model_path, inputs, ref, runtime, protocol)
+        m = self.device.measure(model_path, inputs, runtime, protocol)
+        if not m.usable:
+            return m
+        return pair_separately(m, self.device.measure(ref.path, ref.inputs, runtime, protocol), ref.sha256)
+
+    def _add_window(self, rkey: str, m: Measurement) -> None:
+        if m.ratio is None:
+            return
+        ref = self.reference_latency.setdefault(rkey, ReferenceLatency())
+        ref.add(m.reference_median_ms)
+        self.stats["reference"] = ref.to_dict()
+        # re-check: a window far from the study's estimate means the host's speed moved; the
+        # ratio holds, the window's absolute numbers do not
+        if m.reference_median_ms and len(ref.windows) > 1:
+            off = m.reference_median_ms / ref.estimate_ms
+            m.extra["reference_window"] = {"median_ms": m.reference_median_ms, "vs_estimate": round(off, 4)}
+            if abs(math.log(off)) > math.log(self.drift_threshold):
+                self.stats["reference_windows_off"] = self.stats.get("reference_windows_off", 0) + 1
 
     # -- drift ------------------------------------------------------------------------------
     def _canary_due(self, rkey: str) -> bool:

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from autotune.devices._base import Measurement, Protocol, RuntimeOptions
+from autotune.records import Measurement, Protocol, RuntimeOptions
 
 #: bump when the meaning of a stored measurement changes (protocol semantics, statistics)
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: paired timing (reference in the key, pair_block_ms in the protocol)
 MAX_CACHED_SAMPLES = 4096
 
 
@@ -47,8 +47,9 @@ def cache_key(
     runtime: RuntimeOptions,
     protocol: Protocol,
     inputs: dict[str, np.ndarray],
+    reference: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """(hex key, the parts it hashes)."""
+    """(hex key, the parts it hashes); ``reference``: the sha256 of the paired reference."""
     parts = {
         "version": CACHE_VERSION,
         "artifact": artifact_sha256,
@@ -57,6 +58,7 @@ def cache_key(
         "runtime": runtime.to_dict(),
         "protocol": protocol.to_dict(),
         "inputs": inputs_signature(inputs),
+        "reference": reference,
     }
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest(), parts

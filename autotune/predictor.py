@@ -1,0 +1,216 @@
+"""An online latency predictor, per device and per study: candidate -> predicted latency ratio.
+
+Candidates the predictor puts beyond the budget by a safe margin need not be built, measured
+or evaluated: the study records them as pruned, with the predicted figure (never as a
+measurement). It never decides for a candidate that could be feasible, so every Pareto member
+and the best are measured.
+
+* **Features** (:meth:`LatencyPredictor.features`): per layer of the search space, its width,
+  bits (one-hot int8 / int4 / fp16) and sparsity; and over the model, the share of the
+  reference's multiply-adds, parameters and output channels left after width pruning, the
+  shares of multiply-adds at each precision and per op type (Conv / Gemm / MatMul), the
+  MAC-weighted sparsity, the thread count, and the number of int8 layers and of precision
+  boundaries (each costs a QuantizeLinear or DequantizeLinear). MACs, parameters and channels
+  come from the reference ONNX (:func:`layer_stats`).
+* **Target**: log of the measured ratio to the reference (paired timing), so errors are
+  relative and the fit cannot predict a negative latency.
+* **Model**: scikit-learn's standardised ``RidgeCV`` (a linear model fits the additive way
+  layers add up to latency, and stays sane on 20-50 points), refitted as points arrive.
+* **Error**: every candidate measured after the model is trained is first predicted, so the
+  MAPE and the share within +-10% are tracked on candidates measured anyway (``stats``).
+* **Margin**: a candidate is skipped only when predicted above ``budget x (1 + margin)``, the
+  margin being the larger of ``min_margin`` and twice the 90th percentile of the recent errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from autotune.space import Candidate, SearchSpace
+
+#: fit the model once this many candidates are measured
+MIN_TRAIN = 20
+#: never skip a candidate predicted closer to the budget than this share
+MIN_MARGIN = 0.15
+#: recent prediction errors the margin is based on
+RECENT = 20
+_OPS = ("Conv", "Gemm", "MatMul")
+_BITS = (8, 4, 16)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    op: str
+    macs: float
+    params: float
+    channels: float
+
+
+def layer_stats(onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, LayerStats]:
+    """Multiply-adds, parameters and output channels of each weighted node, by node name."""
+    model = onnx.load(str(onnx_path))
+    for vi in model.graph.input:  # static shapes from the real inputs, for shape inference
+        if vi.name in inputs:
+            dims = vi.type.tensor_type.shape.dim
+            for d, size in zip(dims, inputs[vi.name].shape, strict=False):
+                d.dim_value = int(size)
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        vi.name: [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
+        for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]
+    }
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    stats: dict[str, LayerStats] = {}
+    for node in model.graph.node:
+        if node.op_type not in _OPS or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        w = weights[node.input[1]]
+        params = float(np.prod(w)) + (
+            float(np.prod(weights[node.input[2]]))
+            if len(node.input) > 2 and node.input[2] in weights
+            else 0.0
+        )
+        if node.op_type == "Conv":
+            out = shapes.get(node.output[0], [1, w[0], 1, 1])
+            macs = float(np.prod(out[:1] + out[2:])) * float(np.prod(w))
+            channels = float(w[0])
+        else:
+            rows = shapes.get(node.input[0], [1, w[0]])[:-1]
+            macs = float(np.prod(rows or [1])) * float(np.prod(w))
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            channels = float(w[0] if trans_b else w[-1])
+        stats[node.name] = LayerStats(node.op_type, macs, params, channels)
+    return stats
+
+
+class LatencyPredictor:
+    """Predicts a candidate's latency ratio to the study's reference from its configuration.
+
+    Example::
+
+        predictor = LatencyPredictor(space, layer_stats(reference_path, inputs))
+        skip, predicted = predictor.beyond(candidate, budget_ratio=0.5)
+        ...  # else measure, then:
+        predictor.observe(candidate, measured_ratio)
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        stats: dict[str, LayerStats],
+        min_train: int = MIN_TRAIN,
+        min_margin: float = MIN_MARGIN,
+    ) -> None:
+        self.space = space
+        self.layers = [(layer, stats.get(layer.onnx_node)) for layer in space.layers]
+        self.min_train = min_train
+        self.min_margin = min_margin
+        self._x: list[np.ndarray] = []
+        self._y: list[float] = []
+        self._model: Any = None
+        self._fitted_on = 0
+        self.errors: list[float] = []  # (predicted - measured) / measured, in order
+        self.skipped = 0
+
+    # -- features ------------------------------------------------------------------------
+    def features(self, candidate: Candidate) -> np.ndarray:
+        total = {
+            k: sum(getattr(s, k) for _, s in self.layers if s) or 1.0 for k in ("macs", "params", "channels")
+        }
+        per_layer: list[float] = []
+        macs_left = params_left = channels_left = sparse = 0.0
+        by_bits = dict.fromkeys(_BITS, 0.0)
+        by_op = {op: [0.0, 0.0] for op in _OPS}  # MAC share, int8 MAC share
+        prev_width = 1.0
+        for layer, s in self.layers:
+            width = float(candidate.value(layer.name, "width"))
+            bits = int(candidate.value(layer.name, "bits"))
+            sparsity = candidate.value(layer.name, "sparsity")
+            sp = 0.5 if sparsity == "2:4" else float(sparsity)
+            per_layer += [width, *(float(bits == b) for b in _BITS), sp]
+            if s is None:
+                continue
+            share = s.macs * width * prev_width / total["macs"]  # in and out channels both shrink
+            macs_left += share
+            params_left += s.params * width * prev_width / total["params"]
+            channels_left += s.channels * width / total["channels"]
+            sparse += share * sp
+            if bits in by_bits:
+                by_bits[bits] += share
+            by_op[s.op][0] += share
+            by_op[s.op][1] += share * (bits == 8)
+            prev_width = width
+        model_wide = [macs_left, params_left, channels_left, sparse, *by_bits.values()]
+        model_wide += [v for pair in by_op.values() for v in pair]
+        model_wide.append(math.log(candidate.runtime.threads))
+        # int8 layers cost (De)QuantizeLinear nodes where precision changes along the model
+        int8 = [candidate.value(layer.name, "bits") == 8 for layer, _ in self.layers]
+        boundaries = sum(a != b for a, b in zip([False, *int8], [*int8, False], strict=True))
+        model_wide += [float(boundaries), float(sum(int8))]
+        return np.asarray(model_wide + per_layer, dtype=np.float64)
+
+    # -- learning ------------------------------------------------------------------------
+    @property
+    def trained(self) -> bool:
+        return len(self._y) >= self.min_train
+
+    def predict(self, candidate: Candidate) -> float | None:
+        """The predicted ratio, or None before ``min_train`` measured candidates."""
+        if not self.trained:
+            return None
+        if self._model is None or self._fitted_on != len(self._y):
+            self._fit()
+        return float(math.exp(self._model.predict(self.features(candidate)[None, :])[0]))
+
+    def observe(self, candidate: Candidate, ratio: float) -> float | None:
+        """Add a measured ratio; returns what was predicted for it (and tracks the error)."""
+        predicted = self.predict(candidate)
+        if predicted is not None:
+            self.errors.append((predicted - ratio) / ratio)
+        if ratio > 0 and math.isfinite(ratio):
+            self._x.append(self.features(candidate))
+            self._y.append(math.log(ratio))
+        return predicted
+
+    def _fit(self) -> None:
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self._model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        self._model.fit(np.vstack(self._x), np.asarray(self._y))
+        self._fitted_on = len(self._y)
+
+    # -- decisions -----------------------------------------------------------------------
+    @property
+    def margin(self) -> float:
+        recent = np.abs(self.errors[-RECENT:])
+        return max(self.min_margin, 2 * float(np.percentile(recent, 90))) if recent.size else self.min_margin
+
+    def beyond(self, candidate: Candidate, budget_ratio: float) -> tuple[bool, float | None]:
+        """(whether the candidate is predicted over budget by the safe margin, the prediction)."""
+        predicted = self.predict(candidate)
+        if predicted is None or len(self.errors) < 5:  # no skipping before its error is known
+            return False, predicted
+        skip = predicted > budget_ratio * (1 + self.margin)
+        self.skipped += skip
+        return skip, predicted
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """For the summary and the report: error on candidates measured anyway, and skips."""
+        err = np.abs(self.errors)
+        return {
+            "trained_on": len(self._y),
+            "checked": int(err.size),
+            "mape": round(float(err.mean()), 4) if err.size else None,
+            "within_10pct": round(float((err <= 0.10).mean()), 4) if err.size else None,
+            "margin": round(self.margin, 4),
+            "skipped": self.skipped,
+        }

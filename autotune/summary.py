@@ -1,0 +1,121 @@
+"""The text a search prints: the verdict, the table of candidates and the measurement notes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autotune.result import ParetoSet
+
+
+def table(result: ParetoSet) -> str:
+    """The Pareto set (or the closest candidates) as a fixed-width table; ``*`` marks the best."""
+    metric = result.meta.metric
+    rows = result.pareto if result.pareto else result.closest(5)
+    ref = result.reference_accuracy
+    header = (
+        f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'median ms':>9}  {'p90 ms':>8}  "
+        f"{'CV':>5}  {'size KiB':>9}  config"
+    )
+    lines = [header, "-" * len(header)]
+    for t in rows:
+        delta = f"{t.accuracy - ref:+.2f}" if ref is not None else "n/a"
+        flag = "" if t.measurement.status == "ok" else f" [{t.measurement.status}]"
+        tag = f" ({t.baseline})" if t.baseline else ""
+        mark = "*" if result.best and t.number == result.best.number else " "
+        lines.append(
+            f"{t.number:>4}{mark}  {t.accuracy:>9.2f}  {delta:>9}  {t.latency_ms:>9.3f}  "
+            f"{t.measurement.p90_ms:>8.3f}  {t.measurement.cv:>5.1%}  {t.size_bytes / 1024:>9.1f}  "
+            f"{t.candidate.describe()}{tag}{flag}"
+        )
+    return "\n".join(lines)
+
+
+def _verdict(result: ParetoSet) -> list[str]:
+    """The lines above the table: limits, what stopped the run, and what the table shows."""
+    budget, floor, lines = result.meta.budget, result.meta.floor, []
+    if floor is not None:
+        lines.append(f"accuracy floor: {floor:.2f} (the unmodified model minus {result.meta.max_drop})")
+    if result.meta.infeasible:
+        lines.append(f"infeasible: {result.meta.infeasible}")
+    if result.meta.stopped == "infeasible":
+        lines.append(
+            "stopped after the feasibility probe (everything is saved; --keep-going searches anyway)"
+        )
+    elif result.meta.stopped == "timeout":
+        lines.append("stopped by --timeout (everything is saved; run the same command to continue)")
+    recovered = [t for t in result.trials if t.recovery and t.recovery.get("accuracy_before") is not None]
+    if recovered:
+        gain = sum(t.accuracy - t.recovery["accuracy_before"] for t in recovered) / len(recovered)  # type: ignore[index]
+        ran = sorted({r for t in recovered for r in t.recovery["ran"]})  # type: ignore[index]
+        lines.append(f"recovery ({'+'.join(ran)}) in {len(recovered)} trials: {gain:+.2f} points on average")
+    if result.pareto:
+        lines.append(f"Pareto set under the budget ({len(result.pareto)} candidates, * = best):")
+    elif floor is not None and any(t.latency_ms <= result.budget_ms for t in result.trials):
+        lines.append(
+            f"NO candidate meets both the budget of {budget} and the accuracy floor of {floor:.2f}: "
+            "none is the one to ship. The most accurate under the budget (everything is saved):"
+        )
+    else:
+        lines.append(
+            f"NO candidate met the budget of {budget}. The fastest candidates found "
+            "(everything is saved; try a larger budget or a wider search space):"
+        )
+    return lines
+
+
+def summary(result: ParetoSet) -> str:
+    """What ``autotune`` prints at the end of a search."""
+    n_fail = len(result.failures)
+    lines = []
+    budget = result.meta.budget
+    device = result.meta.device
+    lines.append(
+        f"study {result.study.study_name}: {len(result.trials)} complete, {n_fail} failed; "
+        f"budget {budget} on {device}"
+    )
+    if n_fail:
+        lines.append(
+            "failures: "
+            + ", ".join(f"{k} x{v}" for k, v in result.failure_reasons().items())
+            + (f"; full tracebacks in {result.tracebacks_dir}" if result.tracebacks_dir else "")
+        )
+    lines.extend(_verdict(result))
+    lines.append(table(result))
+    stats = result.meta.measurer
+    if stats:
+        lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+        if stats.get("cache_hits") and not stats.get("measured"):
+            lines.append("every latency this run came from the measurement cache (identical artifacts)")
+    cached = [t.number for t in result.trials if t.measurement.cached]
+    if cached:
+        lines.append(f"latency reused from the measurement cache in {len(cached)} trial(s): {cached}")
+    unstable = [t.number for t in result.trials if t.measurement.status == "unstable"]
+    if unstable:
+        lines.append(
+            f"unstable latency (IQR/median > 10% or CPU contention, after retries) in trials {unstable}"
+        )
+    drifted = [
+        f"{t.number} (x{t.measurement.drift_ratio:.2f})"
+        for t in result.trials
+        if t.measurement.extra.get("drift_flag") and t.measurement.drift_ratio is not None
+    ]
+    if drifted:
+        lines.append(
+            "device drift (canary model slower or faster than at the start) in trials "
+            f"{', '.join(drifted)}: their latency is suspect; re-run with --remeasure on a quiet machine"
+        )
+    if result.confirmed:
+        lines.append(
+            "confirmed with a longer interleaved protocol: "
+            + ", ".join(
+                f"{n} {c['latency_ms']:.3f} ms (x{c['ratio']:.3f} [{c['ratio_ci'][0]:.3f}, "
+                f"{c['ratio_ci'][1]:.3f}])" + (" borderline" if c.get("borderline") else "")
+                for n, c in sorted(result.confirmed.items())
+            )
+        )
+    if result.borderline:
+        lines.append(
+            f"borderline (the confirmed interval straddles the budget) in trials {result.borderline}"
+        )
+    return "\n".join(lines)

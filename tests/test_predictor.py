@@ -1,0 +1,91 @@
+"""The online latency predictor: layer statistics from ONNX, learning, error tracking, skipping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_tasks import conv_task
+
+from autotune.onnx_export import export_onnx
+from autotune.predictor import LatencyPredictor, layer_stats
+from autotune.profiles import load_profile
+from autotune.space import build_space, load_preset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    task = conv_task()
+    space = build_space(task, load_preset(None), load_profile("cpu"))
+    path = tmp_path_factory.mktemp("p") / "ref.onnx"
+    export_onnx(task.model.eval(), task.example_inputs, path)
+    x = {"input": task.example_inputs[0].numpy()}
+    return space, layer_stats(path, x), task
+
+
+def test_layer_stats_count_macs_params_and_channels(setup) -> None:
+    space, stats, task = setup
+    first = next(m for m in task.model.modules() if isinstance(m, torch.nn.Conv2d))
+    s = next(iter(stats.values()))
+    assert s.op == "Conv" and s.channels == first.out_channels
+    assert s.params == first.weight.numel() + (first.bias.numel() if first.bias is not None else 0)
+    out = first(task.example_inputs[0][:1])  # MACs: output positions x weight size, per batch row
+    batch = task.example_inputs[0].shape[0]
+    assert s.macs == batch * out.shape[2] * out.shape[3] * first.weight.numel()
+    assert {layer.onnx_node for layer in space.layers} <= set(stats)
+
+
+def true_ratio(space, stats, candidate) -> float:
+    """A synthetic device: latency adds up per layer; int8 layers run 2.5x faster."""
+    total, left, prev = sum(s.macs for s in stats.values()), 0.0, 1.0
+    for layer in space.layers:
+        w = float(candidate.value(layer.name, "width"))
+        speed = 2.5 if candidate.value(layer.name, "bits") == 8 else 1.0
+        left += stats[layer.onnx_node].macs * w * prev / speed / total
+        prev = w
+    return 0.15 + 0.85 * left
+
+
+def random_candidates(space, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    params = space.parameters()
+    for _ in range(n):
+        yield space.candidate({k: v[rng.integers(len(v))] for k, v in params.items()})
+
+
+def test_predictions_within_10pct_after_30_candidates_and_errors_tracked(setup) -> None:
+    space, stats, _ = setup
+    predictor = LatencyPredictor(space, stats, min_train=30)
+    cands = list(random_candidates(space, 50, seed=0))
+    for c in cands[:30]:
+        assert predictor.observe(c, true_ratio(space, stats, c)) is None  # not trained yet
+    errors = []
+    for c in cands[30:]:
+        truth = true_ratio(space, stats, c)
+        predicted = predictor.observe(c, truth)
+        errors.append(abs(predicted - truth) / truth)
+    assert np.mean(np.asarray(errors) <= 0.10) >= 0.9
+    st = predictor.stats
+    assert (
+        st["checked"] == 20
+        and st["trained_on"] == 50
+        and st["mape"] == pytest.approx(np.mean(errors), abs=1e-4)
+    )
+
+
+def test_only_candidates_clearly_beyond_the_budget_are_skipped(setup) -> None:
+    space, stats, _ = setup
+    predictor = LatencyPredictor(space, stats, min_train=10)
+    cands = list(random_candidates(space, 40, seed=1))
+    for c in cands[:10]:
+        predictor.observe(c, true_ratio(space, stats, c))
+    assert predictor.beyond(cands[10], 0.01)[0] is False  # error not known yet: never skip
+    for c in cands[10:20]:
+        predictor.observe(c, true_ratio(space, stats, c))
+    budget = 0.6
+    for c in cands[20:]:
+        skip, predicted = predictor.beyond(c, budget)
+        assert skip == (predicted > budget * (1 + predictor.margin))
+        if skip:  # a skipped candidate is really over budget
+            assert true_ratio(space, stats, c) > budget
+    assert predictor.margin >= 0.15 and predictor.stats["skipped"] >= 0
