@@ -111,7 +111,7 @@ class Measurement:
     drift_ratio: float | None = None  # canary latency now / canary latency at start
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend specific (e.g. GPU compute time)
-    # paired timing (README, "Measurement"): the candidate interleaved with a reference artifact in
+    # paired timing (docs/measurement.md): the candidate interleaved with a reference artifact in
     # one session; the statistics above are the candidate's, n counts pairs
     ratio: float | None = None  # median of per-pair candidate / reference
     ratio_ci: list[float] | None = None  # [low, high] 95% interval of that median

@@ -140,7 +140,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     inputs = _trial_inputs(task)
     started = time.time()
     try:
-        # every candidate is timed interleaved with the unmodified model (README, "Measurement")
+        # every candidate is timed interleaved with the unmodified model (docs/measurement.md)
         try:
             unmodified = builder.build(Candidate(layers={}))
         except CandidateError as exc:

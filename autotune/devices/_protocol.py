@@ -1,4 +1,4 @@
-"""The measurement protocol shared by every backend (DESIGN.md).
+"""The measurement protocol shared by every backend (docs/measurement.md).
 
 1. phases timed separately (load, first run, warm-up, steady state) -- the backend times load
    and first run, this module the rest;

@@ -4,7 +4,7 @@ Every paired measurement is also one *window* on the reference: its median in th
 The reference latency of the study is the **median of the window medians** (per runtime
 options), so one window taken while the host was busy does not set it; it is re-checked with
 every window, and :attr:`ReferenceLatency.spread` says how far the windows disagree. A study's
-latency for a candidate is this estimate x the candidate's ratio (README, "Measurement").
+latency for a candidate is this estimate x the candidate's ratio (docs/measurement.md).
 """
 
 from __future__ import annotations
