@@ -1,0 +1,129 @@
+"""The package's shape: no import cycles, no oversized modules, an agent that stays light."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import autotune
+
+PKG = Path(autotune.__file__).parent
+MAX_LINES = 350
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py") if "_vendor" not in p.parts}
+
+
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Every autotune module ``path`` imports, at any depth (inside functions too)."""
+    is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rpartition(".")[0]
+    found: set[str] = set()
+    tree = ast.parse(path.read_text())
+    # `if TYPE_CHECKING:` imports never run; every other import does, at any depth
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join([*base, node.module] if node.module else base)
+            else:
+                mod = node.module or ""
+            # `from pkg import sub` imports the submodule when there is one
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
+        for t in targets:
+            # `import a.b.c` runs a, a.b and a.b.c: the deepest known module is the edge
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    # a package's __init__ is a parent of every module in it: importing a submodule runs it, but
+    # that is not an edge from the submodule's code, so only real import statements count
+    return {name: _imports(path, name, known) for name, path in mods.items()}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return [*stack[stack.index(m) :], m]
+            if m not in state and (cycle := visit(m)):
+                return cycle
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_import_walker_sees_imports_inside_functions(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import autotune.space\n"
+        "def f():\n    from autotune.result import ParetoSet\n    import autotune.errors\n"
+    )
+    known = {"autotune.result", "autotune.errors", "autotune.space", "autotune"}
+    assert _imports(src, "autotune.x", known) == {
+        "autotune.result",
+        "autotune.errors",
+    }
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    cycle = _find_cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_module_is_oversized() -> None:
+    big = {
+        name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not big, f"modules over {MAX_LINES} lines (split them along their seams): {big}"
+
+
+def test_the_agent_side_loads_neither_torch_nor_gpu_runtimes() -> None:
+    """An edge device runs the agent without torch; its job subprocess loads only what it measures."""
+    code = (
+        "import sys\n"
+        "import autotune.records, autotune.wire, autotune.devices, autotune.agent\n"
+        "import autotune.agent.server, autotune.agent.job\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m == 'tensorrt'"
+        " or m.startswith('onnxruntime') or m == 'optuna']\n"
+        "print(','.join(sorted(bad)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the agent side imported: {out.stdout.strip()}"
