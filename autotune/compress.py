@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch_pruning as tp
@@ -128,7 +129,7 @@ def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
 
 
 def supports_two_four(module: nn.Module) -> bool:
-    in_per_group = module.weight.shape[1]
+    in_per_group = int(cast(torch.Tensor, module.weight).shape[1])
     return in_per_group % 4 == 0 and in_per_group >= 4
 
 

@@ -185,7 +185,8 @@ class SearchSpace:
         params = self.parameters()
         widths = sorted({w for layer in self.layers for w in layer.knobs.get("width", [])}, reverse=True)
         has_int8 = any(8 in layer.knobs.get("bits", []) for layer in self.layers)
-        recipes = [{"width": w, "bits": b} for w in widths or [1.0] for b in ((32, 8) if has_int8 else (32,))]
+        bits = (32, 8) if has_int8 else (32,)
+        recipes: list[dict[str, Any]] = [{"width": w, "bits": b} for w in widths or [1.0] for b in bits]
         # fp32, int8, then moderate widths, their int8 versions, then the narrow ones
         recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
         out: dict[str, dict[str, Any]] = {}
@@ -270,9 +271,9 @@ def build_space(
     return SearchSpace(layers=layers, threads=thread_choices, notes=notes, ignored=ignored)
 
 
-def _bits_for(op: str, allowed: list[KnobValue]) -> list[KnobValue]:
+def _bits_for(op: str, allowed: list[KnobValue]) -> list[int]:
     # int4 is weight-only MatMulNBits: only MatMul nodes with a constant weight get it
-    return [b for b in allowed if b != 4 or op == "MatMul"]
+    return [int(b) for b in allowed if b != 4 or op == "MatMul"]
 
 
 def _discover_onnx(
@@ -288,7 +289,7 @@ def _discover_onnx(
             name=n.name or f"{n.op_type}_{i}",
             op=n.op_type,
             onnx_node=n.name,
-            knobs={"bits": _bits_for(n.op_type, allowed["bits"])},
+            knobs={"bits": list[KnobValue](_bits_for(n.op_type, allowed["bits"]))},
         )
         for i, n in enumerate(weighted_nodes(model))
     ]
@@ -328,7 +329,7 @@ def _discover_torch(
     roots: list[str] = []
     if any(w != 1.0 for w in allowed["width"]):
         candidates = [r for r in selected if r in nodes]
-        narrowest = min(allowed["width"])
+        narrowest = min(float(w) for w in allowed["width"])
         roots, width_notes = width_roots(model, task.example_inputs, ignored, candidates, narrowest)
         notes.extend(width_notes)
 
@@ -337,7 +338,7 @@ def _discover_torch(
         if name not in nodes:
             continue
         node = nodes[name]
-        knobs: dict[str, list[KnobValue]] = {"bits": bits_ok.get(node.name) or [32]}
+        knobs: dict[str, list[KnobValue]] = {"bits": list[KnobValue](bits_ok.get(node.name) or [32])}
         if name in roots:
             knobs["width"] = list(allowed["width"])
         sparsity = [s for s in allowed["sparsity"] if s != "2:4" or supports_two_four(modules[name])]

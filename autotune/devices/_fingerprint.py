@@ -63,7 +63,7 @@ def host_state() -> dict[str, Any]:
             state["cpu_mhz"] = round(freq.current)
     except (OSError, NotImplementedError):
         pass
-    temps = getattr(psutil, "sensors_temperatures", lambda: {})()
+    temps: dict[str, list[Any]] = getattr(psutil, "sensors_temperatures", lambda: {})()
     readings = [t.current for entries in temps.values() for t in entries if t.current]
     if readings:
         state["temp_c_max"] = max(readings)

@@ -69,10 +69,10 @@ def _pool(kind: str) -> Op:
         strides = a.get("strides", [1] * nd)
         ceil = bool(a.get("ceil_mode", 0))
         if kind == "max":
-            fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
-            return fn(x, k, strides, pad, a.get("dilations", 1), ceil)
-        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-        return fn(x, k, strides, pad, ceil, bool(a.get("count_include_pad", 0)))
+            max_pool: Callable[..., torch.Tensor] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+            return max_pool(x, k, strides, pad, a.get("dilations", 1), ceil)
+        avg_pool: Callable[..., torch.Tensor] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+        return avg_pool(x, k, strides, pad, ceil, bool(a.get("count_include_pad", 0)))
 
     return op
 

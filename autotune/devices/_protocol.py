@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from autotune.devices._base import Measurement, Protocol
 Timer = Callable[[Callable[[], object], int], float]
 
 
-def summarize(samples_ms: list[float]) -> dict[str, float]:
+def summarize(samples_ms: list[float]) -> dict[str, Any]:
     """Order statistics of per-run latencies (ms)."""
     a = np.asarray(samples_ms, dtype=np.float64)
     q25, q50, q75, q90, q99 = np.percentile(a, [25, 50, 75, 90, 99])
@@ -109,7 +110,7 @@ def relative_iqr(stats: dict[str, float]) -> float:
 @dataclass
 class _Attempt:
     samples: list[float]
-    stats: dict[str, float]
+    stats: dict[str, Any]
     capped: bool
     rel_iqr: float
     cpu_share: float | None  # CPU time the measuring thread got / wall time (None: not known)

@@ -21,7 +21,7 @@ import numpy as np
 
 from autotune._util import error_line
 from autotune.devices import _cuda
-from autotune.devices._base import Capabilities, Measurement, RuntimeOptions
+from autotune.devices._base import Capabilities, Measurement, RuntimeOptions, Status
 from autotune.devices._gpu import CudaDevice, Prepared
 from autotune.devices._timing import load_failure
 
@@ -113,7 +113,7 @@ class TorchCudaDevice(CudaDevice):
             torch.cuda.synchronize(dev)
             first_ms = (time.perf_counter() - t0) * 1e3
         except Exception as exc:  # noqa: BLE001
-            kind = "oom" if "out of memory" in str(exc).lower() else "runtime_error"
+            kind: Status = "oom" if "out of memory" in str(exc).lower() else "runtime_error"
             return Measurement(status=kind, backend=self.backend, error=error_line(exc, with_type=False))
 
         run, graph_note, capture_ms = eager, "disabled", None
