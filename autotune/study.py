@@ -160,7 +160,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             reference = measure_reference(task, space, builder, measurer, inputs)
         budget_ms = cfg.budget_spec.resolve(reference.latency_ms)
         floor = None if cfg.floor is None else cfg.floor.floor(reference.accuracy)
-        table, greedy = None, []
+        table, greedy = None, list[dict[str, Any]]()
         if cfg.sensitivity:  # cached in the run directory: a resumed search re-uses it
             args = (task, space, builder, measurer, run_dir, reference, floor, budget_ms)
             table, greedy = sensitivity_guidance(*args)
@@ -225,6 +225,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     bar = ProgressBar(cfg.trials - _counted(study), budget_ms, floor, cfg.progress)
     meta.stopped = None
     trial_stats: dict[str, Any] = {}
+    interrupted = False
     try:
         # feasibility probe: the enqueued baselines and the most aggressive configuration run first
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -263,11 +264,18 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         confirmed = confirm.run_round(found, measurer, inputs, budget_ms, cfg.protocol)
         study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
         trial_stats["confirmed"] = len(confirmed)
+    except KeyboardInterrupt:
+        # Ctrl-C can land inside Optuna's own SQLite transaction, which then still holds the lock:
+        # writing the run's counters would wait out the 60 s lock timeout. Every completed trial is
+        # already committed; only this run's wall time and counters go unrecorded.
+        interrupted = True
+        raise
     finally:
         bar.close()
-        meta.wall_s += time.time() - started
-        meta.measurer = trial_stats or dict(measurer.stats)
-        meta.save(study)
+        if not interrupted:
+            meta.wall_s += time.time() - started
+            meta.measurer = trial_stats or dict(measurer.stats)
+            meta.save(study)
         device.close()
     result = ParetoSet(study, run_dir, storage=storage_url)
     if cfg.report is not False:
