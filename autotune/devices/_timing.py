@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from autotune._util import error_line
-from autotune.devices._base import Measurement, Protocol
+from autotune.devices._base import Measurement, Protocol, Status
 from autotune.devices._paired import run_paired
 from autotune.devices._protocol import Timer, run_protocol
 
@@ -18,12 +18,20 @@ from autotune.devices._protocol import Timer, run_protocol
 def load_failure(exc: BaseException, backend: str) -> Measurement:
     """A session/engine that cannot be created is a result with a status, not a crash."""
     text = str(exc).upper()
+    kind: Status
     if "OUT OF MEMORY" in text or "OUT_OF_MEMORY" in text or isinstance(exc, MemoryError):
         kind = "oom"
     elif "INVALID_PROTOBUF" in text or "INVALID_GRAPH" in text or "NO_SUCHFILE" in text:
         kind = "invalid_model"
     else:
         kind = "build_error"
+    return Measurement(status=kind, backend=backend, error=error_line(exc, with_type=False))
+
+
+def run_failure(exc: BaseException, backend: str) -> Measurement:
+    """A run that raised is a result with a status (``oom`` or ``runtime_error``), not a crash."""
+    oom = "OUT OF MEMORY" in str(exc).upper() or isinstance(exc, MemoryError)
+    kind: Status = "oom" if oom else "runtime_error"
     return Measurement(status=kind, backend=backend, error=error_line(exc, with_type=False))
 
 
@@ -41,10 +49,7 @@ def timed_run(
         first_run_ms = (time.perf_counter() - t0) * 1e3
         m = run_protocol(run, protocol, backend, timer=timer, cpu_time=cpu_time)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a result, not a crash
-        kind = (
-            "oom" if "OUT OF MEMORY" in str(exc).upper() or isinstance(exc, MemoryError) else "runtime_error"
-        )
-        return Measurement(status=kind, backend=backend, error=error_line(exc, with_type=False))
+        return run_failure(exc, backend)
     m.first_run_ms = first_run_ms
     return m
 
@@ -68,9 +73,6 @@ def timed_pair(
             raise RuntimeError(f"the reference failed: {error_line(exc, with_type=False)}") from exc
         m = run_paired(run, reference_run, protocol, backend, timer=timer, cpu_time=cpu_time)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a result, not a crash
-        kind = (
-            "oom" if "OUT OF MEMORY" in str(exc).upper() or isinstance(exc, MemoryError) else "runtime_error"
-        )
-        return Measurement(status=kind, backend=backend, error=error_line(exc, with_type=False))
+        return run_failure(exc, backend)
     m.first_run_ms = first_run_ms
     return m
