@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from autotune._util import first_line
 from autotune.errors import UserError
 
 #: verb -> (module, one-line help). A module defines ``add_arguments(parser)`` and ``run(args)``.
@@ -44,7 +45,7 @@ def make_parser(verb: str) -> tuple[Parser, object]:
         )
     parser = Parser(
         prog=prog,
-        description=(module.__doc__ or help_text).strip().splitlines()[0],
+        description=first_line(module.__doc__ or "") or help_text,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

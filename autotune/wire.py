@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from autotune.records import STATUSES, Measurement
+from autotune.records import STATUSES, Measurement, Status
 
 #: version of the HTTP protocol spoken under ``/v1``
 PROTOCOL_VERSION = 1
@@ -23,18 +23,7 @@ TOKEN_ENV = "AUTOTUNE_AGENT_TOKEN"
 DEFAULT_TOKEN_FILE = "~/.autotune-token"
 
 #: a job's status: a measurement's status, or not finished yet
-JobStatusName = Literal[
-    "queued",
-    "running",
-    "ok",
-    "unstable",
-    "invalid_model",
-    "build_error",
-    "runtime_error",
-    "oom",
-    "timeout",
-    "cancelled",
-]
+JobStatusName = Literal["queued", "running"] | Status
 #: statuses after which a job never changes again
 TERMINAL: frozenset[str] = frozenset(STATUSES)
 
