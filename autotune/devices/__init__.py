@@ -43,7 +43,7 @@ _REGISTRY: dict[str, str] = {
     "tensorrt": "autotune.devices.tensorrt_engine:TensorrtDevice",
     "remote": "autotune.devices.remote:RemoteDevice",
 }
-# The remote client needs httpx, which an agent-only install (`autotune[agent]`) lacks: without
+# The remote client needs httpx, which an agent-only install (the `agent` extra) lacks: without
 # it the backend is not registered at all (as before the registry was lazy).
 _NEEDS: dict[str, str] = {"remote": "httpx"}
 

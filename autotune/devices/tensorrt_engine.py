@@ -13,7 +13,8 @@ Run: inputs and outputs live in GPU memory; one run is ``execute_async_v3`` + st
 the latency with host copies (H2D + compute + D2H, pinned host memory) from a short extra
 loop; all three are reported, as trtexec reports Latency, GPU Compute Time and H2D/D2H.
 
-Needs the ``tensorrt`` and ``cuda-python`` packages (``pip install 'autotune[tensorrt]'``).
+Needs the ``tensorrt`` and ``cuda-python`` packages: the ``tensorrt`` extra
+(``pip install -e '.[tensorrt]'`` in this repository).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class TensorrtDevice(CudaDevice):
         except ImportError as exc:
             return (
                 False,
-                f"the tensorrt Python package is not importable ({exc}); pip install 'autotune[tensorrt]'",
+                f"the tensorrt Python package is not importable ({exc}); "
+                "install the tensorrt extra (pip install -e '.[tensorrt]' in this repository)",
             )
         try:
             _cudart()
