@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from autotune.result import ParetoSet
+    from autotune.result import ParetoSet, TrialResult
+
+
+def _p90(t: TrialResult) -> float:
+    """p90 on the same scale as the latency column: a paired latency is reference x ratio, so the
+    candidate's own window p90 is scaled by the same factor as its median."""
+    m = t.measurement
+    return m.p90_ms * t.latency_ms / m.median_ms if m.median_ms > 0 else m.p90_ms
 
 
 def table(result: ParetoSet) -> str:
@@ -25,7 +32,7 @@ def table(result: ParetoSet) -> str:
         mark = "*" if result.best and t.number == result.best.number else " "
         lines.append(
             f"{t.number:>4}{mark}  {t.accuracy:>9.2f}  {delta:>9}  {t.latency_ms:>9.3f}  "
-            f"{t.measurement.p90_ms:>8.3f}  {t.measurement.cv:>5.1%}  {t.size_bytes / 1024:>9.1f}  "
+            f"{_p90(t):>8.3f}  {t.measurement.cv:>5.1%}  {t.size_bytes / 1024:>9.1f}  "
             f"{t.candidate.describe()}{tag}{flag}"
         )
     return "\n".join(lines)
