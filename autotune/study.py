@@ -168,6 +168,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         meta.reference, meta.floor = reference.to_dict(), floor
         meta.max_drop = None if cfg.floor is None else cfg.floor.label
         meta.search = {"sampler": cfg.sampler, "recovery": recovery.to_dict(), "sensitivity": cfg.sensitivity}
+        meta.search["greedy"] = len(greedy)  # enqueued unless identical to a baseline
         if table is not None:
             meta.sensitivity = sensitivity_for_report(table)
         meta.save(study)
