@@ -1,29 +1,37 @@
 """Search quality: does the search beat uniform compression, and how fast does it find the front?
 
-Models, all trained on scikit-learn's digits; budgets are shares of each model's own measured
-FP32 median latency (one thread, onnxruntime CPU):
+Models, all trained on scikit-learn's digits; budgets are shares of each model's own FP32
+latency (one thread, onnxruntime CPU):
 
   demo    the built-in DigitsNet at 32x32
   resnet  a ResNet-18-like net (BasicBlock [2, 2, 2, 2], base width 32) at 64x64
   mobile  a MobileNetV3-like net (depthwise, squeeze-excite, hardswish; channels x2) at 64x64
 
+Latency is paired (docs/measurement.md): every configuration is timed interleaved with the FP32
+artifact in one session and scored by the median per-pair ratio, so a budget of 35% means
+"ratio <= 0.35", decided on the ratio alone, and the figures hold while other jobs load the VM.
+
 Part 1, per model x budget (20/35/50% of FP32) x seed, at equal trial counts: autotune's
 default (uniform baselines first, then ``--sampler auto``), Optuna's RandomSampler on the same
 space, and the best uniform configuration (every uniform width x bit-width, all measured). Every
-candidate gets BatchNorm re-estimation; each method's 3 most accurate configurations under the
-budget then get distillation (``--final-steps``), as ``--recover-final-steps`` does, and the best
-of them is reported ("after KD" columns).
+candidate gets BatchNorm re-estimation; each method's ``--final-top`` most accurate configurations
+under the budget then get distillation (``--final-steps``), as ``--recover-final-steps`` does, and
+the most accurate of them is the one it ships. The verdict per cell is the issue's bar: +1.0
+point over the best uniform configuration after the same distillation, or >= 10% lower latency at
+equal or better accuracy.
 
 Part 2, an enumerable space (216 configurations of the demo, every one measured): hypervolume
 of the (accuracy, latency) points faster than FP32 relative to the exhaustive true front after
-20/40/60 trials, and the trials needed to reach 95% of it, per sampler (mean of --hv-seeds).
+20/40/60 trials, and the trials needed to reach 95% of it (searches run to ``--hv-horizon``
+trials so that slow methods are measured, not censored), per sampler, over ``--hv-seeds``.
 
 Each configuration is built, measured and scored once: results are cached in ``--cache`` by
 configuration, so seeds, budgets and methods proposing the same configuration share it (and a
 second run of the benchmark re-uses everything). Usage::
 
     python benchmarks/search_quality.py                                   # full run
-    python benchmarks/search_quality.py --seeds 1 --trials 20 --models demo mobile --no-gp
+    python benchmarks/search_quality.py --part 1 --seeds 1 --trials 30 --final-top 2
+    python benchmarks/search_quality.py --part 2 --no-gp
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import torch.nn.functional as F
 
 from autotune._util import cache_root
 from autotune.artifact import ArtifactBuilder
-from autotune.devices import OrtCpuDevice, Protocol
+from autotune.devices import OrtCpuDevice, Protocol, Reference
 from autotune.evaluate import evaluate_artifact
 from autotune.knobs import KNOBS
 from autotune.measure import Measurer
@@ -140,7 +148,7 @@ class Bench:
     def __post_init__(self) -> None:
         r = self.trial_recovery
         suffix = "" if r.mode == "bn" else f"-{r.mode}{r.steps}"
-        self.file = self.workdir / f"{self.name}{suffix}.json"
+        self.file = self.workdir / f"{self.name}{suffix}-paired.json"
         if self.file.is_file():
             self.results = json.loads(self.file.read_text())
         self.builder = ArtifactBuilder(
@@ -150,9 +158,7 @@ class Bench:
         self.final_builder = ArtifactBuilder(
             self.task, self.space, self.workdir / "artifacts", recovery=kd, keep_unrecovered=False
         )
-        self.measurer = Measurer(
-            OrtCpuDevice(), PROTOCOL, cache_dir=self.workdir / "measurements", canary_every=0
-        )
+        self._paired: Measurer | None = None
         self.inputs = {"input": self.task.example_inputs[0].numpy()}
         self.built = 0
 
@@ -163,16 +169,19 @@ class Bench:
         self.file.write_text(json.dumps(self.results))
 
     def score(self, params: dict[str, Any]) -> tuple[float, float, float] | None:
-        """(accuracy after BatchNorm re-estimation, median ms, bytes), or None if it failed."""
+        """(accuracy after recovery, latency ratio to FP32, bytes), or None if it failed.
+
+        Latency is paired: every configuration is timed interleaved with the FP32 artifact in one
+        session, so the ratio holds while other jobs load the VM (docs/measurement.md)."""
         key = self.key(params)
         if key not in self.results:
             candidate = self.space.candidate(params)
             self.built += 1
             try:
                 art = self.builder.build(candidate)
-                m = self.measurer.measure(art.path, self.inputs, candidate.runtime)
-                acc = evaluate_artifact(self.task, art.path) if m.usable else None
-                self.results[key] = None if acc is None else [acc, m.median_ms, float(art.size_bytes)]
+                m = self.paired().measure(art.path, self.inputs, candidate.runtime)
+                acc = evaluate_artifact(self.task, art.path) if m.usable and m.ratio else None
+                self.results[key] = None if acc is None else [acc, m.ratio, float(art.size_bytes)]
             except Exception as exc:  # noqa: BLE001 - a failed candidate is a failed trial
                 print(f"  {self.name}: failed: {exc}", file=sys.stderr)
                 self.results[key] = None
@@ -180,9 +189,19 @@ class Bench:
         got = self.results[key]
         return None if got is None else tuple(got)
 
+    def paired(self) -> Measurer:
+        if self._paired is None:
+            params = uniform(self.space, 1.0, 32)
+            art = self.builder.build(self.space.candidate(params))
+            ref = Reference(art.path, self.inputs)
+            self._paired = Measurer(
+                OrtCpuDevice(), PROTOCOL, self.workdir / "measurements", canary_every=0, reference=ref
+            )
+        return self._paired
+
     def reference(self) -> tuple[float, float, float]:
-        """The unmodified model, its latency the median of 3 fresh measurements: every budget
-        derives from it, so one measurement disturbed by a neighbour must not set it."""
+        """The unmodified model: (accuracy, FP32 median ms, bytes). Its ms is only printed (the
+        median of 3 fresh measurements); budgets and latencies are ratios to it."""
         params = uniform(self.space, 1.0, 32)
         key = self.key(params)
         if "reference" not in self.results:
@@ -191,17 +210,14 @@ class Bench:
             fresh = Measurer(OrtCpuDevice(), PROTOCOL, cache_dir=None, canary_every=0)
             runs = [fresh.measure(art.path, self.inputs, candidate.runtime).median_ms for _ in range(3)]
             acc = evaluate_artifact(self.task, art.path)
-            self.results[key] = self.results["reference"] = [
-                acc,
-                statistics.median(runs),
-                float(art.size_bytes),
-            ]
+            self.results["reference"] = [acc, statistics.median(runs), float(art.size_bytes)]
+            self.results[key] = [acc, 1.0, float(art.size_bytes)]
             self._save()
         return tuple(self.results["reference"])
 
     def recovered(self, params: dict[str, Any]) -> float:
         """Accuracy after distillation (pruned configurations only; others are unchanged)."""
-        key = self.key(params, "kd:")
+        key = self.key(params, f"kd{self.final_steps}:")
         if key not in self.results:
             candidate = self.space.candidate(params)
             art = self.final_builder.build(candidate)
@@ -236,9 +252,7 @@ def uniform_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
 
 
 # -- searches ----------------------------------------------------------------------------------
-def search(
-    bench: Bench, sampler: str, budget_ms: float, trials: int, seed: int, baselines: bool
-) -> list[Any]:
+def search(bench: Bench, sampler: str, budget: float, trials: int, seed: int, baselines: bool) -> list[Any]:
     """Trials in order: (params, score or None). Same objectives and constraint as autotune."""
     study = optuna.create_study(
         directions=["maximize", "minimize", "minimize"], sampler=make_sampler(sampler, seed)
@@ -254,22 +268,17 @@ def search(
         out.append((params, got))
         if got is None:
             raise RuntimeError("candidate failed")
-        trial.set_constraint("latency_budget", got[1] - budget_ms)
+        trial.set_constraint("latency_budget", got[1] - budget)
         return got
 
     study.optimize(objective, n_trials=trials, catch=(RuntimeError,))
     return out
 
 
-def best_feasible(runs: list[Any], budget_ms: float, k: int = 1) -> list[Any]:
+def best_feasible(runs: list[Any], budget: float, k: int = 1) -> list[Any]:
     """The ``k`` most accurate distinct configurations under the budget, best first."""
-    feasible = {json.dumps(p, sort_keys=True): (p, s) for p, s in runs if s is not None and s[1] <= budget_ms}
+    feasible = {json.dumps(p, sort_keys=True): (p, s) for p, s in runs if s is not None and s[1] <= budget}
     return sorted(feasible.values(), key=lambda ps: (-ps[1][0], ps[1][1]))[:k]
-
-
-def recovered_best(bench: Bench, top: list[Any]) -> float | None:
-    """Best accuracy after distillation among ``top`` (as ``--recover-final-steps`` does)."""
-    return max((bench.recovered(p) for p, _ in top), default=None)
 
 
 # -- part 2: hypervolume on an enumerable space -------------------------------------------------
@@ -297,7 +306,7 @@ def hypervolume(points: list[tuple[float, float]], acc_ref: float, lat_ref: floa
     return area
 
 
-def part2(bench: Bench, seeds: int, samplers: list[str]) -> dict[str, Any]:
+def part2(bench: Bench, seeds: int, samplers: list[str], horizon: int) -> dict[str, Any]:
     import itertools
 
     params_all = bench.space.parameters()
@@ -307,7 +316,7 @@ def part2(bench: Bench, seeds: int, samplers: list[str]) -> dict[str, Any]:
     scores = [bench.score(p) for p in grid]
     print(f"exhaustive pass: {time.time() - t0:.0f} s ({bench.built} built this run)", flush=True)
     # the front of everything faster than FP32: the budget constraint is FP32's latency itself
-    budget = bench.reference()[1]
+    budget = 1.0
     feasible = [(s[0], s[1]) for s in scores if s is not None and s[1] <= budget]
     acc_ref = min(a for a, _ in feasible) - 1.0
     true_hv = hypervolume(feasible, acc_ref, budget)
@@ -315,67 +324,93 @@ def part2(bench: Bench, seeds: int, samplers: list[str]) -> dict[str, Any]:
         1 for a, lat in feasible if not any(b >= a and m <= lat and (b, m) != (a, lat) for b, m in feasible)
     )
     print(
-        f"reference box: latency <= FP32 {budget:.3f} ms, accuracy >= {acc_ref:.2f}; "
+        f"reference box: latency <= FP32 ({bench.reference()[1]:.3f} ms), accuracy >= {acc_ref:.2f}; "
         f"{len(feasible)} configurations inside, {front} on the true front; true HV {true_hv:.3f}"
     )
     methods = [("random", "random", False)] + [(f"default[{s}]", s, True) for s in samplers]
-    out: dict[str, Any] = {"configs": len(grid), "feasible": len(feasible)}
-    header = f"{'method':<16}" + "".join(f"{'HV@' + str(n):>9}" for n in HV_AT) + f"{'trials to 95%':>15}"
-    print(header)
+    out: dict[str, Any] = {"configs": len(grid), "feasible": len(feasible), "front": front}
+    print(
+        f"{'method':<16}"
+        + "".join(f"{'HV@' + str(n):>9}" for n in HV_AT)
+        + f"   trials to 95% (mean, median; per seed, >{horizon} = not reached)"
+    )
     for label, sampler, baselines in methods:
         ratios: dict[int, list[float]] = {n: [] for n in HV_AT}
         reach: list[int] = []
         for seed in range(seeds):
-            runs = search(bench, sampler, budget, max(HV_AT), seed, baselines)
-            pts = [(s[0], s[1]) for _, s in runs if s is not None]
+            runs = search(bench, sampler, budget, horizon, seed, baselines)
+            # failed trials count as trials: they cost a build
+            curve = [
+                hypervolume([(s[0], s[1]) for _, s in runs[:k] if s is not None], acc_ref, budget) / true_hv
+                for k in range(1, len(runs) + 1)
+            ]
             for n in HV_AT:
-                ratios[n].append(hypervolume(pts[:n], acc_ref, budget) / true_hv)
-            hit = next(
-                (
-                    k
-                    for k in range(1, len(pts) + 1)
-                    if hypervolume(pts[:k], acc_ref, budget) >= 0.95 * true_hv
-                ),
-                None,
-            )
-            reach.append(hit if hit is not None else max(HV_AT) + 1)  # not reached: counted as 61
-        mean_reach = statistics.mean(reach)
+                ratios[n].append(curve[min(n, len(curve)) - 1])
+            hit = next((k + 1 for k, v in enumerate(curve) if v >= 0.95), None)
+            reach.append(hit if hit is not None else horizon + 1)
         out[label] = {"hv": {n: statistics.mean(v) for n, v in ratios.items()}, "reach95": reach}
         cells = "".join(f"{statistics.mean(ratios[n]):>9.3f}" for n in HV_AT)
-        print(f"{label:<16}{cells}{mean_reach:>10.1f} {reach}", flush=True)
+        print(
+            f"{label:<16}{cells}   {statistics.mean(reach):.1f}, {statistics.median(reach):.1f}; {reach}",
+            flush=True,
+        )
     return out
 
 
 # -- part 1 ------------------------------------------------------------------------------------
-def part1(bench: Bench, seeds: int, trials: int, final: bool) -> list[dict[str, Any]]:
+def distilled(bench: Bench, top: list[Any]) -> list[tuple[float, float]]:
+    """(accuracy after distillation, latency ratio) of each of ``top``, as ``--recover-final-steps``
+    does for a search's finalists."""
+    return [(bench.recovered(p), s[1]) for p, s in top]
+
+
+def pick(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """The one to ship: most accurate, then fastest."""
+    return max(points, key=lambda p: (p[0], -p[1]), default=None)
+
+
+def verdict(default: list[tuple[float, float]], uniform: tuple[float, float] | None) -> str:
+    """The issue's bar: +1.0 point, or >= 10% lower latency at equal (or better) accuracy."""
+    best = pick(default)
+    if best is None or uniform is None:
+        return "-"
+    if best[0] >= uniform[0] + 1.0:
+        return f"win +{best[0] - uniform[0]:.2f} pts"
+    fast = min((lat for acc, lat in default if acc >= uniform[0]), default=None)
+    if fast is not None and fast <= 0.9 * uniform[1]:
+        return f"win {1 - fast / uniform[1]:.0%} faster at >= equal accuracy"
+    return "at least equal" if best[0] >= uniform[0] else f"below {best[0] - uniform[0]:+.2f} pts"
+
+
+def part1(bench: Bench, seeds: int, trials: int, final: bool, top_k: int) -> list[dict[str, Any]]:
     task = bench.task
     fp32 = bench.reference()
     print(
         f"\n== {task.name}: FP32 {fp32[0]:.2f}% at {fp32[1]:.3f} ms; "
         f"{len(bench.space.parameters())} parameters =="
     )
-    uniforms = {name: bench.score(p) for name, p in uniform_configs(bench.space).items()}
+    configs = uniform_configs(bench.space)
+    uniforms = {name: bench.score(p) for name, p in configs.items()}
     for name, s in uniforms.items():
-        print(f"  uniform {name:<12} " + ("failed" if s is None else f"{s[0]:6.2f}%  {s[1]:.3f} ms"))
+        print(f"  uniform {name:<12} " + ("failed" if s is None else f"{s[0]:6.2f}%  {s[1]:.3f}x FP32"))
     rows = []
-    for fraction in BUDGETS:
-        budget = fraction * fp32[1]
+    for budget in BUDGETS:  # a ratio to FP32, decided on the paired ratio alone
         feas = {n: s for n, s in uniforms.items() if s is not None and s[1] <= budget}
         base_name = max(feas, key=lambda n: (feas[n][0], -feas[n][1]), default=None)
-        row: dict[str, Any] = {"model": task.name, "budget": fraction, "budget_ms": budget, "fp32": fp32[:2]}
+        row: dict[str, Any] = {"model": task.name, "budget": budget, "fp32": fp32[:2]}
         row["uniform"] = None if base_name is None else (base_name, *feas[base_name][:2])
         for method, sampler, baselines in (("random", "random", False), ("default", "auto", True)):
             tops = [
-                best_feasible(search(bench, sampler, budget, trials, s, baselines), budget, 3)
+                best_feasible(search(bench, sampler, budget, trials, s, baselines), budget, top_k)
                 for s in range(seeds)
             ]
             row[method] = [top[0][1][:2] if top else None for top in tops]
             if final:
-                row[f"{method}_kd"] = [recovered_best(bench, top) for top in tops]
+                row[f"{method}_kd"] = [distilled(bench, top) for top in tops]
         if final and base_name is not None:
-            configs = uniform_configs(bench.space)
-            top = sorted(feas, key=lambda n: -feas[n][0])[:3]
-            row["uniform_kd"] = recovered_best(bench, [(configs[n], feas[n]) for n in top])
+            top = sorted(feas, key=lambda n: (-feas[n][0], feas[n][1]))[:top_k]
+            row["uniform_kd"] = pick(distilled(bench, [(configs[n], feas[n]) for n in top]))
+            row["verdict"] = [verdict(d, row["uniform_kd"]) for d in row["default_kd"]]
         rows.append(row)
         print_row(row, flush=True)
     return rows
@@ -390,23 +425,32 @@ def _fmt(v: float | None, spec: str = "6.2f") -> str:
     return "   n/a" if v is None else format(v, spec)
 
 
+def _kd(point: tuple[float, float] | None) -> str:
+    return "none" if point is None else f"{point[0]:.2f}% @ {point[1]:.3f}x"
+
+
 def print_row(row: dict[str, Any], flush: bool = False) -> None:
     u = row["uniform"]
-    uni = "none feasible" if u is None else f"{u[0]} {u[1]:.2f}% {u[2]:.3f}ms"
+    uni = "none feasible" if u is None else f"{u[0]} {u[1]:.2f}% {u[2]:.3f}x"
     d_acc, r_acc = _mean(row["default"], 0), _mean(row["random"], 0)
     d_lat = _mean(row["default"], 1)
     line = (
-        f"  {row['budget']:>4.0%} ({row['budget_ms']:.3f} ms): uniform {uni:<28} random {_fmt(r_acc)}% "
-        f"default {_fmt(d_acc)}% @ {_fmt(d_lat, '.3f')}ms"
+        f"  {row['budget']:>4.0%}: uniform {uni:<28} random {_fmt(r_acc)}% "
+        f"default {_fmt(d_acc)}% @ {_fmt(d_lat, '.3f')}x"
     )
     if u is not None and d_acc is not None:
         line += f"  default - uniform {d_acc - u[1]:+.2f} pts"
-    if "default_kd" in row:
-        line += (
-            f" | after KD: uniform {_fmt(row.get('uniform_kd'))} random {_fmt(_mean(row['random_kd']))} "
-            f"default {_fmt(_mean(row['default_kd']))} (FP32 {row['fp32'][0]:.2f})"
-        )
     print(line, flush=flush)
+    if "default_kd" in row:
+        seeds = " / ".join(
+            f"random {_kd(pick(r))}, default {_kd(pick(d))}"
+            for r, d in zip(row["random_kd"], row["default_kd"], strict=True)
+        )
+        print(
+            f"        after KD: uniform {_kd(row.get('uniform_kd'))}; {seeds}; "
+            f"verdict: {', '.join(row.get('verdict', ['-']))}",
+            flush=flush,
+        )
 
 
 def main() -> None:
@@ -420,12 +464,16 @@ def main() -> None:
         "--final-steps", type=int, default=300, help="distillation steps for each cell's winners"
     )
     parser.add_argument("--no-final", action="store_true", help="skip the distillation of the winners")
+    parser.add_argument("--final-top", type=int, default=3, help="finalists distilled per method and cell")
     parser.add_argument(
         "--trial-recovery", choices=["bn", "kd"], default="bn", help="recovery of every pruned candidate"
     )
     parser.add_argument("--trial-steps", type=int, default=40, help="distillation steps per trial with kd")
     parser.add_argument("--part", choices=["1", "2", "both"], default="both")
-    parser.add_argument("--hv-seeds", type=int, default=3)
+    parser.add_argument("--hv-seeds", type=int, default=10, help="seeds in part 2 (cheap: all cached)")
+    parser.add_argument(
+        "--hv-horizon", type=int, default=150, help="trials per search in part 2 (when is 95%% reached?)"
+    )
     parser.add_argument("--no-gp", action="store_true", help="leave the (slow) GP sampler out of part 2")
     parser.add_argument("--cache", type=Path, default=Path(cache_root()) / "search-quality")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -444,7 +492,7 @@ def main() -> None:
             space = build_space(task, preset, profile, threads=1)
             recovery = Recovery(mode=args.trial_recovery, steps=args.trial_steps)
             bench = Bench(name, task, space, args.cache, args.final_steps, recovery)
-            report["part1"] += part1(bench, args.seeds, args.trials, not args.no_final)
+            report["part1"] += part1(bench, args.seeds, args.trials, not args.no_final, args.final_top)
             print(
                 f"  ({bench.built} configurations built for {name}; {time.time() - t0:.0f} s so far)",
                 flush=True,
@@ -454,7 +502,7 @@ def main() -> None:
         space = enumerable_space(build_space(task, preset, profile, threads=1))
         bench = Bench("demo-enum", task, space, args.cache, args.final_steps)
         samplers = ["tpe", "nsga2"] + ([] if args.no_gp else ["gp"])
-        report["part2"] = part2(bench, args.hv_seeds, samplers)
+        report["part2"] = part2(bench, args.hv_seeds, samplers, args.hv_horizon)
     print(f"\ntotal {time.time() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
