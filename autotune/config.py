@@ -38,8 +38,8 @@ class SearchConfig:
         sampler: ``auto``, ``tpe``, ``nsga2``, ``gp`` or ``random``.
         recover: ``bn`` (BatchNorm re-estimation, the default), ``kd`` (+ distillation) or ``none``.
         recover_steps: distillation steps per pruned candidate with ``recover="kd"``.
-        recover_final_steps: distillation steps for the most accurate pruned candidates under the
-            budget, re-built as extra trials at the end (0: off).
+        recover_final_steps: distillation steps for the 2 most accurate and the 2 largest pruned
+            candidates under the budget, re-built as extra trials at the end (0: off).
         sensitivity: measure per-layer sensitivity first; it drops values that alone break the
             floor and enqueues greedy candidates after the baselines.
         timeout: wall-clock limit (``"30m"``, ``"90s"`` or seconds); the search ends cleanly.

@@ -142,9 +142,9 @@ def baseline_latencies(study: optuna.Study) -> list[tuple[str, float]]:
     return out
 
 
-def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 3) -> int:
-    """Re-queue the ``k`` most accurate pruned trials under the budget for a longer recovery
-    (``final_of`` marks them); returns how many were queued."""
+def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
+    """Re-queue the ``k`` most accurate and the ``k`` largest pruned trials under the budget for a
+    longer recovery (``final_of`` marks them); returns how many were queued."""
     done = {t.user_attrs.get("final_of") for t in study.get_trials(deepcopy=False)}
     pruned = [
         t
@@ -155,7 +155,12 @@ def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 3) -> int:
             "width" in c or "sparsity" in c for c in t.user_attrs.get("config", {}).get("layers", {}).values()
         )
     ]
-    best = sorted(pruned, key=lambda t: -t.values[0])[:k]
+    # accuracy before distillation ranks heavily pruned candidates poorly (BatchNorm-only scores
+    # of collapsed models are noise), and distillation recovers what the kept weights can hold:
+    # the largest candidates under the budget are finalists too (benchmarks/search_quality.py)
+    by_accuracy = sorted(pruned, key=lambda t: -t.values[0])[:k]
+    by_size = sorted(pruned, key=lambda t: -t.values[2])[:k]
+    best = by_accuracy + [t for t in by_size if t not in by_accuracy]
     for t in best:
         if t.number not in done:
             attrs = {"baseline": f"final-kd#{t.number}", "final_of": t.number}

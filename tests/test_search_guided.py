@@ -104,8 +104,37 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
 def test_the_most_accurate_pruned_candidates_get_a_longer_recovery_at_the_end(tmp_path: Path) -> None:
     result = run(tmp_path, trials=8, recover_final_steps=5)
     finals = [t for t in result.trials if t.baseline and t.baseline.startswith("final-kd#")]
-    assert 1 <= len(finals) <= 3
+    assert 1 <= len(finals) <= 4
     for t in finals:
         assert t.recovery is not None and t.recovery["ran"] == ["bn", "kd"]
         original = result.trial(int(t.baseline.split("#")[1]))
         assert original.candidate == t.candidate
+
+
+def test_final_recovery_takes_the_most_accurate_and_the_largest_pruned_candidates() -> None:
+    """Accuracy before distillation ranks heavily pruned candidates poorly, so the largest pruned
+    ones under the budget are distilled too; unpruned and over-budget ones never are."""
+    import optuna
+
+    from autotune.guide import enqueue_final
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    dist = {"w": optuna.distributions.CategoricalDistribution([0.25, 0.5, 0.75, 1.0])}
+    pruned = {"layers": {"conv": {"width": 0.5}}}
+    unpruned = {"layers": {"conv": {"bits": 8}}}
+    rows = [  # (width, accuracy, latency ms, size bytes, config)
+        (0.25, 60.0, 1.0, 100.0, pruned),  # most accurate pruned
+        (0.5, 40.0, 2.0, 400.0, pruned),  # largest pruned under the budget
+        (0.75, 10.0, 9.0, 900.0, pruned),  # over the 5 ms budget
+        (1.0, 99.0, 1.0, 800.0, unpruned),  # nothing to distill
+    ]
+    for w, acc, ms, size, config in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"w": w}, distributions=dist, values=[acc, ms, size], user_attrs={"config": config}
+            )
+        )
+    assert enqueue_final(study, budget_ms=5.0, k=1) == 2
+    queued = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.WAITING]
+    assert sorted(t.user_attrs["final_of"] for t in queued) == [0, 1]  # trial numbers
+    assert enqueue_final(study, budget_ms=5.0, k=1) == 0  # already queued: not twice

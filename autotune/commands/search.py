@@ -70,8 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--recover-final-steps",
         type=int,
         default=0,
-        help="distill the 3 most accurate pruned candidates under the budget this many steps, "
-        "as extra trials at the end (default: 0, off)",
+        help="distill the 2 most accurate and the 2 largest pruned candidates under the budget this "
+        "many steps, as extra trials at the end (default: 0, off)",
     )
     p.add_argument(
         "--sensitivity",
