@@ -143,8 +143,9 @@ def baseline_latencies(study: optuna.Study) -> list[tuple[str, float]]:
 
 
 def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
-    """Re-queue the ``k`` most accurate and the ``k`` largest pruned trials under the budget for a
-    longer recovery (``final_of`` marks them); returns how many were queued."""
+    """Re-queue the ``k`` most accurate and the ``k`` largest pruned trials under the budget, and
+    the most accurate pruned uniform baseline, for a longer recovery (``final_of`` marks them);
+    returns how many were queued."""
     done = {t.user_attrs.get("final_of") for t in study.get_trials(deepcopy=False)}
     pruned = [
         t
@@ -158,9 +159,11 @@ def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
     # accuracy before distillation ranks heavily pruned candidates poorly (BatchNorm-only scores
     # of collapsed models are noise), and distillation recovers what the kept weights can hold:
     # the largest candidates under the budget are finalists too (benchmarks/search_quality.py)
-    by_accuracy = sorted(pruned, key=lambda t: -t.values[0])[:k]
-    by_size = sorted(pruned, key=lambda t: -t.values[2])[:k]
-    best = by_accuracy + [t for t in by_size if t not in by_accuracy]
+    # ... and so is the best uniform one, so the distilled result never loses to uniform pruning
+    uniform = [t for t in pruned if not str(t.user_attrs.get("baseline", "greedy")).startswith("greedy")]
+    best: list[optuna.trial.FrozenTrial] = []
+    for pool, key, n in ((pruned, 0, k), (pruned, 2, k), (uniform, 0, 1)):
+        best += [t for t in sorted(pool, key=lambda t: -t.values[key])[:n] if t not in best]
     for t in best:
         if t.number not in done:
             attrs = {"baseline": f"final-kd#{t.number}", "final_of": t.number}

@@ -104,7 +104,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
 def test_the_most_accurate_pruned_candidates_get_a_longer_recovery_at_the_end(tmp_path: Path) -> None:
     result = run(tmp_path, trials=8, recover_final_steps=5)
     finals = [t for t in result.trials if t.baseline and t.baseline.startswith("final-kd#")]
-    assert 1 <= len(finals) <= 4
+    assert 1 <= len(finals) <= 5
     for t in finals:
         assert t.recovery is not None and t.recovery["ran"] == ["bn", "kd"]
         original = result.trial(int(t.baseline.split("#")[1]))
@@ -113,7 +113,8 @@ def test_the_most_accurate_pruned_candidates_get_a_longer_recovery_at_the_end(tm
 
 def test_final_recovery_takes_the_most_accurate_and_the_largest_pruned_candidates() -> None:
     """Accuracy before distillation ranks heavily pruned candidates poorly, so the largest pruned
-    ones under the budget are distilled too; unpruned and over-budget ones never are."""
+    ones under the budget and the best uniform one are distilled too; unpruned and over-budget
+    ones never are."""
     import optuna
 
     from autotune.guide import enqueue_final
@@ -122,19 +123,22 @@ def test_final_recovery_takes_the_most_accurate_and_the_largest_pruned_candidate
     dist = {"w": optuna.distributions.CategoricalDistribution([0.25, 0.5, 0.75, 1.0])}
     pruned = {"layers": {"conv": {"width": 0.5}}}
     unpruned = {"layers": {"conv": {"bits": 8}}}
-    rows = [  # (width, accuracy, latency ms, size bytes, config)
-        (0.25, 60.0, 1.0, 100.0, pruned),  # most accurate pruned
-        (0.5, 40.0, 2.0, 400.0, pruned),  # largest pruned under the budget
-        (0.75, 10.0, 9.0, 900.0, pruned),  # over the 5 ms budget
-        (1.0, 99.0, 1.0, 800.0, unpruned),  # nothing to distill
+    rows = [  # (width, accuracy, latency ms, size bytes, config, baseline name)
+        (0.25, 60.0, 1.0, 100.0, pruned, None),  # most accurate pruned
+        (0.5, 40.0, 2.0, 400.0, pruned, None),  # largest pruned under the budget
+        (0.75, 10.0, 9.0, 900.0, pruned, None),  # over the 5 ms budget
+        (1.0, 99.0, 1.0, 800.0, unpruned, None),  # nothing to distill
+        (0.5, 20.0, 1.5, 300.0, pruned, "w0.5"),  # the most accurate uniform baseline
+        (0.25, 15.0, 1.2, 90.0, pruned, "w0.25"),  # a less accurate uniform baseline
     ]
-    for w, acc, ms, size, config in rows:
+    for w, acc, ms, size, config, name in rows:
+        attrs = {"config": config} | ({"baseline": name} if name else {})
         study.add_trial(
             optuna.trial.create_trial(
-                params={"w": w}, distributions=dist, values=[acc, ms, size], user_attrs={"config": config}
+                params={"w": w}, distributions=dist, values=[acc, ms, size], user_attrs=attrs
             )
         )
-    assert enqueue_final(study, budget_ms=5.0, k=1) == 2
+    assert enqueue_final(study, budget_ms=5.0, k=1) == 3
     queued = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.WAITING]
-    assert sorted(t.user_attrs["final_of"] for t in queued) == [0, 1]  # trial numbers
+    assert sorted(t.user_attrs["final_of"] for t in queued) == [0, 1, 4]  # trial numbers
     assert enqueue_final(study, budget_ms=5.0, k=1) == 0  # already queued: not twice
