@@ -255,7 +255,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
                 if meta.infeasible and not cfg.keep_going:
                     meta.stopped = "infeasible"
                     break
-        # more recovery for the most accurate pruned candidates under the budget, as new trials
+        # more recovery for the finalists under the budget (guide.enqueue_final), as new trials
         if cfg.recover_final_steps and not meta.stopped and (n := enqueue_final(study, budget_ms)):
             study.optimize(objective, n_trials=n, catch=(CandidateError,), callbacks=[bar.update])
         # confirmation round: the candidates that decide the outcome, measured again for longer
