@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune import summary
+from autotune.budget import Limit
 from autotune.errors import UserError
 from autotune.measure import confirm
 from autotune.records import Measurement
@@ -63,6 +64,11 @@ class TrialResult:
             timings=record.timings,
             recovery=record.recovery,
         )
+
+    @property
+    def ratio(self) -> float | None:
+        """The latency ratio to the study's reference (paired timing); None when unpaired."""
+        return self.measurement.ratio
 
     def export(self, path: str | Path) -> Path:
         """Copy the ONNX artifact to ``path`` and write ``path.json`` beside it (config, figures)."""
@@ -155,6 +161,8 @@ class ParetoSet:
         self.run_dir = Path(run_dir or self.meta.run_dir)
         self.storage = storage  # the storage URL, when known (the report names it)
         self.budget_ms: float = float(self.meta.budget_ms)
+        #: where feasibility is decided: a relative budget on the ratio alone
+        self.limit = Limit(self.budget_ms, self.meta.budget_fraction)
         self.report_path: Path | None = None  # set once a report is written
         trials = study.get_trials(deepcopy=False)
         #: every completed trial (feasible or not); failed candidates are in ``failures``
@@ -195,14 +203,16 @@ class ParetoSet:
         """Most accurate candidate under the budget; among equally accurate ones, those as fast as
         the fastest (inside their latency resolution) are decided by size. None if none meets it."""
         figures = [self._confirmed_figure(t) for t in self.feasible]  # confirmed figures win
-        chosen = confirm.best([f for f in figures if f.latency_ms <= self.budget_ms])
+        chosen = confirm.best([f for f in figures if confirm.within(f, self.limit)])
         return next(t for t in self.feasible if t.number == chosen.key) if chosen else None
 
     def _confirmed_figure(self, t: TrialResult) -> confirm.Figure:
         c = self.confirmed.get(t.number)
         if c is None:
             return _figure(t)
-        return confirm.Figure(t.number, t.accuracy, c["latency_ms"], t.size_bytes, c["resolution"])
+        ci = (float(c["ratio_ci"][0]), float(c["ratio_ci"][1])) if c.get("ratio_ci") else None
+        lat, res = c["latency_ms"], c["resolution"]
+        return confirm.Figure(t.number, t.accuracy, lat, t.size_bytes, res, c.get("ratio"), ci)
 
     @property
     def borderline(self) -> list[int]:
@@ -214,7 +224,7 @@ class ParetoSet:
 
     def closest(self, k: int = 5) -> list[TrialResult]:
         """When nothing meets every limit: the most accurate under budget, else the fastest."""
-        under = [t for t in self.trials if t.latency_ms <= self.budget_ms]
+        under = [t for t in self.trials if self.limit.within(t.latency_ms, t.ratio)]
         return sorted(under, key=lambda t: -t.accuracy)[:k] if under else self.fastest(k)
 
     @property

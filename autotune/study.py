@@ -33,6 +33,7 @@ from autotune.evaluate import evaluate_artifact
 from autotune.guide import (
     Reference,
     baseline_latencies,
+    baselines_within,
     enqueue_final,
     infeasible_message,
     measure_reference,
@@ -159,6 +160,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         else:
             reference = measure_reference(task, space, builder, measurer, inputs)
         budget_ms = cfg.budget_spec.resolve(reference.latency_ms)
+        limit = cfg.budget_spec.limit(budget_ms)  # a relative budget is decided on the ratio alone
         floor = None if cfg.floor is None else cfg.floor.floor(reference.accuracy)
         table, greedy = None, list[dict[str, Any]]()
         if cfg.sensitivity:  # cached in the run directory: a resumed search re-uses it
@@ -166,6 +168,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             table, greedy = sensitivity_guidance(*args)
         meta = _check_or_write_meta(study, task, profile, device, budget_ms, cfg, space, run_dir)
         meta.reference, meta.floor = reference.to_dict(), floor
+        meta.budget_fraction = cfg.budget_spec.fraction
         meta.max_drop = None if cfg.floor is None else cfg.floor.label
         meta.search = {"sampler": cfg.sampler, "recovery": recovery.to_dict(), "sensitivity": cfg.sensitivity}
         meta.search["greedy"] = len(greedy)  # enqueued unless identical to a baseline
@@ -212,7 +215,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         finally:
             record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
-        trial.set_constraint("latency_budget", latency_ms - budget_ms)
+        trial.set_constraint("latency_budget", limit.excess(latency_ms, m.ratio))
         if floor is not None:
             trial.set_constraint("accuracy_floor", floor - accuracy)
         return accuracy, latency_ms, float(artifact.size_bytes)
@@ -251,7 +254,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             if meta.stopped:
                 break
             if phase == "probe":
-                meta.infeasible = infeasible_message(baseline_latencies(study), reference, budget_ms, space)
+                measured, within = baseline_latencies(study), baselines_within(study)
+                meta.infeasible = infeasible_message(measured, reference, budget_ms, space, within)
                 if meta.infeasible and not cfg.keep_going:
                     meta.stopped = "infeasible"
                     break
@@ -262,7 +266,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         # (its measurements are counted apart from the trials')
         trial_stats = dict(measurer.stats)
         found = ParetoSet(study, run_dir, storage=storage_url)
-        confirmed = confirm.run_round(found, measurer, inputs, budget_ms, cfg.protocol)
+        confirmed = confirm.run_round(found, measurer, inputs, limit, cfg.protocol)
         study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
         trial_stats["confirmed"] = len(confirmed)
     except KeyboardInterrupt:

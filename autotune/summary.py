@@ -58,7 +58,7 @@ def _verdict(result: ParetoSet) -> list[str]:
         lines.append(f"recovery ({'+'.join(ran)}) in {len(recovered)} trials: {gain:+.2f} points on average")
     if result.pareto:
         lines.append(f"Pareto set under the budget ({len(result.pareto)} candidates, * = best):")
-    elif floor is not None and any(t.latency_ms <= result.budget_ms for t in result.trials):
+    elif floor is not None and any(result.limit.within(t.latency_ms, t.ratio) for t in result.trials):
         lines.append(
             f"NO candidate meets both the budget of {budget} and the accuracy floor of {floor:.2f}: "
             "none is the one to ship. The most accurate under the budget (everything is saved):"

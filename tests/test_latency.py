@@ -298,15 +298,38 @@ def test_noise_aware_dominance_and_best() -> None:
 
 
 def test_confirmation_targets_borderline_and_protocol() -> None:
+    from autotune.budget import Limit
     from autotune.measure.confirm import Figure, borderline, confirmation_protocol, to_confirm
 
     front = [Figure(k, 90.0, ms, 1.0, 0.03) for k, ms in ((1, 0.5), (2, 0.88), (3, 1.1))]
-    assert to_confirm(front, front[0], budget_ms=1.0) == [1, 2, 3]  # best + within 15% of budget
-    assert to_confirm(front, None, budget_ms=2.0) == []
-    assert borderline(Figure(5, 90.0, 0.98, 1.0, 0.03), 1.0)  # [0.951, 1.009] straddles 1.0
-    assert not borderline(Figure(6, 90.0, 0.90, 1.0, 0.03), 1.0)
+    assert to_confirm(front, front[0], Limit(1.0)) == [1, 2, 3]  # best + within 15% of budget
+    assert to_confirm(front, None, Limit(2.0)) == []
+    assert borderline(Figure(5, 90.0, 0.98, 1.0, 0.03), Limit(1.0))  # [0.951, 1.009] straddles 1.0
+    assert not borderline(Figure(6, 90.0, 0.90, 1.0, 0.03), Limit(1.0))
     p = confirmation_protocol(Protocol())
     assert p.min_samples == 192 and p.min_time_s == 3.0 and p.ratio_resolution == 0.01
+
+
+def test_relative_budget_is_decided_on_the_ratio_alone() -> None:
+    from autotune.budget import Limit, parse_budget_spec
+    from autotune.measure.confirm import Figure, best, borderline, to_confirm, within
+
+    # budget resolved once at 50% of a 1.0 ms reference; the host then slowed down: the study's
+    # reference estimate is 1.2 ms, so a candidate at ratio 0.48 derives 0.576 ms > 0.5 ms
+    limit = parse_budget_spec("50%").limit(0.5)
+    assert limit == Limit(0.5, 0.5)
+    assert limit.within(0.576, 0.48) and limit.excess(0.576, 0.48) < 0
+    assert not limit.within(0.45, 0.52) and limit.excess(0.45, 0.52) > 0  # fast window, ratio over
+    assert limit.within(0.45, None)  # unpaired: on the latency
+    absolute = parse_budget_spec("0.5ms").limit(0.5)
+    assert not absolute.within(0.576, 0.48) and absolute.within(0.45, 0.52)
+    # borderline follows the ratio's interval, not the latency's
+    f = Figure(1, 90.0, 0.60, 1.0, 0.02, ratio=0.495, ratio_ci=(0.485, 0.505))
+    assert within(f, limit) and borderline(f, limit) and not borderline(f, absolute)
+    g = Figure(2, 91.0, 0.45, 1.0, 0.02, ratio=0.52, ratio_ci=(0.51, 0.53))
+    h = Figure(3, 89.0, 0.62, 1.0, 0.02, ratio=0.40, ratio_ci=(0.39, 0.41))
+    assert best([x for x in (f, g, h) if within(x, limit)]).key == 1  # g is over 50% on its ratio
+    assert to_confirm([h, f], h, limit) == [3, 1]  # f within 15% of 0.5 on its ratio, h not
 
 
 # -- a loopback agent: the job names the reference by sha256 -------------------------------------

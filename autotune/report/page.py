@@ -116,7 +116,7 @@ def verdict(view: View) -> str:
     c = view.chosen
     ref = r.reference_accuracy
     floor = r.meta.floor
-    if c is None and floor is not None and any(t.latency_ms <= r.budget_ms for t in r.trials):
+    if c is None and floor is not None and any(r.limit.within(t.latency_ms, t.ratio) for t in r.trials):
         return (
             '<section class="verdict none" id="verdict">'
             f"<h2>No trial met both the budget of {budget} and the accuracy floor of {floor:.2f} on "
