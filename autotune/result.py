@@ -42,6 +42,7 @@ class TrialResult:
     baseline: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     recovery: dict[str, Any] | None = None  # what ran, and the accuracy before it
+    confirmed: dict[str, Any] | None = None  # the confirmation round's figures, when confirmed
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
@@ -70,6 +71,25 @@ class TrialResult:
         """The latency ratio to the study's reference (paired timing); None when unpaired."""
         return self.measurement.ratio
 
+    def latency_record(self) -> dict[str, Any]:
+        """The study's latency and what it is made of (docs/measurement.md): reference latency x
+        ratio, the ratio's 95% interval, the reference (median, sha256), the window's medians."""
+        m = self.measurement
+        ratio = m.ratio
+        out: dict[str, Any] = {
+            "ms": self.latency_ms,
+            "ratio": ratio,
+            "ratio_ci": m.ratio_ci,
+            "reference_median_ms": self.latency_ms / ratio if ratio else None,  # the study's estimate
+            "reference_sha256": m.reference_sha256,
+            "window_median_ms": m.median_ms,  # the candidate's own, in its measuring window
+            "window_reference_median_ms": m.reference_median_ms,
+        }
+        if self.confirmed:
+            out["confirmed"] = {k: self.confirmed.get(k) for k in ("latency_ms", "ratio", "ratio_ci")}
+            out["borderline"] = bool(self.confirmed.get("borderline"))
+        return out
+
     def export(self, path: str | Path) -> Path:
         """Copy the ONNX artifact to ``path`` and write ``path.json`` beside it (config, figures)."""
         path = Path(path)
@@ -84,6 +104,7 @@ class TrialResult:
             "accuracy": self.accuracy,
             "latency_ms": {"median": m.median_ms, "p90": m.p90_ms, "p99": m.p99_ms, "cv": m.cv, "n": m.n},
             "latency_status": m.status,
+            "latency": self.latency_record(),
             "size_bytes": self.size_bytes,
             "feasible": self.feasible,
             "baseline": self.baseline,
@@ -178,6 +199,8 @@ class ParetoSet:
         self.confirmed: dict[int, dict[str, Any]] = {
             int(k): v for k, v in study.user_attrs.get(confirm.CONFIRMED_KEY, {}).items()
         }
+        for t in self.trials:
+            t.confirmed = self.confirmed.get(t.number)
         # noise-aware: a latency difference inside the two candidates' resolution does not count
         front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
