@@ -116,7 +116,8 @@ def confirmation_protocol(p: Protocol) -> Protocol:
         p,
         min_samples=p.min_samples * 3,
         min_time_s=p.min_time_s * 3,
-        max_time_s=max(p.max_time_s, p.min_time_s * 3 * 4),
+        pair_min_time_s=p.pair_min_time_s * 3,
+        max_time_s=max(p.max_time_s, max(p.min_time_s, p.pair_min_time_s) * 3 * 4),
         ratio_resolution=p.ratio_resolution / 2,
     )
 
