@@ -157,6 +157,11 @@ class LatencyPredictor:
 
     # -- learning ------------------------------------------------------------------------
     @property
+    def observed(self) -> int:
+        """Measured candidates learnt from."""
+        return len(self._y)
+
+    @property
     def trained(self) -> bool:
         return len(self._y) >= self.min_train
 
@@ -207,7 +212,8 @@ class LatencyPredictor:
         """For the summary and the report: error on candidates measured anyway, and skips."""
         err = np.abs(self.errors)
         return {
-            "trained_on": len(self._y),
+            "trained_on": self.observed,
+            "min_train": self.min_train,
             "checked": int(err.size),
             "mape": round(float(err.mean()), 4) if err.size else None,
             "within_10pct": round(float((err <= 0.10).mean()), 4) if err.size else None,

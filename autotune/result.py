@@ -24,6 +24,7 @@ from autotune.measure import confirm
 from autotune.records import Measurement
 from autotune.run import DB_NAME, RunMeta, TrialRecord
 from autotune.space import Candidate
+from autotune.study_trials import PREDICTED_KEY, skipped
 
 
 @dataclass
@@ -137,6 +138,16 @@ class FailedTrial:
         )
 
 
+@dataclass
+class SkippedTrial:
+    """A sampled candidate the latency predictor put beyond the budget: never built or measured.
+    ``predicted``: the predicted ratio and latency, the budget ratio and the margin used."""
+
+    number: int
+    candidate: Candidate | None
+    predicted: dict[str, Any]
+
+
 def storage_url(run_dir: str | Path | None = None, storage: str | None = None) -> str:
     """The Optuna storage URL of a runs directory (``runs/NAME``), or ``storage`` as given."""
     if storage is not None:
@@ -194,6 +205,14 @@ class ParetoSet:
             FailedTrial.from_trial(t, self.run_dir)
             for t in trials
             if t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate
+        ]
+        #: candidates the latency predictor skipped (PRUNED, with the predicted figure; not measured)
+        self.skipped: list[SkippedTrial] = [
+            SkippedTrial(
+                t.number, TrialRecord.from_attrs(t.user_attrs).candidate, t.user_attrs[PREDICTED_KEY]
+            )
+            for t in trials
+            if skipped(t)
         ]
         #: the confirmation round's figures, by trial number (latency_ms, ratio, ratio_ci, borderline)
         self.confirmed: dict[int, dict[str, Any]] = {

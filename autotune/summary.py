@@ -71,6 +71,27 @@ def _verdict(result: ParetoSet) -> list[str]:
     return lines
 
 
+def predictor_line(result: ParetoSet) -> str | None:
+    """The latency predictor: what it skipped, and its error on candidates measured anyway."""
+    stats = result.meta.search.get("predictor")
+    if not stats:
+        return None
+    if not stats.get("enabled"):
+        return "latency predictor: off (--no-predictor): every candidate was measured"
+    skipped = len(result.skipped)
+    error = (
+        f"its error on {stats['checked']} candidates measured anyway: MAPE {stats['mape']:.1%}, "
+        f"{stats['within_10pct']:.0%} within +-10%"
+        if stats.get("checked")
+        else f"not yet checked on a measured candidate (trained after {stats.get('min_train', 20)})"
+    )
+    return (
+        f"latency predictor: {skipped} candidate(s) skipped, predicted beyond the budget "
+        f"(x{stats['budget_ratio']:.3f} of the reference) by more than the safe margin "
+        f"(now {stats['margin']:.0%}) - predicted, never measured, never in the Pareto set; {error}"
+    )
+
+
 def summary(result: ParetoSet) -> str:
     """What ``autotune`` prints at the end of a search."""
     n_fail = len(result.failures)
@@ -89,6 +110,8 @@ def summary(result: ParetoSet) -> str:
         )
     lines.extend(_verdict(result))
     lines.append(table(result))
+    if (line := predictor_line(result)) is not None:
+        lines.append(line)
     stats = result.meta.measurer
     if stats:
         lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from autotune._util import first_line
 from autotune.report._common import View, esc, latency_flags
 from autotune.run import DB_NAME, TrialRecord
+from autotune.summary import predictor_line
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
@@ -234,6 +235,7 @@ def facts(view: View) -> str:
             else "none (no trial met the budget)",
         ),
         ("measurement protocol", proto_text),
+        ("latency predictor", predictor_line(r) or "not recorded"),
         ("study", f"{r.study.study_name} ({run_reference(r)})"),
         ("created", meta.created),
         ("autotune", f"{meta.version}; command: {meta.command}"),
