@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from autotune import predictor as _predictor
 from autotune.budget import Limit
-from autotune.predictor import LatencyPredictor, layer_stats
+from autotune.predictor import LatencyPredictor, layer_stats, model_graph
 from autotune.run import TrialRecord
 from autotune.space import Candidate, SearchSpace
 
@@ -82,7 +82,8 @@ class StudyPredictor:
         limit: Limit,
         reference_ms: float,
     ) -> None:
-        self.model = LatencyPredictor(space, layer_stats(reference, inputs), min_train=_predictor.MIN_TRAIN)
+        stats, graph = layer_stats(reference, inputs), model_graph(reference)
+        self.model = LatencyPredictor(space, stats, min_train=_predictor.MIN_TRAIN, graph=graph)
         self.reference_ms = reference_ms
         self.budget_ratio = limit.fraction if limit.fraction is not None else limit.budget_ms / reference_ms
 

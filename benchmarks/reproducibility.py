@@ -95,7 +95,8 @@ def main() -> None:
 
     def fig(r: dict[str, Any]) -> Figure:
         ci = (r["ratio_ci"][0], r["ratio_ci"][1])
-        return Figure(0, r["accuracy"], r["ratio"], r["size"], (ci[1] - ci[0]) / 2 / r["ratio"], r["ratio"], ci)
+        res = (ci[1] - ci[0]) / 2 / r["ratio"]
+        return Figure(0, r["accuracy"], r["ratio"], r["size"], res, r["ratio"], ci)
 
     same = a["config"] == b["config"]
     tied = equally_fast(fig(a), fig(b))
@@ -103,7 +104,8 @@ def main() -> None:
         f"confirmed ratios of the two bests agree within {agree:.2%} (target <= 3%); same choice: {same}; "
         f"equally fast (intervals overlap): {tied}; accuracy {a['accuracy']:.2f} vs {b['accuracy']:.2f}, "
         f"size {a['size'] / 1024:.1f} vs {b['size'] / 1024:.1f} KiB; "
-        f"load average before/after {load0[0]:.2f}/{load1[0]:.2f} (1 min), {load0[1]:.2f}/{load1[1]:.2f} (5 min)"
+        f"load average before/after {load0[0]:.2f}/{load1[0]:.2f} (1 min), "
+        f"{load0[1]:.2f}/{load1[1]:.2f} (5 min)"
     )
 
 

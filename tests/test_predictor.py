@@ -132,3 +132,27 @@ def test_search_skips_candidates_predicted_beyond_the_budget(
     )
     assert not off.skipped and off.meta.search["predictor"] == {"enabled": False}
     assert "latency predictor: off (--no-predictor)" in off.summary()
+
+
+def test_widths_propagate_through_the_graph_as_the_pruned_model_has_them(setup, tmp_path) -> None:
+    """The MACs the graph features count after pruning equal those of the really pruned model."""
+    from autotune.artifact import ArtifactBuilder
+    from autotune.predictor import model_graph
+    from autotune.recover import Recovery
+    from autotune.space import Candidate
+
+    space, stats, task = setup
+    builder = ArtifactBuilder(task, space, tmp_path / "a", recovery=Recovery(mode="none"))
+    reference = builder.build(space.candidate({})).path
+    predictor = LatencyPredictor(space, stats, graph=model_graph(reference))
+    x = {"input": task.example_inputs[0].numpy()}
+    total = sum(s.macs for s in stats.values())
+    widths = [p for p in space.parameters() if p.endswith(":width")]
+    assert widths, "the tiny model has prunable layers"
+    cands = [space.candidate(dict.fromkeys(widths, 0.5)), *random_candidates(space, 4, seed=2)]
+    for c in cands:
+        widths_only = {n: {k: v for k, v in cfg.items() if k == "width"} for n, cfg in c.layers.items()}
+        pruned = builder.build(Candidate(layers=widths_only, runtime=c.runtime))  # FP32: weights readable
+        truth = sum(s.macs for s in layer_stats(pruned.path, x).values()) / total
+        f = predictor.features(c)
+        assert f[0] + f[1] + f[2] == pytest.approx(truth, rel=0.02)  # FP32 + int8 + other MAC shares
