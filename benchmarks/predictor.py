@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--keep", help="keep the studies under this directory (off/, on/)")
     parser.add_argument("--replay", help="only the accuracy figure, from this kept study directory")
     parser.add_argument("--no-with", action="store_true", help="skip the run with the predictor")
+    parser.add_argument("--off-study", help="reuse this kept study as the run without the predictor")
     args = parser.parse_args()
     load0 = os.getloadavg()
     if args.replay:
@@ -101,7 +102,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp)
-        off, off_s = run(out, "off", args, predictor=False)
+        if args.off_study:  # a kept run: its wall time as recorded
+            off = ParetoSet.load(args.off_study)
+            off_s = off.meta.wall_s
+        else:
+            off, off_s = run(out, "off", args, predictor=False)
         r = replay(off, args.train, args.test)
         print(_accuracy_line(r, args), flush=True)
         n_off = len(off.trials) + len(off.failures)
