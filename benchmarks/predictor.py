@@ -56,7 +56,7 @@ def run(out: Path, name: str, args: argparse.Namespace, predictor: bool) -> tupl
     return result, time.perf_counter() - t0
 
 
-def replay(result: ParetoSet, train: int, test: int) -> dict[str, Any]:
+def replay(result: ParetoSet, train: int, test: int, graph: bool = False) -> dict[str, Any]:
     """Measured candidates in trial order through a fresh predictor: errors on [train, train+test)."""
     from autotune.profiles import load_profile
 
@@ -66,7 +66,7 @@ def replay(result: ParetoSet, train: int, test: int) -> dict[str, Any]:
     ref = result.baselines["fp32"].artifact_path
     stats = layer_stats(ref, x)
     measured = sorted((t for t in result.trials if t.measurement.ratio), key=lambda t: t.number)
-    model = LatencyPredictor(space, stats, min_train=train, graph=model_graph(ref))
+    model = LatencyPredictor(space, stats, min_train=train, graph=model_graph(ref) if graph else None)
     errors = []
     for t in measured:
         predicted = model.observe(t.candidate, t.measurement.ratio)
@@ -97,8 +97,9 @@ def main() -> None:
     args = parser.parse_args()
     load0 = os.getloadavg()
     if args.replay:
-        r = replay(ParetoSet.load(args.replay), args.train, args.test)
-        print(_accuracy_line(r, args))
+        kept = ParetoSet.load(args.replay)
+        print(_accuracy_line(replay(kept, args.train, args.test), args))
+        print("  graph features: " + _accuracy_line(replay(kept, args.train, args.test, graph=True), args))
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp)
@@ -107,8 +108,8 @@ def main() -> None:
             off_s = off.meta.wall_s
         else:
             off, off_s = run(out, "off", args, predictor=False)
-        r = replay(off, args.train, args.test)
-        print(_accuracy_line(r, args), flush=True)
+        print(_accuracy_line(replay(off, args.train, args.test), args), flush=True)
+        print("  graph features: " + _accuracy_line(replay(off, args.train, args.test, graph=True), args))
         n_off = len(off.trials) + len(off.failures)
         line = f"without the predictor: {n_off} trials in {off_s:.0f} s = {n_off / off_s * 60:.1f} trials/min"
         if not args.no_with:
