@@ -52,6 +52,50 @@ class Budget:
         """The label as a path-friendly name part: ``50pct`` or ``0.6ms``."""
         return self.label.replace("%", "pct")
 
+    def limit(self, budget_ms: float) -> Limit:
+        """Where feasibility is decided, once the budget is resolved to ``budget_ms``."""
+        return Limit(budget_ms, self.fraction)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The feasibility decision (docs/measurement.md).
+
+    A relative budget (``fraction`` of the unmodified model) is decided on the candidate's
+    latency **ratio** to the reference alone: ``50%`` is met iff ratio <= 0.5, whatever the
+    host's speed did to the absolute numbers. An absolute budget is decided on the derived
+    latency (reference latency x ratio). A figure without a ratio (unpaired) falls back to its
+    latency.
+    """
+
+    budget_ms: float
+    fraction: float | None = None
+
+    def _value(self, latency_ms: float, ratio: float | None) -> tuple[float, float]:
+        if self.fraction is not None and ratio is not None:
+            return ratio, self.fraction
+        return latency_ms, self.budget_ms
+
+    def excess(self, latency_ms: float, ratio: float | None) -> float:
+        """The trial constraint, in milliseconds of the budget: > 0 is over the budget."""
+        value, bound = self._value(latency_ms, ratio)
+        return (value / bound - 1.0) * self.budget_ms
+
+    def within(self, latency_ms: float, ratio: float | None) -> bool:
+        value, bound = self._value(latency_ms, ratio)
+        return value <= bound
+
+    def share(self, latency_ms: float, ratio: float | None) -> float:
+        """How far from the budget, as a share of it (0.1: 10% over, -0.1: 10% under)."""
+        value, bound = self._value(latency_ms, ratio)
+        return value / bound - 1.0
+
+    def straddles(self, latency_ms: float, ratio: float | None, low: float, high: float) -> bool:
+        """Whether an interval (``low``, ``high``: relative to the figure, e.g. 0.98, 1.02) holds
+        the budget: feasible or not is then inside the noise."""
+        value, bound = self._value(latency_ms, ratio)
+        return value * low <= bound < value * high
+
 
 def parse_budget_spec(text: str | float) -> Budget:
     """Absolute or relative budget; a bare number is taken as milliseconds."""

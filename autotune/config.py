@@ -43,6 +43,9 @@ class SearchConfig:
         sensitivity: measure per-layer sensitivity first; it drops values that alone break the
             floor and enqueues greedy candidates after the baselines.
         timeout: wall-clock limit (``"30m"``, ``"90s"`` or seconds); the search ends cleanly.
+        predictor: skip sampled candidates the online latency predictor puts beyond the budget
+            by its safe margin (recorded as pruned, with the predicted figure); False measures
+            every candidate (``--no-predictor``).
     """
 
     budget: str | float
@@ -67,6 +70,7 @@ class SearchConfig:
     recover_final_steps: int = 0
     sensitivity: bool = False
     timeout: str | float | None = None
+    predictor: bool = True
     budget_spec: Budget = field(init=False)  # absolute, or relative to the unmodified model
     floor: MaxDrop | None = field(init=False)
     timeout_s: float | None = field(init=False)

@@ -61,13 +61,21 @@ def measure_reference(
 
 
 def infeasible_message(
-    measured: Sequence[tuple[str, float]], reference: Reference, budget_ms: float, space: SearchSpace
+    measured: Sequence[tuple[str, float]],
+    reference: Reference,
+    budget_ms: float,
+    space: SearchSpace,
+    within: bool | None = None,
 ) -> str | None:
     """None when a measured configuration meets the budget; else the floor and what could go lower.
 
-    ``measured``: (label, median ms) of the baselines and the most aggressive configuration.
+    ``measured``: (label, median ms) of the baselines and the most aggressive configuration;
+    ``within``: whether one of them met the budget as the study decided it (a relative budget
+    on the ratio alone, :func:`baselines_within`); None: decided on the milliseconds.
     """
-    if not measured or min(ms for _, ms in measured) <= budget_ms:
+    if within is None:
+        within = bool(measured) and min(ms for _, ms in measured) <= budget_ms
+    if not measured or within:
         return None
     label, floor = min(measured, key=lambda lm: lm[1])
     ref = reference.latency_ms
@@ -142,6 +150,20 @@ def baseline_latencies(study: optuna.Study) -> list[tuple[str, float]]:
     return out
 
 
+def _within(t: optuna.trial.FrozenTrial) -> bool:
+    """Met the latency budget, as the study decided it (the trial's constraint)."""
+    return t.constraints.get("latency_budget", 0.0) <= 0
+
+
+def baselines_within(study: optuna.Study) -> bool:
+    """Whether a completed baseline met the latency budget (its trial constraint)."""
+    return any(
+        _within(t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("baseline") is not None and not t.user_attrs["baseline"].startswith("greedy")
+    )
+
+
 def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
     """Re-queue the ``k`` most accurate and the ``k`` largest pruned trials under the budget, and
     the most accurate pruned uniform baseline, for a longer recovery (``final_of`` marks them);
@@ -150,7 +172,7 @@ def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
     pruned = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values[1] <= budget_ms
+        if (_within(t) if "latency_budget" in t.constraints else t.values[1] <= budget_ms)
         and "final_of" not in t.user_attrs
         and any(
             "width" in c or "sparsity" in c for c in t.user_attrs.get("config", {}).get("layers", {}).values()

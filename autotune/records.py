@@ -66,7 +66,10 @@ class Protocol:
     # competed for it) -> retry, then flag "unstable"; 0 disables the check
     min_cpu_share: float = 0.90
     # paired timing: candidate and reference alternate in blocks of about this long ...
-    pair_block_ms: float = 10.0
+    pair_block_ms: float = 1.0
+    # ... for at least this long (a host whose speed shifts for seconds needs a few to show
+    # its quiet moments, which the ratio is taken from: docs/measurement.md) ...
+    pair_min_time_s: float = 3.0
     # ... and pairs are added (up to max_retries more rounds) until the ratio's 95% interval is
     # within +-this share of it; wider -> "unstable"
     ratio_resolution: float = 0.02
@@ -81,7 +84,9 @@ class Protocol:
     @classmethod
     def quick(cls) -> Protocol:
         """A short protocol for tests and smoke runs (still stops on both thresholds)."""
-        return cls(warmup_s=0.05, warmup_runs=3, min_samples=16, min_time_s=0.05, max_retries=0)
+        return cls(
+            warmup_s=0.05, warmup_runs=3, min_samples=16, min_time_s=0.05, max_retries=0, pair_min_time_s=0.05
+        )
 
 
 @dataclass

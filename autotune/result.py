@@ -18,11 +18,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune import summary
+from autotune.budget import Limit
 from autotune.errors import UserError
 from autotune.measure import confirm
 from autotune.records import Measurement
 from autotune.run import DB_NAME, RunMeta, TrialRecord
 from autotune.space import Candidate
+from autotune.study_trials import PREDICTED_KEY, skipped
 
 
 @dataclass
@@ -41,6 +43,7 @@ class TrialResult:
     baseline: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     recovery: dict[str, Any] | None = None  # what ran, and the accuracy before it
+    confirmed: dict[str, Any] | None = None  # the confirmation round's figures, when confirmed
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
@@ -64,6 +67,30 @@ class TrialResult:
             recovery=record.recovery,
         )
 
+    @property
+    def ratio(self) -> float | None:
+        """The latency ratio to the study's reference (paired timing); None when unpaired."""
+        return self.measurement.ratio
+
+    def latency_record(self) -> dict[str, Any]:
+        """The study's latency and what it is made of (docs/measurement.md): reference latency x
+        ratio, the ratio's 95% interval, the reference (median, sha256), the window's medians."""
+        m = self.measurement
+        ratio = m.ratio
+        out: dict[str, Any] = {
+            "ms": self.latency_ms,
+            "ratio": ratio,
+            "ratio_ci": m.ratio_ci,
+            "reference_median_ms": self.latency_ms / ratio if ratio else None,  # the study's estimate
+            "reference_sha256": m.reference_sha256,
+            "window_median_ms": m.median_ms,  # the candidate's own, in its measuring window
+            "window_reference_median_ms": m.reference_median_ms,
+        }
+        if self.confirmed:
+            out["confirmed"] = {k: self.confirmed.get(k) for k in ("latency_ms", "ratio", "ratio_ci")}
+            out["borderline"] = bool(self.confirmed.get("borderline"))
+        return out
+
     def export(self, path: str | Path) -> Path:
         """Copy the ONNX artifact to ``path`` and write ``path.json`` beside it (config, figures)."""
         path = Path(path)
@@ -78,6 +105,7 @@ class TrialResult:
             "accuracy": self.accuracy,
             "latency_ms": {"median": m.median_ms, "p90": m.p90_ms, "p99": m.p99_ms, "cv": m.cv, "n": m.n},
             "latency_status": m.status,
+            "latency": self.latency_record(),
             "size_bytes": self.size_bytes,
             "feasible": self.feasible,
             "baseline": self.baseline,
@@ -108,6 +136,16 @@ class FailedTrial:
             traceback_path=run_dir / record.traceback if record.traceback else None,
             candidate=record.candidate,
         )
+
+
+@dataclass
+class SkippedTrial:
+    """A sampled candidate the latency predictor put beyond the budget: never built or measured.
+    ``predicted``: the predicted ratio and latency, the budget ratio and the margin used."""
+
+    number: int
+    candidate: Candidate | None
+    predicted: dict[str, Any]
 
 
 def storage_url(run_dir: str | Path | None = None, storage: str | None = None) -> str:
@@ -155,6 +193,8 @@ class ParetoSet:
         self.run_dir = Path(run_dir or self.meta.run_dir)
         self.storage = storage  # the storage URL, when known (the report names it)
         self.budget_ms: float = float(self.meta.budget_ms)
+        #: where feasibility is decided: a relative budget on the ratio alone
+        self.limit = Limit(self.budget_ms, self.meta.budget_fraction)
         self.report_path: Path | None = None  # set once a report is written
         trials = study.get_trials(deepcopy=False)
         #: every completed trial (feasible or not); failed candidates are in ``failures``
@@ -166,10 +206,20 @@ class ParetoSet:
             for t in trials
             if t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate
         ]
+        #: candidates the latency predictor skipped (PRUNED, with the predicted figure; not measured)
+        self.skipped: list[SkippedTrial] = [
+            SkippedTrial(
+                t.number, TrialRecord.from_attrs(t.user_attrs).candidate, t.user_attrs[PREDICTED_KEY]
+            )
+            for t in trials
+            if skipped(t)
+        ]
         #: the confirmation round's figures, by trial number (latency_ms, ratio, ratio_ci, borderline)
         self.confirmed: dict[int, dict[str, Any]] = {
             int(k): v for k, v in study.user_attrs.get(confirm.CONFIRMED_KEY, {}).items()
         }
+        for t in self.trials:
+            t.confirmed = self.confirmed.get(t.number)
         # noise-aware: a latency difference inside the two candidates' resolution does not count
         front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
@@ -195,14 +245,16 @@ class ParetoSet:
         """Most accurate candidate under the budget; among equally accurate ones, those as fast as
         the fastest (inside their latency resolution) are decided by size. None if none meets it."""
         figures = [self._confirmed_figure(t) for t in self.feasible]  # confirmed figures win
-        chosen = confirm.best([f for f in figures if f.latency_ms <= self.budget_ms])
+        chosen = confirm.best([f for f in figures if confirm.within(f, self.limit)])
         return next(t for t in self.feasible if t.number == chosen.key) if chosen else None
 
     def _confirmed_figure(self, t: TrialResult) -> confirm.Figure:
         c = self.confirmed.get(t.number)
         if c is None:
             return _figure(t)
-        return confirm.Figure(t.number, t.accuracy, c["latency_ms"], t.size_bytes, c["resolution"])
+        ci = (float(c["ratio_ci"][0]), float(c["ratio_ci"][1])) if c.get("ratio_ci") else None
+        lat, res = c["latency_ms"], c["resolution"]
+        return confirm.Figure(t.number, t.accuracy, lat, t.size_bytes, res, c.get("ratio"), ci)
 
     @property
     def borderline(self) -> list[int]:
@@ -214,7 +266,7 @@ class ParetoSet:
 
     def closest(self, k: int = 5) -> list[TrialResult]:
         """When nothing meets every limit: the most accurate under budget, else the fastest."""
-        under = [t for t in self.trials if t.latency_ms <= self.budget_ms]
+        under = [t for t in self.trials if self.limit.within(t.latency_ms, t.ratio)]
         return sorted(under, key=lambda t: -t.accuracy)[:k] if under else self.fastest(k)
 
     @property

@@ -34,6 +34,7 @@ class RunMeta:
     backend: str = "?"
     budget_ms: float = math.inf
     budget: str = "?"  # as the user reads it, e.g. "0.6ms"
+    budget_fraction: float | None = None  # a relative budget (50% -> 0.5): decided on the ratio
     run_dir: str = "."
     fingerprint: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Any] = field(default_factory=dict)  # SearchSpace.summary()

@@ -33,6 +33,7 @@ from autotune.evaluate import evaluate_artifact
 from autotune.guide import (
     Reference,
     baseline_latencies,
+    baselines_within,
     enqueue_final,
     infeasible_message,
     measure_reference,
@@ -48,6 +49,7 @@ from autotune.result import ParetoSet
 from autotune.run import DB_NAME, FAILURES_DIR, RunMeta, TrialRecord
 from autotune.samplers import make_sampler
 from autotune.space import Candidate, SearchSpace, build_space, load_preset
+from autotune.study_trials import PREDICTED_KEY, PREDICTION_KEY, StudyPredictor, counted, enqueue_baselines
 from autotune.task import Task
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-exported for callers
@@ -75,16 +77,6 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
                 raise UserError(f"--storage {url}: cannot open ({error_line(exc)})") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def _counted(study: optuna.Study) -> int:
-    """Trials that count toward the requested number: completed, or failed by the candidate."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate)
-    )
 
 
 @contextlib.contextmanager
@@ -159,6 +151,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         else:
             reference = measure_reference(task, space, builder, measurer, inputs)
         budget_ms = cfg.budget_spec.resolve(reference.latency_ms)
+        limit = cfg.budget_spec.limit(budget_ms)  # a relative budget is decided on the ratio alone
         floor = None if cfg.floor is None else cfg.floor.floor(reference.accuracy)
         table, greedy = None, list[dict[str, Any]]()
         if cfg.sensitivity:  # cached in the run directory: a resumed search re-uses it
@@ -166,16 +159,21 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             table, greedy = sensitivity_guidance(*args)
         meta = _check_or_write_meta(study, task, profile, device, budget_ms, cfg, space, run_dir)
         meta.reference, meta.floor = reference.to_dict(), floor
+        meta.budget_fraction = cfg.budget_spec.fraction
         meta.max_drop = None if cfg.floor is None else cfg.floor.label
         meta.search = {"sampler": cfg.sampler, "recovery": recovery.to_dict(), "sensitivity": cfg.sensitivity}
         meta.search["greedy"] = len(greedy)  # enqueued unless identical to a baseline
+        predictor = None  # skips sampled candidates predicted beyond the budget (study_trials.py)
+        if cfg.predictor:
+            predictor = StudyPredictor(space, unmodified.path, inputs, limit, reference.latency_ms)
+            predictor.replay(study)
         if table is not None:
             meta.sensitivity = sensitivity_for_report(table)
         meta.save(study)
         # a resumed study gets a different sampler stream, so it does not replay the same proposals
         if study.trials and hasattr(sampler, "reseed_rng"):
             sampler.reseed_rng()
-        _enqueue_baselines(study, space, greedy)
+        enqueue_baselines(study, space, greedy)
     except BaseException:
         device.close()
         raise
@@ -184,6 +182,9 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         candidate = space.sample(trial)
         record = TrialRecord(candidate=candidate)
         record.save(trial)
+        if predictor is not None and (predicted := predictor.skip(trial, candidate)) is not None:
+            trial.set_user_attr(PREDICTED_KEY, predicted)  # not built, not measured: predicted
+            raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
         try:
             artifact = (final_builder if "final_of" in trial.user_attrs else builder).build(candidate)
             timings = record.timings = artifact.timings
@@ -212,18 +213,20 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         finally:
             record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
-        trial.set_constraint("latency_budget", latency_ms - budget_ms)
+        if predictor is not None and (guess := predictor.observe(candidate, m.ratio)) is not None:
+            trial.set_user_attr(PREDICTION_KEY, guess)  # its error is tracked in predictor.stats
+        trial.set_constraint("latency_budget", limit.excess(latency_ms, m.ratio))
         if floor is not None:
             trial.set_constraint("accuracy_floor", floor - accuracy)
         return accuracy, latency_ms, float(artifact.size_bytes)
 
     def stop_at_target(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         # other workers on the same storage count too: stop once the study as a whole is done
-        if _counted(study) >= cfg.trials:
+        if counted(study) >= cfg.trials:
             study.stop()
 
     deadline = None if cfg.timeout_s is None else started + cfg.timeout_s
-    bar = ProgressBar(cfg.trials - _counted(study), budget_ms, floor, cfg.progress)
+    bar = ProgressBar(cfg.trials - counted(study), budget_ms, floor, cfg.progress)
     meta.stopped = None
     trial_stats: dict[str, Any] = {}
     interrupted = False
@@ -231,7 +234,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         # feasibility probe: the enqueued baselines and the most aggressive configuration run first
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         for phase in ("probe", "search"):
-            while (remaining := cfg.trials - _counted(study)) > 0:
+            while (remaining := cfg.trials - counted(study)) > 0:
                 n = min(remaining, waiting) if phase == "probe" else remaining
                 if n <= 0:
                     break
@@ -251,7 +254,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             if meta.stopped:
                 break
             if phase == "probe":
-                meta.infeasible = infeasible_message(baseline_latencies(study), reference, budget_ms, space)
+                measured, within = baseline_latencies(study), baselines_within(study)
+                meta.infeasible = infeasible_message(measured, reference, budget_ms, space, within)
                 if meta.infeasible and not cfg.keep_going:
                     meta.stopped = "infeasible"
                     break
@@ -262,7 +266,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         # (its measurements are counted apart from the trials')
         trial_stats = dict(measurer.stats)
         found = ParetoSet(study, run_dir, storage=storage_url)
-        confirmed = confirm.run_round(found, measurer, inputs, budget_ms, cfg.protocol)
+        confirmed = confirm.run_round(found, measurer, inputs, limit, cfg.protocol)
         study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
         trial_stats["confirmed"] = len(confirmed)
     except KeyboardInterrupt:
@@ -276,6 +280,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         if not interrupted:
             meta.wall_s += time.time() - started
             meta.measurer = trial_stats or dict(measurer.stats)
+            meta.search["predictor"] = predictor.stats if predictor is not None else {"enabled": False}
             meta.save(study)
         device.close()
     result = ParetoSet(study, run_dir, storage=storage_url)
@@ -329,17 +334,3 @@ def _check_or_write_meta(
 def _budget_label(cfg: SearchConfig, budget_ms: float) -> str:
     spec = cfg.budget_spec
     return f"{spec.label} of FP32 = {format_ms(budget_ms)}" if spec.relative else format_ms(budget_ms)
-
-
-def _enqueue_baselines(study: optuna.Study, space: SearchSpace, greedy: list[dict[str, Any]]) -> None:
-    done = set()
-    for t in study.get_trials(deepcopy=False):
-        record = TrialRecord.from_attrs(t.user_attrs)
-        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) or (
-            t.state == TrialState.FAIL and record.failed_by_candidate
-        ):
-            done.add(record.baseline)
-    named = list(space.baselines().items()) + [(f"greedy{i + 1}", p) for i, p in enumerate(greedy)]
-    for name, params in named:
-        if name not in done:
-            study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs(), skip_if_exists=True)

@@ -58,7 +58,7 @@ def _verdict(result: ParetoSet) -> list[str]:
         lines.append(f"recovery ({'+'.join(ran)}) in {len(recovered)} trials: {gain:+.2f} points on average")
     if result.pareto:
         lines.append(f"Pareto set under the budget ({len(result.pareto)} candidates, * = best):")
-    elif floor is not None and any(t.latency_ms <= result.budget_ms for t in result.trials):
+    elif floor is not None and any(result.limit.within(t.latency_ms, t.ratio) for t in result.trials):
         lines.append(
             f"NO candidate meets both the budget of {budget} and the accuracy floor of {floor:.2f}: "
             "none is the one to ship. The most accurate under the budget (everything is saved):"
@@ -69,6 +69,27 @@ def _verdict(result: ParetoSet) -> list[str]:
             "(everything is saved; try a larger budget or a wider search space):"
         )
     return lines
+
+
+def predictor_line(result: ParetoSet) -> str | None:
+    """The latency predictor: what it skipped, and its error on candidates measured anyway."""
+    stats = result.meta.search.get("predictor")
+    if not stats:
+        return None
+    if not stats.get("enabled"):
+        return "latency predictor: off (--no-predictor): every candidate was measured"
+    skipped = len(result.skipped)
+    error = (
+        f"its error on {stats['checked']} candidates measured anyway: MAPE {stats['mape']:.1%}, "
+        f"{stats['within_10pct']:.0%} within +-10%"
+        if stats.get("checked")
+        else f"not yet checked on a measured candidate (trained after {stats.get('min_train', 20)})"
+    )
+    return (
+        f"latency predictor: {skipped} candidate(s) skipped, predicted beyond the budget "
+        f"(x{stats['budget_ratio']:.3f} of the reference) by more than the safe margin "
+        f"(now {stats['margin']:.0%}) - predicted, never measured, never in the Pareto set; {error}"
+    )
 
 
 def summary(result: ParetoSet) -> str:
@@ -89,6 +110,8 @@ def summary(result: ParetoSet) -> str:
         )
     lines.extend(_verdict(result))
     lines.append(table(result))
+    if (line := predictor_line(result)) is not None:
+        lines.append(line)
     stats = result.meta.measurer
     if stats:
         lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))

@@ -150,7 +150,8 @@ x = {"input": np.load(sys.argv[3])}
 ref = Reference(Path(sys.argv[2]), x)
 m = OrtCpuDevice().measure_paired(Path(sys.argv[1]), x, ref, RuntimeOptions(), Protocol())
 print(json.dumps({"status": m.status, "ratio": m.ratio, "ci": m.ratio_ci, "median_ms": m.median_ms,
-                  "reference_median_ms": m.reference_median_ms, "pairs": m.n,
+                  "reference_median_ms": m.reference_median_ms, "pairs": m.extra["pairs"],
+                  "clean": m.extra["clean_pairs"], "quiet": m.extra["quiet_pairs"], "s": m.steady_s,
                   "foreign_cpu": m.extra["host_load"]["foreign_cpu"]}))
 """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def test_paired_ratio_cancels_a_host_that_changes_speed() -> None:
     """The host runs 1x, then 3x slower for 0.3 s, and so on: absolute times swing, the ratio not."""
     clock = FakeClock()
     run, ref = drifting_pair(clock, 2.0, 4.0, lambda t: 3.0 if int(t / 0.3) % 2 else 1.0)
-    p = Protocol(warmup_s=0.05, warmup_runs=3, min_samples=64, min_time_s=1.0, max_retries=0)
+    p = Protocol(
+        warmup_s=0.05, warmup_runs=3, min_samples=64, max_retries=0, pair_block_ms=10.0, pair_min_time_s=1
+    )
     m = run_paired(run, ref, p, "fake", clock=clock)
     assert m.status == "ok" and m.n >= 64 and m.paired
     assert m.ratio == pytest.approx(0.5)
@@ -75,37 +78,69 @@ def test_paired_ratio_from_the_threads_cpu_time_leaves_preemption_out() -> None:
 
         return run
 
-    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=64, min_time_s=0.0, pair_block_ms=1.0)
+    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=64, pair_min_time_s=0.0)
     m = run_paired(timed(1.0), timed(2.0), p, "fake", clock=wall, cpu_time=cpu)
     assert m.ratio == pytest.approx(0.5) and m.ratio_resolution == pytest.approx(0.0)
-    assert m.extra["ratio_clock"] == "thread CPU time" and m.status == "ok"
-    assert m.p90_ms > m.min_ms  # the absolute statistics stay wall-clock, preemption included
+    assert "clean by thread CPU time" in m.extra["ratio_clock"] and m.status == "ok"
+    # preempted blocks are left out: the absolute statistics are the clean blocks' wall times
+    assert m.extra["clean_pairs"] == m.n < m.extra["pairs"]
+    assert m.min_ms == m.p90_ms == pytest.approx(1.0)
+
+
+def test_paired_ratio_is_taken_from_the_quiet_pairs() -> None:
+    """A process on a sibling core slows both models without preempting them, int8 less than
+    FP32: the ratio moves with the load (0.5 quiet, 0.41 loaded). The quiet pairs keep 0.5."""
+    clock = FakeClock()
+
+    def load(t: float) -> bool:
+        return int(t / 0.3) % 4 != 0  # loaded 3/4 of the time
+
+    run, ref = drifting_pair(clock, 1.0, 2.0, lambda t: 1.3 if load(t) else 1.0)
+    slower = drifting_pair(clock, 0.0, 2.0, lambda t: 0.3 if load(t) else 0.0)[1]  # FP32: x1.6
+
+    def ref_loaded() -> None:
+        ref()
+        slower()
+
+    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=64, pair_min_time_s=1.0)
+    m = run_paired(run, ref_loaded, p, "fake", clock=clock)
+    assert m.ratio == pytest.approx(0.5) and m.status == "ok"
+    assert m.extra["quiet_pairs"] < m.extra["pairs"] / 2  # the loaded pairs are left out
+    assert m.median_ms == pytest.approx(1.3)  # the absolute figures keep the loaded pairs
 
 
 def test_paired_blocks_alternate_so_a_trend_does_not_bias_the_ratio() -> None:
     """A host slowing down steadily: A-then-B in every pair would read A faster than it is."""
     clock = FakeClock()
     run, ref = drifting_pair(clock, 1.0, 1.0, lambda t: 1.0 + t)
-    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=64, min_time_s=0.0, max_retries=0)
+    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=64, pair_min_time_s=0.0, max_retries=0)
     m = run_paired(run, ref, p, "fake", clock=clock)
     assert m.ratio == pytest.approx(1.0, abs=0.002)
     assert m.ratio_ci[0] < 1.0 < m.ratio_ci[1]
 
 
+def shifting_share(clock: FakeClock, share: Callable[[int], float]) -> tuple:
+    """Candidate and reference whose i-th runs (one pair) take share(i) and 4 - share(i) ms:
+    every pair takes 4 ms, so no pair is quieter than another."""
+    calls = {"a": 0, "b": 0}
+
+    def run() -> None:
+        calls["a"] += 1
+        clock.t += share(calls["a"]) / 1e3
+
+    def ref() -> None:
+        calls["b"] += 1
+        clock.t += (4.0 - share(calls["b"])) / 1e3
+
+    return run, ref
+
+
 def test_paired_rounds_are_pooled_until_the_ratio_is_resolved() -> None:
     """Noisy early pairs, steady later ones: a second round of pairs resolves the ratio."""
     clock = FakeClock()
-    calls = {"n": 0}
-
-    def run() -> None:
-        calls["n"] += 1
-        noisy = calls["n"] <= 40  # warm-up and the first round
-        clock.t += ((1.0 if calls["n"] % 3 else 3.0) if noisy else 2.0) / 1e3
-
-    def ref() -> None:
-        clock.t += 2e-3
-
-    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=32, min_time_s=0.0, pair_block_ms=1.0)
+    # warm-up and the first round: 1 or 3 ms against 3 or 1 ms; then 2 against 2
+    run, ref = shifting_share(clock, lambda i: (1.0 if i % 3 else 3.0) if i <= 40 else 2.0)
+    p = Protocol(warmup_s=0.0, warmup_runs=2, min_samples=32, pair_min_time_s=0.0)
     m = run_paired(run, ref, p, "fake", clock=clock)
     assert m.status == "ok" and m.retries >= 1 and m.n == 32 * (m.retries + 1)
     assert m.extra["resolution_rounds"][0] > p.ratio_resolution >= m.extra["resolution_rounds"][-1]
@@ -114,15 +149,9 @@ def test_paired_rounds_are_pooled_until_the_ratio_is_resolved() -> None:
 
 def test_paired_ratio_noise_is_retried_then_flagged_unstable() -> None:
     clock = FakeClock()
-    rng = np.random.default_rng(0)
-
-    def run() -> None:
-        clock.t += float(rng.choice([1.0, 3.0])) / 1e3
-
-    def ref() -> None:
-        clock.t += 2e-3
-
-    p = Protocol(warmup_s=0.0, min_samples=32, min_time_s=0.0, pair_block_ms=1.0)
+    noise = np.random.default_rng(0).choice([1.0, 3.0], size=1000)
+    run, ref = shifting_share(clock, lambda i: float(noise[i]))
+    p = Protocol(warmup_s=0.0, min_samples=32, pair_min_time_s=0.0)
     m = run_paired(run, ref, p, "fake", clock=clock)
     assert m.status == "unstable" and m.retries == 2 and m.usable
     assert m.n == 3 * 32  # every round's pairs are pooled
@@ -298,15 +327,39 @@ def test_noise_aware_dominance_and_best() -> None:
 
 
 def test_confirmation_targets_borderline_and_protocol() -> None:
+    from autotune.budget import Limit
     from autotune.measure.confirm import Figure, borderline, confirmation_protocol, to_confirm
 
     front = [Figure(k, 90.0, ms, 1.0, 0.03) for k, ms in ((1, 0.5), (2, 0.88), (3, 1.1))]
-    assert to_confirm(front, front[0], budget_ms=1.0) == [1, 2, 3]  # best + within 15% of budget
-    assert to_confirm(front, None, budget_ms=2.0) == []
-    assert borderline(Figure(5, 90.0, 0.98, 1.0, 0.03), 1.0)  # [0.951, 1.009] straddles 1.0
-    assert not borderline(Figure(6, 90.0, 0.90, 1.0, 0.03), 1.0)
+    assert to_confirm(front, front[0], Limit(1.0)) == [1, 2, 3]  # best + within 15% of budget
+    assert to_confirm(front, None, Limit(2.0)) == []
+    assert borderline(Figure(5, 90.0, 0.98, 1.0, 0.03), Limit(1.0))  # [0.951, 1.009] straddles 1.0
+    assert not borderline(Figure(6, 90.0, 0.90, 1.0, 0.03), Limit(1.0))
     p = confirmation_protocol(Protocol())
     assert p.min_samples == 192 and p.min_time_s == 3.0 and p.ratio_resolution == 0.01
+    assert p.pair_min_time_s == 9.0 and p.max_time_s == 36.0
+
+
+def test_relative_budget_is_decided_on_the_ratio_alone() -> None:
+    from autotune.budget import Limit, parse_budget_spec
+    from autotune.measure.confirm import Figure, best, borderline, to_confirm, within
+
+    # budget resolved once at 50% of a 1.0 ms reference; the host then slowed down: the study's
+    # reference estimate is 1.2 ms, so a candidate at ratio 0.48 derives 0.576 ms > 0.5 ms
+    limit = parse_budget_spec("50%").limit(0.5)
+    assert limit == Limit(0.5, 0.5)
+    assert limit.within(0.576, 0.48) and limit.excess(0.576, 0.48) < 0
+    assert not limit.within(0.45, 0.52) and limit.excess(0.45, 0.52) > 0  # fast window, ratio over
+    assert limit.within(0.45, None)  # unpaired: on the latency
+    absolute = parse_budget_spec("0.5ms").limit(0.5)
+    assert not absolute.within(0.576, 0.48) and absolute.within(0.45, 0.52)
+    # borderline follows the ratio's interval, not the latency's
+    f = Figure(1, 90.0, 0.60, 1.0, 0.02, ratio=0.495, ratio_ci=(0.485, 0.505))
+    assert within(f, limit) and borderline(f, limit) and not borderline(f, absolute)
+    g = Figure(2, 91.0, 0.45, 1.0, 0.02, ratio=0.52, ratio_ci=(0.51, 0.53))
+    h = Figure(3, 89.0, 0.62, 1.0, 0.02, ratio=0.40, ratio_ci=(0.39, 0.41))
+    assert best([x for x in (f, g, h) if within(x, limit)]).key == 1  # g is over 50% on its ratio
+    assert to_confirm([h, f], h, limit) == [3, 1]  # f within 15% of 0.5 on its ratio, h not
 
 
 # -- a loopback agent: the job names the reference by sha256 -------------------------------------

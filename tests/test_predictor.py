@@ -89,3 +89,70 @@ def test_only_candidates_clearly_beyond_the_budget_are_skipped(setup) -> None:
         if skip:  # a skipped candidate is really over budget
             assert true_ratio(space, stats, c) > budget
     assert predictor.margin >= 0.15 and predictor.stats["skipped"] >= 0
+
+
+# -- in the search ------------------------------------------------------------------------------
+def test_search_skips_candidates_predicted_beyond_the_budget(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget far below what the tiny model reaches: once trained (on 6 here), sampled candidates
+    predicted beyond it by the safe margin are pruned with the predicted figure, never measured;
+    baselines always are; --no-predictor measures everything."""
+    import autotune
+    from autotune import predictor
+    from autotune.records import Protocol
+    from autotune.study_trials import PREDICTED_KEY, PREDICTION_KEY
+
+    monkeypatch.setattr(predictor, "MIN_TRAIN", 6)
+    kw = {"out_dir": tmp_path, "protocol": Protocol.quick(), "progress": False, "report": False}
+    result = autotune.search(conv_task(), budget="30%", trials=24, keep_going=True, **kw)
+    stats = result.meta.search["predictor"]
+    assert stats["enabled"] and stats["trained_on"] >= 6 and stats["checked"] >= 5
+    assert result.skipped and stats["skipped"] == len(result.skipped)
+    measured = {t.number for t in result.trials}
+    for s in result.skipped:  # predicted, not measured: not a trial result, not in the Pareto set
+        assert s.number not in measured and s.candidate is not None
+        assert s.predicted["ratio"] > s.predicted["budget_ratio"] * (1 + predictor.MIN_MARGIN)
+        assert s.predicted["latency_ms"] > 0
+    trial = {t.number: t for t in result.study.get_trials(deepcopy=False)}
+    assert all(
+        trial[s.number].state.name == "PRUNED" and PREDICTED_KEY in trial[s.number].user_attrs
+        for s in result.skipped
+    )
+    assert {t.baseline for t in result.trials if t.baseline} >= {"fp32", "int8"}  # never skipped
+    assert all(t.number in measured for t in result.pareto)
+    # the error is tracked on candidates measured after training: each carries its prediction
+    assert sum(PREDICTION_KEY in trial[n].user_attrs for n in measured) == stats["checked"]
+    assert len(result.trials) + len(result.skipped) + len(result.failures) == 24
+    text = result.summary()
+    assert f"latency predictor: {len(result.skipped)} candidate(s) skipped" in text and "MAPE" in text
+
+    off = autotune.search(
+        conv_task(), budget="30%", trials=14, keep_going=True, predictor=False, study_name="off", **kw
+    )
+    assert not off.skipped and off.meta.search["predictor"] == {"enabled": False}
+    assert "latency predictor: off (--no-predictor)" in off.summary()
+
+
+def test_widths_propagate_through_the_graph_as_the_pruned_model_has_them(setup, tmp_path) -> None:
+    """The MACs the graph features count after pruning equal those of the really pruned model."""
+    from autotune.artifact import ArtifactBuilder
+    from autotune.predictor import model_graph
+    from autotune.recover import Recovery
+    from autotune.space import Candidate
+
+    space, stats, task = setup
+    builder = ArtifactBuilder(task, space, tmp_path / "a", recovery=Recovery(mode="none"))
+    reference = builder.build(space.candidate({})).path
+    predictor = LatencyPredictor(space, stats, graph=model_graph(reference))
+    x = {"input": task.example_inputs[0].numpy()}
+    total = sum(s.macs for s in stats.values())
+    widths = [p for p in space.parameters() if p.endswith(":width")]
+    assert widths, "the tiny model has prunable layers"
+    cands = [space.candidate(dict.fromkeys(widths, 0.5)), *random_candidates(space, 4, seed=2)]
+    for c in cands:
+        widths_only = {n: {k: v for k, v in cfg.items() if k == "width"} for n, cfg in c.layers.items()}
+        pruned = builder.build(Candidate(layers=widths_only, runtime=c.runtime))  # FP32: weights readable
+        truth = sum(s.macs for s in layer_stats(pruned.path, x).values()) / total
+        f = predictor.features(c)
+        assert f[0] + f[1] + f[2] == pytest.approx(truth, rel=0.02)  # FP32 + int8 + other MAC shares

@@ -114,8 +114,36 @@ def test_report_renders_in_headless_chromium(
     for member in result.pareto:
         assert f"--trial {member.number} -o trial{member.number}.onnx" in html
     assert "evaluation exploded on purpose" in html  # the failures, grouped by reason
+    # the latency intervals are drawn: one error bar per paired trial, and the confirmed ones
+    paired = [t for t in result.trials if t.measurement.ratio_ci]
+    assert paired and rendered.error_bars["fig-front"] >= len(paired) + len(result.confirmed)  # type: ignore[attr-defined]
+    assert "confirmed (longer protocol" in html and "of the reference (95%)" in html
     with capsys.disabled():
         print(f"\nreport screenshot: {rendered.screenshot} (opened in {rendered.open_s:.2f} s)")  # type: ignore[attr-defined]
+
+
+def test_borderline_candidates_are_marked_in_the_report_and_the_summary(
+    result: ParetoSet, browser: object, tmp_path: Path
+) -> None:
+    from autotune.measure.confirm import CONFIRMED_KEY
+
+    study, best = result.study, result.best
+    assert best is not None and result.confirmed
+    saved = study.user_attrs[CONFIRMED_KEY]
+    try:  # the best's confirmed interval straddling the budget, as a confirmation round records it
+        c = dict(saved[str(best.number)], borderline=True)
+        study.set_user_attr(CONFIRMED_KEY, {**saved, str(best.number): c})
+        again = ParetoSet(study, result.run_dir)
+        assert again.borderline == [best.number]
+        assert (
+            f"borderline (the confirmed interval straddles the budget) in trials [{best.number}]"
+            in again.summary()
+        )
+        report = again.report(tmp_path / "borderline.html")
+        rendered = _check_rendered(browser, report, tmp_path / "borderline.png")
+        assert rendered.point_texts["fig-front"].count("borderline") == 1  # type: ignore[attr-defined]
+    finally:
+        study.set_user_attr(CONFIRMED_KEY, saved)
 
 
 def test_no_trial_met_the_budget_is_said_plainly(

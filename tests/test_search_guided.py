@@ -26,8 +26,9 @@ def test_a_relative_budget_is_a_share_of_the_measured_unmodified_model(tmp_path:
     assert result.meta.budget_ms == pytest.approx(0.6 * ref["latency_ms"])
     assert result.meta.budget.startswith("60% of FP32 = ")
     assert result.study.study_name.endswith("-60pct")
-    # every trial that counts as feasible is under the resolved budget
-    assert all(t.latency_ms <= result.meta.budget_ms for t in result.feasible)
+    # a relative budget is decided on the ratio alone (not on reference estimate x ratio)
+    assert result.meta.budget_fraction == 0.6 and result.limit.fraction == 0.6
+    assert all(t.ratio is not None and t.feasible == (t.ratio <= 0.6) for t in result.trials)
     # recovery ran on the pruned baselines and both accuracies are recorded
     narrow = result.baselines["w0.5"]
     assert narrow.recovery is not None and narrow.recovery["ran"] == ["bn"]

@@ -81,6 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout", help="wall-clock limit, e.g. 30m; the search ends cleanly and keeps everything"
     )
+    p.add_argument(
+        "--no-predictor",
+        action="store_true",
+        help="measure every candidate (default: candidates the online latency predictor puts beyond "
+        "the budget by a safe margin are skipped, recorded as pruned with the predicted figure)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         recover_final_steps=args.recover_final_steps,
         sensitivity=args.sensitivity,
         timeout=args.timeout,
+        predictor=not args.no_predictor,
     )
     from autotune.commands._task import load_task
     from autotune.devices import device_for_profile

@@ -1,25 +1,30 @@
 """Paired timing: a candidate and a reference artifact in alternating blocks, in one session.
 
 Why: a host's speed shifts for seconds at a time (other processes, frequency scaling, a noisy
-neighbour VM). Both halves of a pair run within ~20 ms of each other on the same host, so the
-per-pair ratio cancels what moves the absolute numbers (in the experiment behind this design,
-a CPU hog toggling on both cores spread the absolute median 63.7% over fresh sessions, the
-paired ratio 0.9%; this project's own figures are in the README's "Measurement" section).
+neighbour VM). Both halves of a pair run within a few ms of each other on the same host, so the
+per-pair ratio cancels most of what moves the absolute numbers (in the experiment behind this
+design, a CPU hog toggling on both cores spread the absolute median 63.7% over fresh sessions,
+the paired ratio 0.9%; this project's own figures are in the README's "Measurement" section).
 
 * Blocks alternate A B | B A | A B ..., so a trend inside a pair does not bias the ratio one way.
 * A block is k back-to-back runs, k chosen after the warm-up so a block lasts about
-  ``protocol.pair_block_ms`` (each side its own k); per-run times are block time / k.
-* Stop: at least ``protocol.min_samples`` pairs and ``protocol.min_time_s`` seconds (or
-  ``max_time_s``, flagged ``capped``).
-* With ``cpu_time`` (one thread computing in the caller's thread) the ratio is taken from the
-  thread's CPU time per block: time spent preempted counts for neither side.
-* Estimator: the median of the per-pair ratios candidate / reference, with the distribution-free
-  95% interval of a median (order statistics at ranks n/2 -+ 0.98 sqrt(n)): :func:`median_ci`.
-* Stability is judged on the ratio, not on the absolute times that a busy host widens: while
-  the interval is wider than +-``protocol.ratio_resolution`` of the ratio, another round of
-  pairs is added (pooled: every pair is a valid pair), up to ``protocol.max_retries`` rounds;
-  still wider, the result is flagged ``unstable``. (Preemption inside one block makes single
-  ratios scatter under load, but their median stays put: the interval says how well.)
+  ``protocol.pair_block_ms`` (1 ms; each side its own k); per-run times are block time / k.
+  Short blocks: many pairs, and few of them cut by the scheduler.
+* **Clean pairs**: with ``cpu_time`` (one thread computing in the caller's thread), a block whose
+  thread got less than :data:`CLEAN_SHARE` (95%) of a core (CPU time / wall time) was preempted
+  by another process; its pair is left out. Without ``cpu_time`` every pair is clean.
+* **Quiet pairs**: a process on a sibling core slows both models without preempting them, and
+  not by the same factor (int8 and FP32 kernels lean on different parts of the core), so the
+  ratio itself moves with the load. The ratio is therefore taken from the clean pairs whose
+  total time (candidate + reference per run) is within :data:`QUIET_TOLERANCE` (10%) of the
+  session's fast end (its :data:`QUIET_QUANTILE`-th percentile): the host's quiet moments.
+* Estimator: the median of the quiet pairs' wall-clock ratios candidate / reference, with the
+  distribution-free 95% interval of a median (order statistics at ranks n/2 -+ 0.98 sqrt(n)):
+  :func:`median_ci`. The absolute statistics are the wall times of the clean pairs.
+* Stop: at least ``protocol.min_samples`` pairs, :data:`MIN_QUIET` quiet ones and
+  ``protocol.pair_min_time_s`` seconds (or ``max_time_s``, flagged ``capped``). While the
+  interval is wider than +-``protocol.ratio_resolution`` of the ratio, another round of pairs
+  is added (pooled), up to ``protocol.max_retries`` rounds; still wider: ``unstable``.
 
 Like :mod:`autotune.devices._protocol`, everything here is a pure function of ``run``,
 ``reference_run``, a clock and a timer, tested with a fake clock.
@@ -38,6 +43,14 @@ from autotune.records import Measurement, Protocol
 
 #: per-pair ratios kept in ``extra["ratios"]`` (evenly spaced order statistics)
 MAX_STORED_RATIOS = 256
+#: a block whose thread got less of a core than this was preempted: its pair is left out
+CLEAN_SHARE = 0.95
+#: quiet pairs: total time within this share of the session's fast end ...
+QUIET_TOLERANCE = 0.10
+#: ... the fast end being this percentile of the clean pairs' total times
+QUIET_QUANTILE = 10.0
+#: never stop with fewer quiet pairs than this
+MIN_QUIET = 16
 
 
 def median_ci(values: list[float] | np.ndarray, z: float = 1.96) -> tuple[float, float, float]:
@@ -76,6 +89,15 @@ def _warm_up_pair(
     return busy_a / runs, busy_b / runs, runs, clock() - start
 
 
+def quiet_pairs(a: np.ndarray, b: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """The pairs the ratio is taken from: clean, and within QUIET_TOLERANCE of the fast end."""
+    total = a + b
+    if clean.sum() < MIN_QUIET:  # preempted all the time: no better pairs to take it from
+        clean = np.ones_like(clean)
+    fast_end = np.percentile(total[clean], QUIET_QUANTILE)
+    return clean & (total <= fast_end * (1 + QUIET_TOLERANCE))
+
+
 def _sample_pairs(
     run: Callable[[], object],
     reference_run: Callable[[], object],
@@ -85,21 +107,18 @@ def _sample_pairs(
     timer: Timer,
     clock: Callable[[], float],
     cpu_time: Callable[[], float] | None,
-) -> tuple[list[float], list[float], list[float], float, bool]:
-    """Per-pair: candidate and reference per-run ms, and the ratio; (a, b, ratios, elapsed, capped).
-
-    With ``cpu_time`` the ratio is taken from the thread's CPU time in each block: time the
-    thread was preempted (another process ran) then counts for neither side.
-    """
+) -> tuple[list[float], list[float], list[bool], float, bool]:
+    """Per pair: candidate and reference per-run wall ms, and whether both blocks were clean;
+    (a, b, clean, elapsed, capped)."""
     a: list[float] = []
     b: list[float] = []
-    ratios: list[float] = []
+    clean: list[bool] = []
     start = clock()
 
-    def block(fn: Callable[[], object], k: int) -> tuple[float, float]:
+    def block(fn: Callable[[], object], k: int) -> tuple[float, bool]:
         c0 = cpu_time() if cpu_time else 0.0
         wall = timer(fn, k)
-        return wall, (cpu_time() - c0 if cpu_time else wall)
+        return wall, (cpu_time() - c0 >= CLEAN_SHARE * wall if cpu_time else True)
 
     while True:
         if len(a) % 2 == 0:
@@ -110,12 +129,14 @@ def _sample_pairs(
             ta, ca = block(run, ka)
         a.append(ta * 1e3 / ka)
         b.append(tb * 1e3 / kb)
-        ratios.append((ca / ka) / max(cb / kb, 1e-12))
+        clean.append(ca and cb)
         elapsed = clock() - start
-        if len(a) >= protocol.min_samples and elapsed >= protocol.min_time_s:
-            return a, b, ratios, elapsed, False
+        if len(a) >= protocol.min_samples and elapsed >= protocol.pair_min_time_s and len(a) % 8 == 0:
+            # enough quiet pairs (checked every 8 pairs: a percentile is not free)
+            if quiet_pairs(np.asarray(a), np.asarray(b), np.asarray(clean)).sum() >= MIN_QUIET:
+                return a, b, clean, elapsed, False
         if elapsed >= protocol.max_time_s:
-            return a, b, ratios, elapsed, True
+            return a, b, clean, elapsed, True
 
 
 def _kept(values: np.ndarray) -> list[float]:
@@ -136,13 +157,13 @@ def run_paired(
 ) -> Measurement:
     """Time ``run`` (the candidate) interleaved with ``reference_run``; see the module docstring.
 
-    ``cpu_time`` (``time.thread_time`` for a run that computes in the calling thread): the
-    ratio is taken from CPU time per block, so preemption by other processes drops out of it;
-    the absolute statistics stay wall-clock.
+    ``cpu_time`` (``time.thread_time`` for a run that computes in the calling thread): blocks
+    whose thread was preempted are left out (see the module docstring).
 
-    The Measurement's statistics (median_ms, p90_ms, ...) are the candidate's per-run times;
-    ``ratio``/``ratio_ci`` the median per-pair ratio and its 95% interval;
-    ``reference_median_ms`` the reference's median in the same window.
+    The Measurement's statistics (median_ms, p90_ms, ...) are the candidate's per-run wall
+    times over the clean pairs (n counts them); ``ratio``/``ratio_ci`` the median ratio of the
+    quiet pairs and its 95% interval; ``reference_median_ms`` the reference's median in the
+    same window.
 
     Example::
 
@@ -159,28 +180,34 @@ def run_paired(
         steady_s = 0.0
         a: list[float] = []
         b: list[float] = []
-        r: list[float] = []
+        c: list[bool] = []
         resolutions: list[float] = []
         capped = False
         for _round in range(protocol.max_retries + 1):
-            more_a, more_b, more_r, elapsed, capped = _sample_pairs(
+            more_a, more_b, more_c, elapsed, capped = _sample_pairs(
                 run, reference_run, ka, kb, protocol, timer, clock, cpu_time
             )
             a += more_a
             b += more_b
-            r += more_r
+            c += more_c
             steady_s += elapsed
-            ratios = np.asarray(r)
+            wall_a, wall_b, clean = np.asarray(a), np.asarray(b), np.asarray(c)
+            quiet = quiet_pairs(wall_a, wall_b, clean)
+            ratios = wall_a[quiet] / wall_b[quiet]
             ratio, low, high = median_ci(ratios)
             resolutions.append((high - low) / 2 / ratio if ratio > 0 else math.inf)
             if resolutions[-1] <= protocol.ratio_resolution:
                 break
     stable = resolutions[-1] <= protocol.ratio_resolution
-    q25, q75 = np.percentile(ratios, [25, 75])
-    reference = summarize(b)
+    q25, q75 = np.percentile(ratios, [25, 75]) if ratios.size else (math.nan, math.nan)
+    kept = clean if clean.sum() >= MIN_QUIET else np.ones_like(clean)
+    reference = summarize(wall_b[kept].tolist())
     extra: dict[str, object] = {
         "paired": True,
-        "ratio_clock": "thread CPU time" if cpu_time else "wall",
+        "ratio_clock": "wall, quiet pairs" + (" (clean by thread CPU time)" if cpu_time else ""),
+        "pairs": len(a),
+        "clean_pairs": int(clean.sum()),
+        "quiet_pairs": int(quiet.sum()),
         "warmup_s": warmup_s,
         "warmup_runs": warmup_runs,
         "block_runs": [ka, kb],  # runs per block: candidate, reference
@@ -193,14 +220,14 @@ def run_paired(
     if not stable:
         extra["unstable_reason"] = (
             f"the ratio's 95% interval is +-{resolutions[-1]:.1%} after {len(a)} pairs "
-            f"(> +-{protocol.ratio_resolution:.0%}): the candidate and the reference did not keep "
-            "a steady proportion"
+            f"({int(quiet.sum())} quiet; > +-{protocol.ratio_resolution:.0%}): the candidate and the "
+            "reference did not keep a steady proportion"
         )
     return Measurement(
         status="ok" if stable else "unstable",
         backend=backend,
         runs_per_sample=ka,
-        samples_ms=a,
+        samples_ms=wall_a[kept].tolist(),
         steady_s=steady_s,
         retries=len(resolutions) - 1,
         protocol=protocol.to_dict(),
@@ -208,5 +235,5 @@ def run_paired(
         ratio=ratio,
         ratio_ci=[low, high],
         reference_median_ms=reference["median_ms"],
-        **summarize(a),
+        **summarize(wall_a[kept].tolist()),
     )

@@ -13,6 +13,8 @@ and its relative resolution, the half-width of the ratio's 95% interval over the
   measured again with a longer interleaved protocol (:func:`confirmation_protocol`); the best is
   chosen on the confirmed figures; one whose confirmed interval straddles the budget is
   **borderline**.
+* **Feasibility** (:class:`autotune.budget.Limit`): a relative budget (``50%``) is decided on the
+  ratio and its interval alone, an absolute one on the derived latency.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from autotune.budget import Limit
 from autotune.records import Measurement, Protocol
 
 #: Pareto members this close to the budget (share of it) are confirmed
@@ -36,16 +39,29 @@ class Figure:
     latency_ms: float
     size_bytes: float
     resolution: float = 0.0  # relative half-width of the latency's 95% interval
+    ratio: float | None = None  # to the reference (paired timing)
+    ratio_ci: tuple[float, float] | None = None  # the ratio's 95% interval
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The 95% interval relative to the figure (e.g. 0.98, 1.03): the ratio's when known."""
+        if self.ratio and self.ratio_ci:
+            return self.ratio_ci[0] / self.ratio, self.ratio_ci[1] / self.ratio
+        return 1 - self.resolution, 1 + self.resolution
 
     @property
     def interval(self) -> tuple[float, float]:
-        return self.latency_ms * (1 - self.resolution), self.latency_ms * (1 + self.resolution)
+        low, high = self.bounds
+        return self.latency_ms * low, self.latency_ms * high
 
 
 def figure(key: int, accuracy: float, latency_ms: float, size_bytes: float, m: Measurement | None) -> Figure:
     """A Figure from a trial's values and measurement (no interval when unpaired)."""
-    res = m.ratio_resolution if m is not None and m.ratio is not None and m.ratio_ci else 0.0
-    return Figure(key, accuracy, latency_ms, size_bytes, res if res == res else 0.0)  # nan -> 0
+    if m is None or m.ratio is None:
+        return Figure(key, accuracy, latency_ms, size_bytes)
+    res = m.ratio_resolution if m.ratio_ci else 0.0
+    ci = (float(m.ratio_ci[0]), float(m.ratio_ci[1])) if m.ratio_ci else None
+    return Figure(key, accuracy, latency_ms, size_bytes, res if res == res else 0.0, m.ratio, ci)  # nan -> 0
 
 
 def equally_fast(a: Figure, b: Figure) -> bool:
@@ -76,17 +92,22 @@ def best(figures: Sequence[Figure]) -> Figure | None:
     return min((f for f in tied if equally_fast(f, fastest)), key=lambda f: (f.size_bytes, f.latency_ms))
 
 
-def to_confirm(front: Sequence[Figure], chosen: Figure | None, budget_ms: float) -> list[int]:
+def within(f: Figure, limit: Limit) -> bool:
+    """Whether the figure meets the budget (a relative one: on its ratio alone)."""
+    return limit.within(f.latency_ms, f.ratio)
+
+
+def to_confirm(front: Sequence[Figure], chosen: Figure | None, limit: Limit) -> list[int]:
     """Trial numbers to confirm: the best, and Pareto members within 15% of the budget."""
     keys = [chosen.key] if chosen is not None else []
-    keys += [f.key for f in front if abs(f.latency_ms - budget_ms) <= CONFIRM_WITHIN * budget_ms]
+    keys += [f.key for f in front if abs(limit.share(f.latency_ms, f.ratio)) <= CONFIRM_WITHIN]
     return list(dict.fromkeys(keys))
 
 
-def borderline(f: Figure, budget_ms: float) -> bool:
-    """The confirmed interval straddles the budget: feasible or not is inside the noise."""
-    low, high = f.interval
-    return low <= budget_ms < high
+def borderline(f: Figure, limit: Limit) -> bool:
+    """The confirmed interval (the ratio's, for a relative budget) straddles the budget:
+    feasible or not is inside the noise."""
+    return limit.straddles(f.latency_ms, f.ratio, *f.bounds)
 
 
 def confirmation_protocol(p: Protocol) -> Protocol:
@@ -95,7 +116,8 @@ def confirmation_protocol(p: Protocol) -> Protocol:
         p,
         min_samples=p.min_samples * 3,
         min_time_s=p.min_time_s * 3,
-        max_time_s=max(p.max_time_s, p.min_time_s * 3 * 4),
+        pair_min_time_s=p.pair_min_time_s * 3,
+        max_time_s=max(p.max_time_s, max(p.min_time_s, p.pair_min_time_s) * 3 * 4),
         ratio_resolution=p.ratio_resolution / 2,
     )
 
@@ -105,7 +127,7 @@ CONFIRMED_KEY = "confirmed"
 
 
 def run_round(
-    result: Any, measurer: Any, inputs: dict[str, Any], budget_ms: float, protocol: Protocol
+    result: Any, measurer: Any, inputs: dict[str, Any], limit: Limit, protocol: Protocol
 ) -> dict[str, dict[str, Any]]:
     """Measure the best and the Pareto members near the budget again with a longer protocol.
 
@@ -117,7 +139,7 @@ def run_round(
     def fig(t: Any) -> Figure:
         return figure(t.number, t.accuracy, t.latency_ms, t.size_bytes, t.measurement)
 
-    keys = to_confirm([fig(t) for t in result.pareto], fig(result.best) if result.best else None, budget_ms)
+    keys = to_confirm([fig(t) for t in result.pareto], fig(result.best) if result.best else None, limit)
     longer = confirmation_protocol(protocol)
     out: dict[str, dict[str, Any]] = {}
     for t in result.trials:
@@ -132,7 +154,8 @@ def run_round(
             "ratio": m.ratio,
             "ratio_ci": m.ratio_ci,
             "resolution": f.resolution,
-            "borderline": borderline(f, budget_ms),
+            "borderline": borderline(f, limit),
+            "within": within(f, limit),
             "status": m.status,
         }
     return out

@@ -136,6 +136,36 @@ def drifted(t: TrialResult) -> bool:
     return r is not None and math.isfinite(r) and r > 0 and abs(math.log(r)) > math.log(DRIFT_THRESHOLD)
 
 
+def interval_ms(t: TrialResult) -> tuple[float, float] | None:
+    """The latency's 95% interval: the ratio's interval x the reference latency (paired timing)."""
+    m = t.measurement
+    if not m.ratio or not m.ratio_ci:
+        return None
+    return t.latency_ms * m.ratio_ci[0] / m.ratio, t.latency_ms * m.ratio_ci[1] / m.ratio
+
+
+def error_x(trials: list[TrialResult], color: str, thickness: float = 1.0) -> dict[str, Any]:
+    """Plotly error bars for the trials' 95% latency intervals (none where unpaired)."""
+    spans = [interval_ms(t) or (t.latency_ms, t.latency_ms) for t in trials]
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [max(hi - t.latency_ms, 0.0) for t, (_, hi) in zip(trials, spans, strict=True)],
+        "arrayminus": [max(t.latency_ms - lo, 0.0) for t, (lo, _) in zip(trials, spans, strict=True)],
+        "color": color,
+        "thickness": thickness,
+        "width": 3,
+    }
+
+
+def ratio_text(t: TrialResult) -> str:
+    """``x0.512 [0.505, 0.519] of the reference`` (paired timing), else empty."""
+    m = t.measurement
+    if not m.ratio or not m.ratio_ci:
+        return ""
+    return f"x{m.ratio:.3f} [{m.ratio_ci[0]:.3f}, {m.ratio_ci[1]:.3f}] of the reference (95%)"
+
+
 def trial_name(t: TrialResult) -> str:
     return f"#{t.number}" + (f" ({t.baseline})" if t.baseline else "")
 
@@ -146,12 +176,13 @@ def hover(t: TrialResult, metric: str) -> str:
     lines = [
         head,
         f"{metric} {t.accuracy:.2f}",
+        f"latency {t.latency_ms:.3f} ms, {ratio_text(t)}" if ratio_text(t) else "",
         latency_spread(t),
         f"size {t.size_bytes / 1024:.1f} KiB",
         "<i>configuration</i>",
         *(esc(line) for line in config_lines(t)),
     ]
-    return "<br>".join(lines)
+    return "<br>".join(line for line in lines if line)
 
 
 def base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:

@@ -40,6 +40,10 @@ _COUNTS = """() => {
     with_data: divs.filter(d => Array.isArray(d.data) && d.data.length > 0).length,
     svgs: document.querySelectorAll('.plotly-graph-div svg.main-svg').length,
     ids: divs.map(d => d.id),
+    error_bars: Object.fromEntries(divs.map(d => [d.id,
+      d.querySelectorAll('path.xerror, path.yerror').length])),
+    point_texts: Object.fromEntries(divs.map(d => [d.id,
+      Array.from(d.querySelectorAll('g.textpoint text')).map(t => t.textContent).filter(t => t)])),
   };
 }"""
 
@@ -76,6 +80,8 @@ class Rendered:
     with_data: int  # ... that hold at least one trace
     svgs: int  # svg.main-svg elements inside them
     figure_ids: list[str]
+    error_bars: dict[str, int] = field(default_factory=dict)  # drawn error bars, per figure id
+    point_texts: dict[str, list[str]] = field(default_factory=dict)  # text drawn beside points
     console_errors: list[str] = field(default_factory=list)  # console.error and uncaught exceptions
     requests: list[str] = field(default_factory=list)  # every URL the page asked for
     external_requests: list[str] = field(default_factory=list)  # ... other than the file itself
@@ -154,6 +160,8 @@ class Browser:
             with_data=counts["with_data"],
             svgs=counts["svgs"],
             figure_ids=counts["ids"],
+            error_bars=counts["error_bars"],
+            point_texts=counts["point_texts"],
             console_errors=errors,
             requests=seen,
             external_requests=[u for u in seen if u != url],

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from autotune._util import first_line
 from autotune.report._common import View, esc, latency_flags
 from autotune.run import DB_NAME, TrialRecord
+from autotune.summary import predictor_line
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
@@ -116,7 +117,7 @@ def verdict(view: View) -> str:
     c = view.chosen
     ref = r.reference_accuracy
     floor = r.meta.floor
-    if c is None and floor is not None and any(t.latency_ms <= r.budget_ms for t in r.trials):
+    if c is None and floor is not None and any(r.limit.within(t.latency_ms, t.ratio) for t in r.trials):
         return (
             '<section class="verdict none" id="verdict">'
             f"<h2>No trial met both the budget of {budget} and the accuracy floor of {floor:.2f} on "
@@ -234,6 +235,7 @@ def facts(view: View) -> str:
             else "none (no trial met the budget)",
         ),
         ("measurement protocol", proto_text),
+        ("latency predictor", predictor_line(r) or "not recorded"),
         ("study", f"{r.study.study_name} ({run_reference(r)})"),
         ("created", meta.created),
         ("autotune", f"{meta.version}; command: {meta.command}"),

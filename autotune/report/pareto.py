@@ -16,8 +16,10 @@ from autotune.report._common import (
     COLORSCALE,
     GREY,
     PARETO,
+    WARN,
     View,
     base_layout,
+    error_x,
     hover,
     log_axis,
     trial_name,
@@ -46,6 +48,7 @@ def front_figure(view: View) -> go.Figure:
             y=[t.accuracy for t in infeasible],
             mode="markers",
             marker={"color": GREY, "size": 8, "symbol": "x-thin-open", "line": {"width": 2, "color": GREY}},
+            error_x=error_x(infeasible, GREY),
             hovertext=[hover(t, view.metric) for t in infeasible],
             hoverinfo="text",
         )
@@ -57,6 +60,7 @@ def front_figure(view: View) -> go.Figure:
             y=[t.accuracy for t in dominated],
             mode="markers",
             marker={**colour, "color": [t.size_bytes / 1024 for t in dominated], "size": 8, "opacity": 0.55},
+            error_x=error_x(dominated, GREY),
             hovertext=[hover(t, view.metric) for t in dominated],
             hoverinfo="text",
         )
@@ -74,7 +78,7 @@ def front_figure(view: View) -> go.Figure:
     )
     fig.add_trace(
         go.Scatter(
-            name="Pareto set (whiskers: min to p90 latency)",
+            name="Pareto set (bars: the latency's 95% interval, ratio interval x reference)",
             x=[t.latency_ms for t in members],
             y=[t.accuracy for t in members],
             mode="markers",
@@ -86,15 +90,7 @@ def front_figure(view: View) -> go.Figure:
                 "colorbar": {"title": {"text": "size KiB"}, "thickness": 14, "len": 0.8},
                 "showscale": True,
             },
-            error_x={
-                "type": "data",
-                "symmetric": False,
-                "array": [max(t.measurement.p90_ms - t.latency_ms, 0.0) for t in members],
-                "arrayminus": [max(t.latency_ms - t.measurement.min_ms, 0.0) for t in members],
-                "color": PARETO,
-                "thickness": 1,
-                "width": 3,
-            },
+            error_x=error_x(members, PARETO, 1.5),
             hovertext=[hover(t, view.metric) for t in members],
             hoverinfo="text",
         )
@@ -132,6 +128,7 @@ def front_figure(view: View) -> go.Figure:
                 hoverinfo="text",
             )
         )
+    _confirmed_trace(fig, view)
     lat = [t.latency_ms for t in r.trials]
     budget_text = f"budget {r.meta.budget}"
     on_scale = view.has_budget and bool(lat) and view.budget_ms <= BUDGET_ON_SCALE * max(lat)
@@ -167,6 +164,51 @@ def front_figure(view: View) -> go.Figure:
         margin={"b": 120},
     )
     return fig
+
+
+def _confirmed_trace(fig: go.Figure, view: View) -> None:
+    """The confirmation round's figures with their intervals; borderline ones marked."""
+    r = view.result
+    rows = [(r.trial(n), c) for n, c in sorted(r.confirmed.items()) if c.get("ratio_ci") and c.get("ratio")]
+    if not rows:
+        return
+    xs = [c["latency_ms"] for _, c in rows]
+    lo = [c["latency_ms"] * c["ratio_ci"][0] / c["ratio"] for _, c in rows]
+    hi = [c["latency_ms"] * c["ratio_ci"][1] / c["ratio"] for _, c in rows]
+    border = [bool(c.get("borderline")) for _, c in rows]
+    fig.add_trace(
+        go.Scatter(
+            name="confirmed (longer protocol; red: borderline, its interval straddles the budget)",
+            x=xs,
+            y=[t.accuracy for t, _ in rows],
+            mode="markers+text",
+            text=["borderline" if b else "" for b in border],
+            textposition="middle right",
+            textfont={"size": 11, "color": WARN},
+            marker={
+                "symbol": "circle-open",
+                "size": 20,
+                "color": [WARN if b else CHOSEN for b in border],
+                "line": {"width": 2},
+            },
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [h - x for h, x in zip(hi, xs, strict=True)],
+                "arrayminus": [x - low for low, x in zip(lo, xs, strict=True)],
+                "color": CHOSEN,
+                "thickness": 2.5,
+                "width": 6,
+            },
+            hovertext=[
+                f"trial #{t.number} confirmed: {c['latency_ms']:.3f} ms, x{c['ratio']:.3f} "
+                f"[{c['ratio_ci'][0]:.3f}, {c['ratio_ci'][1]:.3f}]"
+                + (" <b>borderline</b>" if c.get("borderline") else "")
+                for t, c in rows
+            ],
+            hoverinfo="text",
+        )
+    )
 
 
 def accuracy_latency_frontier(trials: list[TrialResult]) -> list[TrialResult]:
