@@ -1,0 +1,172 @@
+"""Quantization recipes and session options as study-level knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from tiny_tasks import conv_task
+
+from autotune.devices import RuntimeOptions
+from autotune.devices._ort import session_options
+from autotune.errors import UserError
+from autotune.evaluate import OrtRunner
+from autotune.knobs import RECIPE_KNOBS, RUNTIME_KNOBS
+from autotune.onnx_export import export_onnx, weighted_nodes
+from autotune.profiles import load_profile
+from autotune.quantize import quantize_model
+from autotune.recipes import Recipe, describe_study
+from autotune.space import Candidate, Preset, build_space, load_preset
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "calibration"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    task = conv_task()
+    path = tmp_path_factory.mktemp("m") / "fp32.onnx"
+    export_onnx(task.model.eval(), task.example_inputs, path)
+    return path, [n.name for n in weighted_nodes(onnx.load(str(path)))]
+
+
+def test_the_default_recipe_is_the_fixed_one_and_first_of_every_knob() -> None:
+    fixed = Recipe()
+    assert (fixed.calibration, fixed.activation, fixed.per_channel, fixed.format) == (
+        "minmax",
+        "u8",
+        True,
+        "qdq",
+    )
+    assert not fixed.reduce_range and fixed.to_dict() == {} and fixed.describe() == ""
+    for name, values in RECIPE_KNOBS.items():
+        assert getattr(fixed, name) == values[0]
+    defaults = RuntimeOptions()
+    for name, values in RUNTIME_KNOBS.items():
+        assert getattr(defaults, name) == values[0]
+    # options added later are left out of the dict at their default: older cache keys stay valid
+    assert set(defaults.to_dict()) == {"threads", "graph_optimization", "affinity", "precision"}
+    assert RuntimeOptions.from_dict({"threads": 2, "unknown": 1}) == RuntimeOptions(threads=2)
+    parallel = RuntimeOptions(threads=2, execution_mode="parallel")
+    assert RuntimeOptions.from_dict(parallel.to_dict()) == parallel
+    assert Candidate.from_dict({"layers": {}}).recipe == fixed  # records written before recipes
+
+
+def test_each_recipe_builds_a_different_artifact_and_calibration_is_cached_per_method(
+    model: tuple[Path, list[str]], cache: Path, tmp_path: Path
+) -> None:
+    path, nodes = model
+    task = conv_task()
+    digests = {}
+    recipes = [
+        Recipe(),
+        Recipe(calibration="entropy"),
+        Recipe(calibration="percentile"),
+        Recipe(activation="s8"),
+        Recipe(per_channel=False),
+        Recipe(reduce_range=True),
+        Recipe(format="qoperator"),
+    ]
+    for recipe in recipes:
+        out = tmp_path / f"{recipe.describe() or 'fixed'}.onnx"
+        quantize_model(path, out, dict.fromkeys(nodes, 8), task.calibration, recipe)
+        digests[recipe] = out.read_bytes()
+        assert 0 <= task.evaluate(OrtRunner(out)) <= 100
+    # every knob changes the artifact (entropy's ranges land on this tiny model's ReLU inputs,
+    # whose scales the QDQ quantizer takes from the ReLU output: it may equal MinMax here)
+    others = [r for r in recipes if r.calibration != "entropy"]
+    assert len({digests[r] for r in others}) == len(others)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "qoperator.onnx")).graph.node}
+    assert "QLinearConv" in ops
+    # one calibration per method on this model: the later recipes re-used the MinMax ranges
+    files = sorted(cache.glob("*.json"))
+    assert len(files) == 3
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = tmp_path / "again.onnx"
+    quantize_model(path, again, dict.fromkeys(nodes, 8), task.calibration, Recipe(calibration="entropy"))
+    assert again.read_bytes() == digests[Recipe(calibration="entropy")]
+    assert [f.stat().st_mtime_ns for f in sorted(cache.glob("*.json"))] == stamps
+    # other calibration data: calibrated again
+    other = [(np.asarray(b[0]) * 2,) for b in task.calibration]
+    quantize_model(path, again, dict.fromkeys(nodes, 8), other, Recipe(calibration="entropy"))
+    assert len(list(cache.glob("*.json"))) == 4
+
+
+def test_ort_preprocessing_keeps_fp32_layers_fp32(
+    model: tuple[Path, list[str]], cache: Path, tmp_path: Path
+) -> None:
+    path, nodes = model
+    out = tmp_path / "mixed.onnx"
+    quantize_model(path, out, {nodes[1]: 8}, conv_task().calibration, Recipe(preprocess="optimize"))
+    graph = onnx.load(str(out)).graph
+    weights_quantized = {
+        n.input[1]
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm") and n.input[1].endswith("DequantizeLinear_Output")
+    }
+    assert len(weights_quantized) == 1
+
+
+def test_space_searches_recipes_where_int8_is_possible_and_baselines_keep_the_fixed_recipe(
+    cache: Path,
+) -> None:
+    task = conv_task()
+    space = build_space(task, Preset(knobs={"bits": [32, 8]}), load_profile("cpu"))
+    params = space.parameters()
+    assert params["recipe:calibration"] == ["minmax", "entropy", "percentile"]
+    assert params["recipe:per_channel"] == [True, False]
+    # one thread: parallel execution is the same as sequential, so it is not searched
+    assert "runtime:execution_mode" not in params and "runtime:threads" not in params
+    assert "recipe:optimizer" not in params  # no attention / LayerNorm / GELU in this model
+    assert any("execution_mode" in n for n in space.notes) and any("transformer" in n for n in space.notes)
+    for name, p in space.baselines().items():
+        c = space.candidate(p)
+        assert c.recipe == Recipe() and c.runtime == RuntimeOptions(), name
+    c = space.candidate({"recipe:calibration": "entropy", "recipe:per_channel": False})
+    assert c.recipe == Recipe(calibration="entropy", per_channel=False)
+    assert Candidate.from_dict(c.to_dict()) == c
+    # no int8 anywhere: no recipe knobs
+    fp = build_space(task, Preset(knobs={"bits": [32]}), load_profile("cpu"))
+    assert not any(k.startswith("recipe:") for k in fp.parameters())
+
+
+def test_multicore_profile_searches_session_options(cache: Path) -> None:
+    task = conv_task()
+    space = build_space(task, Preset(knobs={"bits": [32, 8]}), load_profile("cpu-multicore"))
+    params = space.parameters()
+    assert params["runtime:threads"] == [1, 2]
+    assert params["runtime:execution_mode"] == ["sequential", "parallel"]
+    assert params["runtime:graph_optimization"] == ["all", "extended", "basic"]
+    c = space.candidate(
+        {"runtime:threads": 2, "runtime:execution_mode": "parallel", "runtime:graph_optimization": "basic"}
+    )
+    assert c.runtime == RuntimeOptions(threads=2, execution_mode="parallel", graph_optimization="basic")
+    assert describe_study(c.runtime, c.recipe, False) == "threads 2 basic parallel"
+    so = session_options(c.runtime)
+    assert so.execution_mode == ort.ExecutionMode.ORT_PARALLEL and so.inter_op_num_threads == 2
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # --threads fixes the count
+    fixed = build_space(task, Preset(knobs={"bits": [32, 8]}), load_profile("cpu-multicore"), threads=2)
+    assert fixed.threads == [2] and "runtime:threads" not in fixed.parameters()
+
+
+def test_presets_narrow_study_knobs_and_bad_values_are_refused(tmp_path: Path, cache: Path) -> None:
+    preset = tmp_path / "p.yaml"
+    preset.write_text(
+        "recipe:\n  calibration: [minmax, entropy]\n  per_channel: [true]\nruntime:\n  threads: [2]\n"
+    )
+    space = build_space(conv_task(), load_preset(str(preset)), load_profile("cpu-multicore"))
+    assert space.parameters()["recipe:calibration"] == ["minmax", "entropy"]
+    assert "recipe:per_channel" not in space.parameters() and space.threads == [2]
+    preset.write_text("recipe:\n  calibration: [kl]\n")
+    with pytest.raises(UserError, match=r"invalid recipe\.calibration value 'kl'"):
+        load_preset(str(preset))
+    preset.write_text("recipe:\n  calibrate: [minmax]\n")
+    with pytest.raises(UserError, match="did you mean 'calibration'"):
+        load_preset(str(preset))
