@@ -142,6 +142,28 @@ def from_params(params: dict[str, Any], choices: dict[str, list[KnobValue]]) -> 
     return RuntimeOptions(**runtime), Recipe(**recipe)
 
 
+def deployment(runtime: RuntimeOptions, measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The session options a deployment must use: those the winner was measured with.
+
+    ``measured``: the measurement's runtime record. Raises ValueError when it differs from
+    ``runtime``: a searched option never reaches the result unmeasured.
+    """
+    if measured and RuntimeOptions.from_dict(measured) != runtime:
+        raise ValueError(f"measured with {measured}, not with its own session options {runtime.to_dict()}")
+    from autotune.devices._ort import session_options
+
+    so = session_options(runtime)
+    out: dict[str, Any] = {
+        "intra_op_num_threads": so.intra_op_num_threads,
+        "inter_op_num_threads": so.inter_op_num_threads,
+        "execution_mode": so.execution_mode.name,
+        "graph_optimization_level": so.graph_optimization_level.name,
+    }
+    if "provider_options" in extra:  # GPU execution providers: as measured
+        out["provider_options"] = extra["provider_options"]
+    return out
+
+
 # -- calibration cache -----------------------------------------------------------------------
 def calibration_cache(prepared: Path, method: str, calibration: Sequence[tuple[np.ndarray, ...]]) -> Path:
     """Where the ranges of ``prepared`` calibrated with ``method`` on ``calibration`` are kept."""
@@ -165,3 +187,19 @@ def publish(tmp: Path, final: Path) -> None:
     if tmp.is_file() and not final.exists():
         os.replace(tmp, final)
     tmp.unlink(missing_ok=True)
+
+
+def export_fields(candidate: Any, m: Any, artifact: Path, number: int) -> dict[str, Any]:
+    """What result.TrialResult.export adds: session options, recipe, fusions."""
+    from autotune.errors import UserError
+    from autotune.quantize import fusions
+
+    try:
+        options = deployment(candidate.runtime, m.runtime, m.extra)
+    except ValueError as exc:
+        raise UserError(f"trial {number}: {exc}") from None
+    out = {"session_options": options, "quantization_recipe": asdict(candidate.recipe)}
+    fused = fusions(artifact)
+    if fused is not None:
+        out["fusions"] = fused
+    return out

@@ -170,3 +170,94 @@ def test_presets_narrow_study_knobs_and_bad_values_are_refused(tmp_path: Path, c
     preset.write_text("recipe:\n  calibrate: [minmax]\n")
     with pytest.raises(UserError, match="did you mean 'calibration'"):
         load_preset(str(preset))
+
+
+def test_searched_session_options_are_measured_and_exported(tmp_path: Path, cache: Path) -> None:
+    """Every trial is measured with its own session options; the export carries the winner's."""
+    import json
+    from dataclasses import replace
+
+    import autotune
+    from autotune.devices import Protocol
+
+    result = autotune.search(
+        conv_task(),
+        budget="100%",
+        device="cpu-multicore",
+        space=str(_preset(tmp_path)),
+        trials=8,
+        out_dir=tmp_path / "runs",
+        protocol=Protocol.quick(),
+        progress=False,
+        report=False,
+        sampler="random",
+    )
+    seen = set()
+    for t in result.trials:
+        assert t.measurement.runtime == t.candidate.runtime.to_dict()
+        seen.add((t.candidate.runtime.threads, t.candidate.runtime.execution_mode))
+    assert {threads for threads, _ in seen} == {1, 2}
+    best = result.best
+    assert best is not None
+    out = best.export(tmp_path / "best.onnx")
+    record = json.loads(out.with_suffix(".json").read_text())
+    options = record["session_options"]
+    assert options["intra_op_num_threads"] == best.candidate.runtime.threads
+    assert (
+        options["execution_mode"]
+        == {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}[best.candidate.runtime.execution_mode]
+    )
+    assert record["config"]["runtime"] == best.measurement.runtime
+    assert record["quantization_recipe"]["calibration"] == best.candidate.recipe.calibration
+    # a result whose measurement ran with other options is refused, not exported
+    other = replace(best.measurement, runtime=RuntimeOptions(threads=3).to_dict())
+    with pytest.raises(UserError, match="measured with"):
+        replace(best, measurement=other).export(tmp_path / "wrong.onnx")
+
+
+def _preset(tmp_path: Path) -> Path:
+    preset = tmp_path / "session.yaml"
+    preset.write_text(
+        "knobs: {bits: [32, 8], width: [1.0]}\n"
+        "runtime: {threads: [1, 2], execution_mode: [sequential, parallel]}\n"
+        "recipe: {calibration: [minmax, percentile]}\n"
+    )
+    return preset
+
+
+def test_gpu_provider_options_follow_the_runtime_knobs(tmp_path: Path) -> None:
+    """The options dict is built without a GPU; the sessions that use it are tested below."""
+    from autotune.devices.ort_gpu import OrtCudaDevice, OrtTensorrtDevice
+
+    cuda = OrtCudaDevice().provider_options(None, {}, RuntimeOptions(cudnn_conv_algo_search="HEURISTIC"))
+    assert cuda["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert (
+        OrtCudaDevice().provider_options(None, {}, RuntimeOptions())["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    )
+
+    class Traits:
+        fp16 = qdq = sparse_2_4 = False
+
+    trt = OrtTensorrtDevice(cache_dir=tmp_path).provider_options(
+        Traits(), {"input": np.zeros((1, 3), np.float32)}, RuntimeOptions(precision="fp16")
+    )
+    assert trt["trt_fp16_enable"] is True and trt["trt_int8_enable"] is False
+    assert load_profile("cuda").runtime["cudnn_conv_algo_search"] == ["EXHAUSTIVE", "HEURISTIC"]
+    assert load_profile("tensorrt-gpu").runtime["precision"] == ["fp32", "fp16"]
+
+
+def test_cuda_session_is_measured_with_the_searched_algo_search(model: tuple[Path, list[str]]) -> None:
+    from autotune.devices import Protocol
+    from autotune.devices.ort_gpu import OrtCudaDevice
+
+    ok, why = OrtCudaDevice.available()
+    if not ok:
+        pytest.skip(f"ort-cuda: {why}")
+    path, _ = model
+    runtime = RuntimeOptions(cudnn_conv_algo_search="HEURISTIC")
+    m = OrtCudaDevice().measure(
+        path, {"input": np.zeros((1, 3, 16, 16), np.float32)}, runtime, Protocol.quick()
+    )
+    assert m.usable, m.error
+    assert m.extra["provider_options"]["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert m.runtime == runtime.to_dict()
