@@ -168,16 +168,20 @@ def _int8(
             after = {n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node}
             excluded = excluded + sorted(after - before)
     else:
-        # shape inference only: ORT graph optimisation here would rename the nodes we map
-        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+        # shape inference only: ORT graph optimisation here would rename the nodes we map; the
+        # fused contrib ops (Attention, SkipLayerNormalization) need ORT's symbolic shape inference
+        symbolic = recipe.optimizer == "transformer"
+        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=not symbolic)
     names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
     cache = calibration_cache(prepared, recipe.calibration, calibration)
     scratch = cache.with_suffix(f".tmp{os.getpid()}")
     out = tmp / "int8.onnx"
     # the histogram calibrators print their progress: keep the CLI's output clean
-    with contextlib.redirect_stdout(io.StringIO()):
-        _quantize_static(prepared, out, names, excluded, calibration, recipe, cache, scratch)
-    publish(scratch, cache)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            _quantize_static(prepared, out, names, excluded, calibration, recipe, cache, scratch)
+    finally:
+        publish(scratch, cache)
     return out
 
 

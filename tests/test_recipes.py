@@ -261,3 +261,29 @@ def test_cuda_session_is_measured_with_the_searched_algo_search(model: tuple[Pat
     assert m.usable, m.error
     assert m.extra["provider_options"]["cudnn_conv_algo_search"] == "HEURISTIC"
     assert m.runtime == runtime.to_dict()
+
+
+def test_transformer_optimizer_is_a_knob_only_where_it_fuses_and_its_fusions_are_recorded(
+    tmp_path: Path, cache: Path
+) -> None:
+    import torch
+    from tiny_tasks import agreement_task
+
+    from autotune.artifact import ArtifactBuilder
+    from autotune.quantize import fusions
+    from autotune.zoo import TinyTransformer
+
+    torch.manual_seed(0)
+    task = agreement_task(TinyTransformer(), torch.randn(32, 16, 64), "tiny-transformer")
+    space = build_space(task, Preset(knobs={"bits": [32, 8], "width": [1.0]}), load_profile("cpu"))
+    assert space.parameters()["recipe:optimizer"] == ["none", "transformer"]
+    builder = ArtifactBuilder(task, space, tmp_path / "artifacts")
+    fp32 = builder.build(space.candidate({"recipe:optimizer": "transformer"}))
+    fused = fusions(fp32.path)
+    assert fused is not None and fused["SkipLayerNormalization"] > 0 and fused.get("Attention", 0) > 0
+    assert task.evaluate(OrtRunner(fp32.path)) == 100.0  # fusions keep the fp32 function
+    int8 = space.candidate({**space.baselines()["int8"], "recipe:optimizer": "transformer"})
+    artifact = builder.build(int8)
+    ops = {n.op_type for n in onnx.load(str(artifact.path)).graph.node}
+    assert {"Attention", "DequantizeLinear"} <= ops and fusions(artifact.path) == fused
+    assert fusions(builder.build(space.candidate(space.baselines()["int8"])).path) is None
