@@ -109,6 +109,9 @@ def study_choices(
         for name, valid in table.items():
             listed = list(real.get(name, [valid[0]]))
             values = [v for v in wanted.get(name, listed) if v in listed] or listed[:1]
+            dropped = [v for v in wanted.get(name, []) if v not in listed]
+            if dropped:
+                notes.append(f"{section}.{name} {dropped} not searched on {profile.name}: not in its profile")
             out[f"{section}:{name}"] = values
     if threads is not None:
         out["runtime:threads"] = [threads]

@@ -164,6 +164,13 @@ def test_presets_narrow_study_knobs_and_bad_values_are_refused(tmp_path: Path, c
     space = build_space(conv_task(), load_preset(str(preset)), load_profile("cpu-multicore"))
     assert space.parameters()["recipe:calibration"] == ["minmax", "entropy"]
     assert "recipe:per_channel" not in space.parameters() and space.threads == [2]
+    preset.write_text("runtime:\n  graph_optimization: [all, disable]\n")
+    space = build_space(conv_task(), load_preset(str(preset)), load_profile("cpu-multicore"))
+    assert "runtime:graph_optimization" not in space.parameters()
+    assert (
+        "runtime.graph_optimization ['disable'] not searched on cpu-multicore: not in its profile"
+        in space.notes
+    )
     preset.write_text("recipe:\n  calibration: [kl]\n")
     with pytest.raises(UserError, match=r"invalid recipe\.calibration value 'kl'"):
         load_preset(str(preset))
