@@ -31,10 +31,9 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from autotune.onnx_export import weighted_nodes
-from autotune.recipes import Recipe, calibration_cache, publish
+from autotune.recipes import FUSIONS_KEY, Recipe, calibration_cache, publish
 
 INT4_BLOCK_SIZE = 32
-FUSIONS_KEY = "autotune.fusions"  # model metadata: what the transformer optimizer fused
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -54,14 +53,6 @@ def optimize_transformer(src: Path, dst: Path) -> dict[str, int]:
     meta.key, meta.value = FUSIONS_KEY, json.dumps(fused, sort_keys=True)
     optimized.save_model_to_file(str(dst), use_external_data_format=False)
     return fused
-
-
-def fusions(path: Path) -> dict[str, int] | None:
-    """The fusions recorded in an artifact (None: the optimizer did not run on it)."""
-    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
-        if prop.key == FUSIONS_KEY:
-            return dict(json.loads(prop.value))
-    return None
 
 
 @contextlib.contextmanager

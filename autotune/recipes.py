@@ -14,6 +14,7 @@ recipe is calibrated once per model, not once per trial.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ import numpy as np
 from autotune._util import cache_root
 from autotune.knobs import RECIPE_KNOBS, RUNTIME_KNOBS, KnobValue
 from autotune.records import RuntimeOptions
+
+FUSIONS_KEY = "autotune.fusions"  # model metadata: what the transformer optimizer fused
 
 
 @dataclass(frozen=True)
@@ -192,10 +195,19 @@ def publish(tmp: Path, final: Path) -> None:
     tmp.unlink(missing_ok=True)
 
 
+def fusions(path: Path) -> dict[str, int] | None:
+    """The fusions recorded in an artifact (None: the optimizer did not run on it)."""
+    import onnx
+
+    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
+        if prop.key == FUSIONS_KEY:
+            return dict(json.loads(prop.value))
+    return None
+
+
 def export_fields(candidate: Any, m: Any, artifact: Path, number: int) -> dict[str, Any]:
     """What result.TrialResult.export adds: session options, recipe, fusions."""
     from autotune.errors import UserError
-    from autotune.quantize import fusions
 
     try:
         options = deployment(candidate.runtime, m.runtime, m.extra)

@@ -277,7 +277,7 @@ def test_transformer_optimizer_is_a_knob_only_where_it_fuses_and_its_fusions_are
     from tiny_tasks import agreement_task
 
     from autotune.artifact import ArtifactBuilder
-    from autotune.quantize import fusions
+    from autotune.recipes import fusions
     from autotune.zoo import TinyTransformer
 
     torch.manual_seed(0)
