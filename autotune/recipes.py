@@ -35,7 +35,7 @@ class Recipe:
     """How int8 layers are quantized; the defaults are autotune's fixed recipe."""
 
     calibration: str = "minmax"  # MinMax, Entropy or Percentile (onnxruntime CalibrationMethod)
-    activation: str = "u8"  # activation type: u8 (asymmetric) or s8 (symmetric); weights are s8
+    activation: str = "u8"  # activation type, u8 or s8 (asymmetric either way); weights are s8
     per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights: avoids u8*s8 saturation on CPUs without VNNI
     preprocess: str = "shapes"  # ORT quant pre-processing: "shapes" (inference only) or "optimize"
@@ -56,8 +56,9 @@ class Recipe:
         return " ".join(words.get(k, str(v)) for k, v in self.to_dict().items())
 
 
-#: ops onnxruntime's transformer optimizer fuses around (attention's Softmax, LayerNorm, GELU's Erf)
-TRANSFORMER_OPS = frozenset({"Softmax", "LayerNormalization", "ReduceMean", "Erf", "Gelu", "Attention"})
+#: ops onnxruntime's transformer optimizer fuses around (LayerNorm, GELU's Erf), or already fused;
+#: attention is a Softmax whose output feeds a MatMul
+TRANSFORMER_OPS = frozenset({"LayerNormalization", "Erf", "Gelu", "Attention", "MultiHeadAttention"})
 #: torch modules that export to those ops
 TRANSFORMER_MODULES = frozenset({"MultiheadAttention", "LayerNorm", "GELU", "TransformerEncoderLayer"})
 
@@ -67,8 +68,10 @@ def has_transformer(task: Any) -> bool:
     if isinstance(task.source, Path):
         import onnx
 
-        model = onnx.load(str(task.source), load_external_data=False)
-        return bool({n.op_type for n in model.graph.node} & TRANSFORMER_OPS)
+        nodes = onnx.load(str(task.source), load_external_data=False).graph.node
+        softmax = {o for n in nodes if n.op_type == "Softmax" for o in n.output}
+        attention = any(n.op_type == "MatMul" and softmax & set(n.input) for n in nodes)
+        return attention or bool({n.op_type for n in nodes} & TRANSFORMER_OPS)
     return any(type(m).__name__ in TRANSFORMER_MODULES for m in task.model.modules())
 
 

@@ -294,3 +294,17 @@ def test_transformer_optimizer_is_a_knob_only_where_it_fuses_and_its_fusions_are
     ops = {n.op_type for n in onnx.load(str(artifact.path)).graph.node}
     assert {"Attention", "DequantizeLinear"} <= ops and fusions(artifact.path) == fused
     assert fusions(builder.build(space.candidate(space.baselines()["int8"])).path) is None
+
+
+def test_onnx_models_are_told_apart_by_their_ops(model: tuple[Path, list[str]], tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from autotune.recipes import has_transformer
+    from autotune.zoo import TinyTransformer
+
+    path = tmp_path / "transformer.onnx"
+    export_onnx(TinyTransformer().eval(), (torch.randn(1, 16, 64),), path)
+    assert has_transformer(SimpleNamespace(source=path))
+    assert not has_transformer(SimpleNamespace(source=model[0]))  # a CNN's ReduceMean is no LayerNorm
