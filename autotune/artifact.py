@@ -139,8 +139,8 @@ class ArtifactBuilder:
             for layer in self.space.layers
             if candidate.value(layer.name, "bits") != 32
         }
-        if bits:
-            quantize_model(src, dst, bits, self.task.calibration)
+        if bits or candidate.recipe.optimizer != "none":
+            quantize_model(src, dst, bits, self.task.calibration, candidate.recipe)
         else:
             shutil.copyfile(src, dst)
 

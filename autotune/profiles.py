@@ -8,7 +8,7 @@ from typing import Any
 
 from autotune._yaml import check_keys, load_mapping
 from autotune.errors import UserError
-from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue
+from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue, study_section
 
 _ROOT = Path(__file__).resolve().parent
 
@@ -27,14 +27,15 @@ class DeviceProfile:
     backend: str
     description: str = ""
     knobs: dict[str, list[KnobValue]] = field(default_factory=dict)
-    runtime: dict[str, list[Any]] = field(default_factory=dict)
+    runtime: dict[str, list[Any]] = field(default_factory=dict)  # session options: values that are real
+    recipe: dict[str, list[Any]] = field(default_factory=dict)  # quantization recipe values that are real
     notes: dict[str, str] = field(default_factory=dict)  # why a knob value is left out
     agents: list[str] = field(default_factory=list)  # remote profiles: agent URLs
     options: dict[str, Any] = field(default_factory=dict)  # backend specific
     path: Path | None = None
 
 
-_KEYS = ("name", "backend", "description", "knobs", "runtime", "notes", "agents", "options")
+_KEYS = ("name", "backend", "description", "knobs", "runtime", "recipe", "notes", "agents", "options")
 
 
 def available_profiles() -> list[str]:
@@ -65,12 +66,15 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         for k, vals in knobs.items()
     }
     threads = [_thread_count(v, path) for v in _as_list(runtime.get("threads", [1]), path, "threads")]
+    runtime = study_section(data, "runtime", str(path))
+    recipe = study_section(data, "recipe", str(path))
     return DeviceProfile(
         name=str(data.get("name", path.stem)),
         backend=str(data["backend"]),
         description=str(data.get("description", "")),
         knobs=parsed,
-        runtime={"threads": threads},
+        runtime={**runtime, "threads": threads},
+        recipe=recipe,
         notes={str(k): str(v) for k, v in (data.get("notes") or {}).items()},
         agents=[str(a) for a in data.get("agents") or []],
         options=dict(data.get("options") or {}),

@@ -1,7 +1,8 @@
-"""ONNX-side knob: per-layer bit-width.
+"""ONNX-side knob: per-layer bit-width, quantized the way the candidate's recipe says.
 
-* 8 bit: static QDQ through onnxruntime.quantization, per channel; the layers kept at higher
-  precision are passed as ``nodes_to_exclude``;
+* 8 bit: static quantization through onnxruntime.quantization, as the :class:`~autotune.recipes.Recipe`
+  says (by default QDQ, per channel, u8 activations, s8 weights, MinMax); the layers kept at
+  higher precision are passed as ``nodes_to_exclude``; calibration ranges are cached;
 * 4 bit: weight-only MatMulNBits (MatMul nodes only), ``accuracy_level=4`` for the fast kernel;
 * 16 bit: fp16 (GPU backends), via onnxruntime's float16 converter with a node block list.
 """
@@ -9,7 +10,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,6 +22,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
+    CalibrationMethod,
     QuantFormat,
     QuantType,
     quantize_static,
@@ -26,8 +31,28 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from autotune.onnx_export import weighted_nodes
+from autotune.recipes import FUSIONS_KEY, Recipe, calibration_cache, publish
 
 INT4_BLOCK_SIZE = 32
+_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+def optimize_transformer(src: Path, dst: Path) -> dict[str, int]:
+    """onnxruntime's transformer fusions (python fusions only: node names are kept where they
+    survive); returns the fused operator counts, also written into the model's metadata."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with logger_level("onnxruntime.transformers", logging.ERROR):
+        optimized = optimize_model(str(src), model_type="bert", opt_level=0)
+    fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    meta = optimized.model.metadata_props.add()
+    meta.key, meta.value = FUSIONS_KEY, json.dumps(fused, sort_keys=True)
+    optimized.save_model_to_file(str(dst), use_external_data_format=False)
+    return fused
 
 
 @contextlib.contextmanager
@@ -57,35 +82,26 @@ def quantize_model(
     dst: Path,
     bits: dict[str, int],
     calibration: Sequence[tuple[np.ndarray, ...]],
+    recipe: Recipe | None = None,
 ) -> None:
     """Write ``src`` quantized per node (``bits``: ONNX node name -> 32/16/8/4) to ``dst``."""
-    model = onnx.load(str(src))
-    all_nodes = [n.name for n in weighted_nodes(model)]
-    int8 = [n for n in all_nodes if bits.get(n, 32) == 8]
-    int4 = [n for n in all_nodes if bits.get(n, 32) == 4]
-    fp16 = [n for n in all_nodes if bits.get(n, 32) == 16]
-    names = [i.name for i in model.graph.input]
+    recipe = recipe or Recipe()
+    fused: dict[str, int] | None = None
 
     # the quantizers chat on the root logger (which MatMulNBits' import sets to INFO): quiet it here only
     with tempfile.TemporaryDirectory() as tmp, logger_level("root", logging.ERROR):
         current = src
+        if recipe.optimizer == "transformer":
+            current = Path(tmp) / "fused.onnx"
+            fused = optimize_transformer(src, current)
+        model = onnx.load(str(current))
+        all_nodes = [n.name for n in weighted_nodes(model)]
+        int8 = [n for n in all_nodes if bits.get(n, 32) == 8]
+        int4 = [n for n in all_nodes if bits.get(n, 32) == 4]
+        fp16 = [n for n in all_nodes if bits.get(n, 32) == 16]
         if int8:
-            prepared = Path(tmp) / "prepared.onnx"
-            # shape inference only: ORT graph optimisation here would rename the nodes we map
-            quant_pre_process(str(current), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-            out = Path(tmp) / "int8.onnx"
-            quantize_static(
-                str(prepared),
-                str(out),
-                _Batches(names, calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=[n for n in all_nodes if n not in int8],
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
-            current = out
+            excluded = [n for n in all_nodes if n not in int8]
+            current = _int8(current, Path(tmp), int8, excluded, calibration, recipe)
         if int4:
             graph = onnx.load(str(current))
             # nodes_to_include only *adds* to the MatMul op type; excluding is what restricts
@@ -111,4 +127,76 @@ def quantize_model(
             out = Path(tmp) / "fp16.onnx"
             onnx.save(m, str(out))
             current = out
+        if fused is not None and current != src:
+            _record(current, fused)  # the quantizers drop metadata: carry the fusions over
         dst.write_bytes(Path(current).read_bytes())
+
+
+def _record(path: Path, fused: dict[str, int]) -> None:
+    model = onnx.load(str(path))
+    if not any(p.key == FUSIONS_KEY for p in model.metadata_props):
+        meta = model.metadata_props.add()
+        meta.key, meta.value = FUSIONS_KEY, json.dumps(fused, sort_keys=True)
+        onnx.save(model, str(path))
+
+
+def _int8(
+    src: Path,
+    tmp: Path,
+    int8: list[str],
+    excluded: list[str],
+    calibration: Sequence[tuple[np.ndarray, ...]],
+    recipe: Recipe,
+) -> Path:
+    """Static int8 quantization of the ``int8`` nodes as ``recipe`` says; calibration is cached."""
+    prepared = tmp / "prepared.onnx"
+    if recipe.preprocess == "optimize":
+        # ORT's full pre-processing (symbolic shapes, graph optimisation): a node it makes
+        # (fused, renamed) is not one the search mapped, so it stays fp32 unless every layer is int8
+        quant_pre_process(str(src), str(prepared))
+        if excluded:
+            before = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+            after = {n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node}
+            excluded = excluded + sorted(after - before)
+    else:
+        # shape inference only: ORT graph optimisation here would rename the nodes we map; the
+        # fused contrib ops (Attention, SkipLayerNormalization) need ORT's symbolic shape inference
+        symbolic = recipe.optimizer == "transformer"
+        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=not symbolic)
+    names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
+    cache = calibration_cache(prepared, recipe.calibration, calibration)
+    scratch = cache.with_suffix(f".tmp{os.getpid()}")
+    out = tmp / "int8.onnx"
+    # the histogram calibrators print their progress: keep the CLI's output clean
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            _quantize_static(prepared, out, names, excluded, calibration, recipe, cache, scratch)
+    finally:
+        publish(scratch, cache)
+    return out
+
+
+def _quantize_static(
+    prepared: Path,
+    out: Path,
+    names: list[str],
+    excluded: list[str],
+    calibration: Sequence[tuple[np.ndarray, ...]],
+    recipe: Recipe,
+    cache: Path,
+    scratch: Path,
+) -> None:
+    quantize_static(
+        str(prepared),
+        str(out),
+        _Batches(names, calibration),
+        quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
+        per_channel=recipe.per_channel,
+        reduce_range=recipe.reduce_range,
+        activation_type=QuantType.QUInt8 if recipe.activation == "u8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+        calibrate_method=_METHODS[recipe.calibration],
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        calibration_cache_path=cache if cache.is_file() else scratch,
+    )

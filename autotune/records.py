@@ -36,10 +36,17 @@ class RuntimeOptions:
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     affinity: tuple[int, ...] | None = None  # CPU cores to pin the measuring process to
     precision: Literal["fp32", "fp16"] = "fp32"  # GPU backends: build precision
+    # ORT_PARALLEL runs independent branches concurrently (inter-op pool of ``threads``)
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"  # CUDA EP
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["affinity"] = list(self.affinity) if self.affinity is not None else None
+        # options added after v0.2 appear only when set: older cache keys and records stay valid
+        for name, default in _LATER_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -48,6 +55,9 @@ class RuntimeOptions:
         if d.get("affinity") is not None:
             d["affinity"] = tuple(d["affinity"])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+_LATER_DEFAULTS = {"execution_mode": "sequential", "cudnn_conv_algo_search": "EXHAUSTIVE"}
 
 
 @dataclass(frozen=True)

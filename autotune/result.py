@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune import summary
+from autotune import recipes, summary
 from autotune.budget import Limit
 from autotune.errors import UserError
 from autotune.measure import confirm
@@ -112,6 +112,7 @@ class TrialResult:
             "config": self.candidate.to_dict(),
             "fingerprint": m.fingerprint,
         }
+        info.update(recipes.export_fields(self.candidate, m, self.artifact_path, self.number))
         path.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str))
         return path
 

@@ -23,10 +23,11 @@ from autotune._yaml import check_keys, load_mapping
 from autotune.compress import prunable_layers, supports_two_four
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
-from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue
+from autotune.knobs import KNOBS, KnobValue, study_section
 from autotune.onnx_export import export_onnx, layer_nodes, output_nodes, weighted_nodes
 from autotune.probe import quantizable, width_roots
 from autotune.profiles import DeviceProfile, data_dir
+from autotune.recipes import Recipe, describe_study, from_params, has_transformer, study_choices
 from autotune.task import Task
 
 
@@ -42,20 +43,22 @@ class Layer:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One configuration: knob values per layer, plus runtime options."""
+    """One configuration: knob values per layer, plus runtime options and the quantization recipe."""
 
     layers: dict[str, dict[str, KnobValue]]
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    recipe: Recipe = field(default_factory=Recipe)
 
     def value(self, layer: str, knob: str) -> KnobValue:
         return self.layers.get(layer, {}).get(knob, KNOBS[knob].default)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "runtime": self.runtime.to_dict()}
+        return {"layers": self.layers, "runtime": self.runtime.to_dict(), "recipe": self.recipe.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
-        return cls(layers=d["layers"], runtime=RuntimeOptions.from_dict(d.get("runtime", {})))
+        runtime, recipe = RuntimeOptions.from_dict(d.get("runtime", {})), Recipe.from_dict(d.get("recipe"))
+        return cls(layers=d["layers"], runtime=runtime, recipe=recipe)
 
     def describe(self) -> str:
         """Short human summary, e.g. ``width 0.5x3 0.75x2 | int8x9 | threads 1``."""
@@ -69,7 +72,7 @@ class Candidate:
             if counts:
                 label = {"bits": "int", "width": "w", "sparsity": "s"}[knob]
                 parts.append(" ".join(f"{label}{v}x{c}" for v, c in counts.items()))
-        parts.append(f"threads {self.runtime.threads}")
+        parts.append(describe_study(self.runtime, self.recipe, "int8" in " ".join(parts)))
         return " | ".join(parts) if len(parts) > 1 else f"fp32 | {parts[0]}"
 
 
@@ -81,7 +84,8 @@ class Preset:
     include: list[str] = field(default_factory=lambda: ["*"])
     keep: list[str] = field(default_factory=list)
     overrides: dict[str, dict[str, list[KnobValue]]] = field(default_factory=dict)
-    threads: list[int] | None = None
+    runtime: dict[str, list[KnobValue]] = field(default_factory=dict)  # session options (runtime:)
+    recipe: dict[str, list[KnobValue]] = field(default_factory=dict)  # quantization recipe (recipe:)
 
 
 def available_presets() -> list[str]:
@@ -100,7 +104,7 @@ def load_preset(name_or_path: str | None) -> Preset:
                 f"{', '.join(available_presets())}, or give a .yaml path"
             )
     data = load_mapping(path)
-    check_keys(data, ("knobs", "layers", "runtime"), str(path))
+    check_keys(data, ("knobs", "layers", "runtime", "recipe"), str(path))
 
     def knob_lists(d: Any, where: str) -> dict[str, list[KnobValue]]:
         if not isinstance(d, dict):
@@ -115,13 +119,6 @@ def load_preset(name_or_path: str | None) -> Preset:
 
     layers = data.get("layers") or {}
     check_keys(layers, ("include", "keep", "overrides"), f"{path}: layers")
-    runtime = data.get("runtime") or {}
-    check_keys(runtime, RUNTIME_KNOBS, f"{path}: runtime")
-    threads = runtime.get("threads")
-    if threads is not None and (
-        not isinstance(threads, list) or not all(isinstance(t, int) and t > 0 for t in threads)
-    ):
-        raise UserError(f"{path}: runtime.threads must be a list of positive integers")
     return Preset(
         knobs=knob_lists(data.get("knobs") or {}, f"{path}: knobs"),
         include=[str(p) for p in layers.get("include", ["*"])],
@@ -130,7 +127,8 @@ def load_preset(name_or_path: str | None) -> Preset:
             str(pat): knob_lists(d, f"{path}: layers.overrides[{pat!r}]")
             for pat, d in (layers.get("overrides") or {}).items()
         },
-        threads=threads,
+        runtime=study_section(data, "runtime", str(path)),
+        recipe=study_section(data, "recipe", str(path)),
     )
 
 
@@ -144,6 +142,12 @@ class SearchSpace:
     threads: list[int]
     notes: list[str] = field(default_factory=list)  # what was left out, and why
     ignored: list[str] = field(default_factory=list)  # layers torch-pruning must not narrow
+    #: study-level knobs (``runtime:NAME``, ``recipe:NAME``) -> values, default first
+    study: dict[str, list[KnobValue]] = field(default_factory=dict)
+
+    @property
+    def study_knobs(self) -> dict[str, list[KnobValue]]:
+        return {**self.study, "runtime:threads": list[KnobValue](self.threads)}
 
     # -- Optuna ---------------------------------------------------------------------------
     def parameters(self) -> dict[str, list[KnobValue]]:
@@ -154,8 +158,7 @@ class SearchSpace:
             for knob, values in layer.knobs.items()
             if len(values) > 1
         }
-        if len(self.threads) > 1:
-            params["runtime:threads"] = list(self.threads)
+        params.update({name: values for name, values in self.study_knobs.items() if len(values) > 1})
         return params
 
     def sample(self, trial: optuna.Trial) -> Candidate:
@@ -175,8 +178,8 @@ class SearchSpace:
                     cfg[knob] = value
             if cfg:
                 layers[layer.name] = cfg
-        threads = int(params.get("runtime:threads", self.threads[0]))
-        return Candidate(layers=layers, runtime=RuntimeOptions(threads=threads))
+        runtime, recipe = from_params(params, self.study_knobs)
+        return Candidate(layers=layers, runtime=runtime, recipe=recipe)
 
     def baselines(self) -> dict[str, dict[str, Any]]:
         """Uniform configurations enqueued first, so the result never loses to them, then the most
@@ -223,6 +226,7 @@ class SearchSpace:
                 for layer in self.layers
             ],
             "threads": self.threads,
+            "study": {name: values for name, values in self.study.items() if len(values) > 1},
             "notes": self.notes,
             "ignored": self.ignored,
             "parameters": len(self.parameters()),
@@ -261,14 +265,12 @@ def build_space(
                             KNOBS[name].default
                         ]
 
-    if threads is not None:
-        thread_choices = [threads]
-    else:
-        real_threads = profile.runtime.get("threads", [1])
-        thread_choices = [t for t in (preset.threads or real_threads) if t in real_threads] or real_threads[
-            :1
-        ]
-    return SearchSpace(layers=layers, threads=thread_choices, notes=notes, ignored=ignored)
+    quantized = any(8 in layer.knobs.get("bits", []) for layer in layers)
+    args = (preset.runtime, preset.recipe, threads, quantized, has_transformer(task))
+    study, study_notes = study_choices(profile, *args)
+    return SearchSpace(
+        layers, [int(t) for t in study.pop("runtime:threads")], notes + study_notes, ignored, study
+    )
 
 
 def _bits_for(op: str, allowed: list[KnobValue]) -> list[int]:

@@ -43,7 +43,10 @@ def test_sensitivity_is_measured_per_layer_and_value_and_cached(tmp_path: Path) 
         return real(params)
 
     table = measure_sensitivity(space, probe, cache=tmp_path / "sensitivity.json")
-    expected = sum(len(v) - 1 for v in space.parameters().values())
+    # per-layer knobs only: the study-level ones (runtime:, recipe:) are global
+    expected = sum(
+        len(v) - 1 for k, v in space.parameters().items() if not k.startswith(("runtime:", "recipe:"))
+    )
     assert len(table.entries) + len(table.failed) == expected
     assert len(calls) == expected + 1  # + the unmodified model
     assert table.reference_accuracy == 100.0

@@ -75,4 +75,5 @@ def test_a_tracing_crash_leaves_width_out_with_one_note(tmp_path: Path) -> None:
         "width not searched: torch-pruning cannot trace the model "
         "(ZeroDivisionError: integer division or modulo by zero)"
     ]
-    assert space.parameters() == {"conv:bits": [32, 8], "fc:bits": [32, 8]}
+    per_layer = {k: v for k, v in space.parameters().items() if not k.startswith(("runtime:", "recipe:"))}
+    assert per_layer == {"conv:bits": [32, 8], "fc:bits": [32, 8]}

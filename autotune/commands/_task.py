@@ -9,8 +9,13 @@ from autotune.errors import UserError
 from autotune.task import Task
 
 
-def load_task(spec: str | None) -> Task:
-    """Resolve ``--model``: None (built-in demo), ``module:function`` or ``path.onnx``."""
+def load_task(spec: str | None, data: str | None = None) -> Task:
+    """Resolve ``--model``: None (built-in demo), ``module:function`` or ``path.onnx``; ``data``:
+    an .npz of inputs (and labels) for an ONNX model (onnx_task.load_npz says the format)."""
+    if data is not None and (spec is None or not spec.endswith(".onnx")):
+        raise UserError("--data goes with --model FILE.onnx (a module:function task brings its own data)")
+    if data is not None and not Path(data).is_file():
+        raise UserError(f"--data {data}: no such file")
     if spec is None:
         from autotune.demo import demo_task
 
@@ -21,7 +26,7 @@ def load_task(spec: str | None) -> Task:
             raise UserError(f"--model {spec}: no such ONNX file")
         from autotune.onnx_task import onnx_task
 
-        return onnx_task(path)
+        return onnx_task(path, data=Path(data) if data else None)
     module_name, sep, func_name = spec.partition(":")
     if not sep or not module_name or not func_name:
         raise UserError(

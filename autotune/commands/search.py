@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="'package.module:function' returning an autotune.Task, or a .onnx file "
         "(default: the built-in digits demo)",
     )
+    p.add_argument(
+        "--data",
+        help="with --model FILE.onnx: an .npz with one array per model input (named as the input) "
+        "and optional integer 'labels': scores accuracy and calibrates on these inputs",
+    )
     p.add_argument("--space", help="search space preset name or .yaml (default: search_spaces/default.yaml)")
     p.add_argument(
         "--trials",
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     load_preset(args.space)
     # reach the device before loading a model: an unreachable agent should fail in a second
     device_for_profile(load_profile(args.device), agent=args.agent).close()
-    task = load_task(args.model)
+    task = load_task(args.model, args.data)
     result = run_search(task, cfg)
     for note in result.meta.notes:
         print(f"note: {note}")

@@ -23,14 +23,27 @@ _GRAPH_OPT = {
 
 
 def session_options(runtime: RuntimeOptions) -> ort.SessionOptions:
-    """Explicit threads: ORT's default (all cores, spinning) is what makes CPU numbers noisy."""
+    """Explicit threads: ORT's default (all cores, spinning) is what makes CPU numbers noisy.
+
+    Every session option a deployment must reproduce comes from ``runtime`` (exported with the
+    winner: result.TrialResult.export)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = runtime.threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if runtime.execution_mode == "parallel":
+        # independent branches run concurrently in an inter-op pool as large as the intra-op one
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        so.inter_op_num_threads = runtime.threads
+    else:
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
     so.graph_optimization_level = _GRAPH_OPT[runtime.graph_optimization]
     so.log_severity_level = 3
     return so
+
+
+def in_calling_thread(runtime: RuntimeOptions) -> bool:
+    """ORT computes in the calling thread: one intra-op thread, sequential execution."""
+    return runtime.threads == 1 and runtime.execution_mode == "sequential"
 
 
 def load_session(

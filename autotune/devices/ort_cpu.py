@@ -15,7 +15,7 @@ import onnxruntime as ort
 from autotune.devices._base import Capabilities, Device, Measurement, Protocol, Reference, RuntimeOptions
 from autotune.devices._fingerprint import HostLoad, host_fingerprint, host_state
 from autotune.devices._lock import device_lock
-from autotune.devices._ort import session_options, timed_session, timed_session_pair
+from autotune.devices._ort import in_calling_thread, session_options, timed_session, timed_session_pair
 
 
 @contextmanager
@@ -75,7 +75,7 @@ class OrtCpuDevice(Device):
     ) -> Measurement:
         so = session_options(runtime)
         # one thread: ORT computes in this thread, so its CPU clock shows preemption
-        cpu_time = time.thread_time if runtime.threads == 1 else None
+        cpu_time = time.thread_time if in_calling_thread(runtime) else None
         return self._on_host(
             runtime,
             lambda: timed_session(
@@ -93,7 +93,7 @@ class OrtCpuDevice(Device):
     ) -> Measurement:
         so = session_options(runtime)
         # one thread: ORT computes in this thread, so its CPU clock leaves preemption out of the ratio
-        cpu_time = time.thread_time if runtime.threads == 1 else None
+        cpu_time = time.thread_time if in_calling_thread(runtime) else None
         return self._on_host(
             runtime,
             lambda: timed_session_pair(

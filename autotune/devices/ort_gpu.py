@@ -148,7 +148,8 @@ class _OrtGpuDevice(CudaDevice):
 
 
 class OrtCudaDevice(_OrtGpuDevice):
-    """onnxruntime's CUDAExecutionProvider (cuDNN convolutions, exhaustive algorithm search)."""
+    """onnxruntime's CUDAExecutionProvider (cuDNN convolutions; the algorithm search is the
+    ``cudnn_conv_algo_search`` runtime knob, EXHAUSTIVE by default)."""
 
     backend = "ort-cuda"
     provider = "CUDAExecutionProvider"
@@ -169,7 +170,7 @@ class OrtCudaDevice(_OrtGpuDevice):
     ) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
-            "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "cudnn_conv_algo_search": runtime.cudnn_conv_algo_search,
             "do_copy_in_default_stream": True,
         }
 
