@@ -105,7 +105,9 @@ def test_search_skips_candidates_predicted_beyond_the_budget(
 
     monkeypatch.setattr(predictor, "MIN_TRAIN", 6)
     kw = {"out_dir": tmp_path, "protocol": Protocol.quick(), "progress": False, "report": False}
-    result = autotune.search(conv_task(), budget="30%", trials=24, keep_going=True, **kw)
+    # 5%: every candidate of the tiny model is several times over it, so a skip cannot hinge on how
+    # noisy the host made the predictor's recent errors (the margin widens with them)
+    result = autotune.search(conv_task(), budget="5%", trials=24, keep_going=True, **kw)
     stats = result.meta.search["predictor"]
     assert stats["enabled"] and stats["trained_on"] >= 6 and stats["checked"] >= 5
     assert result.skipped and stats["skipped"] == len(result.skipped)
