@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from autotune.measure import HOST_BUSY_SHARE
+
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
 
@@ -134,6 +136,12 @@ def summary(result: ParetoSet) -> str:
         lines.append(
             "device drift (canary model slower or faster than at the start) in trials "
             f"{', '.join(drifted)}: their latency is suspect; re-run with --remeasure on a quiet machine"
+        )
+    busy = [t.number for t in result.trials if t.measurement.extra.get("host_busy")]
+    if busy:
+        lines.append(
+            f"host busy (other processes took >{HOST_BUSY_SHARE:.0%} of the CPUs while measuring) in trials "
+            f"{busy}: paired ratios discount the contention, their absolute ms are less certain"
         )
     if result.confirmed:
         lines.append(

@@ -411,17 +411,24 @@ def test_drift_flags_show_in_trial_attributes_and_summary(
         )
     finally:
         stop(burners)
-    later = [t for t in result.trials if t.number >= 2]
+    later = [t for t in result.trials if t.number >= 2]  # measured with the burners running
+    # which signal fires depends on the host: the canary's median moves only where time slices
+    # land inside its sub-ms runs, but the load itself is always on record
     flagged = [
-        t.number for t in later if t.measurement.status == "unstable" or t.measurement.extra.get("drift_flag")
+        t.number
+        for t in later
+        if t.measurement.status == "unstable"
+        or t.measurement.extra.get("drift_flag")
+        or t.measurement.extra.get("host_busy")
     ]
-    assert flagged, [(t.number, t.measurement.status, t.measurement.drift_ratio) for t in later]
+    assert flagged, [(t.number, t.measurement.status, t.measurement.extra.get("host_load")) for t in later]
     trial = result.study.trials[flagged[0]]
     attrs = trial.user_attrs["measurement"]
-    assert attrs["status"] == "unstable" or attrs["extra"].get("drift_flag")
-    assert attrs["drift_ratio"] is not None and attrs["extra"]["canary"]["reference_ms"] > 0
+    extra = attrs["extra"]
+    assert attrs["status"] == "unstable" or extra.get("drift_flag") or extra.get("host_busy")
+    assert attrs["drift_ratio"] is not None and extra["canary"]["reference_ms"] > 0
     text = result.summary()
-    assert "unstable latency" in text or "device drift" in text
+    assert "unstable latency" in text or "device drift" in text or "host busy" in text
 
 
 # -- commands -----------------------------------------------------------------------------

@@ -15,6 +15,10 @@ The Measurer is the one place that decides whether to measure:
   ``canary_every`` measured jobs, and right after any ``unstable`` job. Every measurement
   records ``drift_ratio`` = latest canary median / reference median; outside
   [1/threshold, threshold] it is flagged (``extra["drift_flag"] = True``).
+* **host load** -- when other processes took more than :data:`HOST_BUSY_SHARE` of the CPUs
+  during a measurement, it carries ``extra["host_busy"]`` (that share). The canary misses such
+  load when each run is shorter than a scheduler slice; the paired ratio discounts it, the
+  absolute figures do not.
 
 * **reference** -- with a ``reference`` (the study's unmodified model), every candidate is
   timed interleaved with it (:meth:`Device.measure_paired`; two separate measurements on a
@@ -56,6 +60,10 @@ from autotune.measure._reference import ReferenceLatency, pair_separately
 DEFAULT_CANARY_EVERY = 8
 #: canary slower or faster than its reference by more than this factor -> drift flag
 DEFAULT_DRIFT_THRESHOLD = 1.15
+#: other processes (or the hypervisor) took more than this share of all CPUs while measuring ->
+#: host_busy flag. The canary cannot see this: time-slicing rarely lands inside a sub-ms run, so
+#: medians barely move while the tail and the absolute figures do.
+HOST_BUSY_SHARE = 0.25
 #: statuses worth keeping: numbers (with their flags) and deterministic failures
 CACHEABLE = ("ok", "unstable", "invalid_model", "build_error")
 
@@ -171,6 +179,7 @@ class Measurer:
             if self.canary_every > 0:  # suspicious: check the device right away
                 self._measure_canary(runtime)
         self._annotate(m, rkey)
+        self._note_host_load(m)
         if self.cache is not None and key and parts and m.status in CACHEABLE:
             self.cache.put(key, parts, m)
         return m
@@ -317,6 +326,13 @@ class Measurer:
         if abs(math.log(ratio)) > math.log(self.drift_threshold):
             m.extra["drift_flag"] = True
             self.stats["drift_flagged"] += 1
+
+    def _note_host_load(self, m: Measurement) -> None:
+        load = m.extra.get("host_load") or {}
+        share = float(load.get("foreign_cpu", 0.0)) + float(load.get("steal", 0.0))
+        if share > HOST_BUSY_SHARE:
+            m.extra["host_busy"] = round(share, 3)
+            self.stats["host_busy"] = self.stats.get("host_busy", 0) + 1
 
 
 def _runtime_key(runtime: RuntimeOptions) -> str:

@@ -118,13 +118,15 @@ def latency_spread(t: TrialResult) -> str:
 
 
 def latency_flags(t: TrialResult) -> list[str]:
-    """Why not to trust a latency blindly: unstable, device drift during the measurement."""
+    """Why not to trust a latency blindly: unstable, device drift or a busy host while measuring."""
     m = t.measurement
     flags: list[str] = []
     if m.status != "ok":
         flags.append(m.status)
     if drifted(t):
         flags.append(f"drift x{m.drift_ratio:.2f}" if m.drift_ratio else "drift")
+    if m.extra.get("host_busy"):
+        flags.append(f"host busy ({float(m.extra['host_busy']):.0%} of CPUs to other processes)")
     return flags
 
 

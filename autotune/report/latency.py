@@ -35,7 +35,7 @@ def latency_figure(view: View) -> go.Figure | None:
     for t in sorted(rows, key=lambda t: t.latency_ms):
         m = t.measurement
         flags = latency_flags(t)
-        color = BAD if drifted(t) else WARN if m.status != "ok" else OK
+        color = BAD if drifted(t) else WARN if m.status != "ok" or m.extra.get("host_busy") else OK
         label = ("\u2605 " if view.chosen and t.number == view.chosen.number else "") + trial_name(t)
         if flags:
             label += " \u26a0"
@@ -54,7 +54,7 @@ def latency_figure(view: View) -> go.Figure | None:
     top = max(max(t.measurement.samples_ms) for t in rows)
     low = min(min(t.measurement.samples_ms) for t in rows)
     log_y = low > 0 and top / low > LOG_SPREAD
-    title = "Latency distributions (stored samples; green ok, orange unstable, red drift)"
+    title = "Latency distributions (stored samples; green ok, orange unstable or busy host, red drift)"
     if view.has_budget:
         budget = view.result.meta.budget
         if view.budget_ms <= top * 1.5:  # else the boxes would be squashed flat
