@@ -342,8 +342,10 @@ def test_cpu_burner_is_flagged_as_unstable_or_drift(tmp_path: Path, model: Path)
     flagged = [m for m in loaded if m.status == "unstable" or m.extra.get("drift_flag")]
     assert flagged, [(m.status, m.drift_ratio, m.iqr_ms / m.median_ms) for m in loaded]
     assert all(m.extra["host_load"]["foreign_cpu"] > 0.3 for m in loaded)  # the load is on record
+    assert all(m.extra["host_busy"] >= m.extra["host_load"]["foreign_cpu"] for m in loaded)
     stats = measurer.stats
     assert stats["unstable"] + stats["drift_flagged"] >= 1 and stats["max_drift"] >= 1.0
+    assert stats["host_busy"] == 3 + bool(before.extra.get("host_busy"))
 
 
 def test_study_twice_measures_nothing_the_second_time(tmp_path: Path) -> None:
