@@ -21,6 +21,10 @@ of its uniform baselines. The most accurate after distillation is the one it shi
 per cell is the issue's bar: +1.0 point over the best uniform configuration after the same
 distillation, or >= 10% lower latency at equal or better accuracy.
 
+The quantization recipe is fixed at its defaults for every method (``--recipe fixed``), so part 1
+measures what per-layer allocation buys over uniform compression; searching the recipe as well
+(``--recipe searched``, autotune's CPU default) pays on top of that (``benchmarks/recipes.py``).
+
 Part 2, an enumerable space (216 configurations of the demo, every one measured): hypervolume
 of the (accuracy, latency) points faster than FP32 relative to the exhaustive true front after
 20/40/60 trials, and the trials needed to reach 95% of it (searches run to ``--hv-horizon``
@@ -43,7 +47,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +63,7 @@ from autotune.evaluate import evaluate_artifact
 from autotune.knobs import KNOBS
 from autotune.measure import Measurer
 from autotune.profiles import load_profile
+from autotune.recipes import RECIPE_KNOBS
 from autotune.recover import Recovery
 from autotune.samplers import AUTO, make_sampler
 from autotune.space import SearchSpace, build_space, load_preset
@@ -164,7 +169,10 @@ class Bench:
         self.built = 0
 
     def key(self, params: dict[str, Any], prefix: str = "") -> str:
-        return prefix + json.dumps(self.space.candidate(params).to_dict(), sort_keys=True)
+        config = self.space.candidate(params).to_dict()
+        if not config["recipe"]:  # the default recipe: keys as before recipes were knobs
+            del config["recipe"]
+        return prefix + json.dumps(config, sort_keys=True)
 
     def _save(self) -> None:
         self.file.write_text(json.dumps(self.results))
@@ -483,6 +491,13 @@ def main() -> None:
         "--trial-recovery", choices=["bn", "kd"], default="bn", help="recovery of every pruned candidate"
     )
     parser.add_argument("--trial-steps", type=int, default=40, help="distillation steps per trial with kd")
+    parser.add_argument(
+        "--recipe",
+        choices=["fixed", "searched"],
+        default="fixed",
+        help="fixed: the quantization recipe at its defaults for every method, so part 1 compares "
+        "per-layer allocation with uniform compression alone; searched: the recipe knobs too",
+    )
     parser.add_argument("--part", choices=["1", "2", "both"], default="both")
     parser.add_argument("--hv-seeds", type=int, default=10, help="seeds in part 2 (cheap: all cached)")
     parser.add_argument(
@@ -497,7 +512,9 @@ def main() -> None:
     torch.set_num_threads(1)  # the measuring thread gets the other core
     args.cache.mkdir(parents=True, exist_ok=True)
     profile, preset = load_profile("cpu"), load_preset(None)
-    print(f"default sampler (auto) = {AUTO}; protocol {PROTOCOL.to_dict()}")
+    if args.recipe == "fixed":
+        preset = replace(preset, recipe={name: [values[0]] for name, values in RECIPE_KNOBS.items()})
+    print(f"default sampler (auto) = {AUTO}; recipe {args.recipe}; protocol {PROTOCOL.to_dict()}")
     report: dict[str, Any] = {"part1": [], "part2": None}
     t0 = time.time()
     if args.part in ("1", "both"):
