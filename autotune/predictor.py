@@ -9,7 +9,8 @@ and the best are measured.
   search-space layer, its width, bits (one-hot int8 / int4 / fp16) and sparsity; over the model,
   the shares of the reference's MACs, parameters and channels left, by precision and op type,
   the MAC-weighted sparsity, the threads, the int8 layers and precision boundaries (each costs
-  a (De)QuantizeLinear). With the model's graph (:func:`model_graph`), an additive set: the MAC
+  a (De)QuantizeLinear), and a one-hot of each searched recipe and session knob's non-default
+  values. With the model's graph (:func:`model_graph`), an additive set: the MAC
   and output-activation shares left after pruning, by precision, widths propagated as
   torch-pruning prunes coupled channels (:meth:`LatencyPredictor.scales`). On the 60-candidate
   demo search the per-layer set did better (80% of the next 20 within +-10% after 30, vs 65%).
@@ -237,9 +238,21 @@ class LatencyPredictor:
         return np.asarray(head, dtype=np.float64)
 
     def features(self, candidate: Candidate) -> np.ndarray:
-        if self.graph is not None:
-            return self._graph_features(candidate)
-        return self._layer_features(candidate)
+        own = self._graph_features(candidate) if self.graph is not None else self._layer_features(candidate)
+        return np.concatenate([own, self._study_features(candidate)])
+
+    def _study_features(self, candidate: Candidate) -> np.ndarray:
+        """One-hot of each searched recipe and session knob's non-default values: the
+        quantization format, per-channel scales or the graph optimisation level change the
+        kernels ORT runs, whatever the layers' widths and bits."""
+        chosen = {**candidate.runtime.to_dict(), **candidate.recipe.to_dict()}
+        flags = [
+            float(chosen.get(name.split(":", 1)[1], values[0]) == value)
+            for name, values in self.space.study_knobs.items()
+            if name != "runtime:threads"  # its log is a feature of its own
+            for value in values[1:]
+        ]
+        return np.asarray(flags, dtype=np.float64)
 
     def _layer_features(self, candidate: Candidate) -> np.ndarray:
         total = {
