@@ -72,3 +72,14 @@ def test_cli_search_with_data_reports_accuracy(
     out = capsys.readouterr().out
     assert "accuracy" in out and "fidelity" not in out
     assert "90.0" in out  # the unmodified model's accuracy on the labelled rows
+
+
+def test_cli_sensitivity_with_data_scores_accuracy(
+    labelled: tuple[Path, Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, data, _ = labelled
+    run = str(tmp_path / "run")
+    assert cli.main(["sensitivity", "--model", str(path), "--data", str(data), "--quick", "--run", run]) == 0
+    out = capsys.readouterr().out
+    assert "unmodified: 90.00 accuracy" in out  # scored on the labelled rows, not as fidelity
+    assert ":bits" in out and (tmp_path / "run" / "sensitivity.json").is_file()

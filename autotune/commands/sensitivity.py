@@ -10,7 +10,14 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", help="'package.module:function' returning an autotune.Task (default: the digits demo)"
+        "--model",
+        help="'package.module:function' returning an autotune.Task, or a .onnx file "
+        "(default: the built-in digits demo)",
+    )
+    p.add_argument(
+        "--data",
+        help="with --model FILE.onnx: an .npz with one array per model input (named as the input) "
+        "and optional integer 'labels', as for 'autotune search'",
     )
     p.add_argument("--device", default="cpu", help="device profile name or .yaml (default: cpu)")
     p.add_argument("--space", help="search space preset name or .yaml (default: default)")
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.device)
     preset = load_preset(args.space)
     device = device_for_profile(profile)
-    task = load_task(args.model)
+    task = load_task(args.model, args.data)
     run_dir = args.run or Path("runs") / f"{task.name}-{profile.name}-sensitivity"
     run_dir.mkdir(parents=True, exist_ok=True)
     space = build_space(task, preset, profile, threads=args.threads)
