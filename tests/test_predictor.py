@@ -73,6 +73,36 @@ def test_predictions_within_10pct_after_30_candidates_and_errors_tracked(setup) 
     )
 
 
+def test_recipe_knobs_that_change_int8_kernels_are_learnt(setup) -> None:
+    """s8 activations make int8 kernels slower (no VNNI: u8 x s8 is the fast path); the
+    predictor learns it from the recipe flags scaled by the int8 work, not from widths and bits."""
+    space, stats, _ = setup
+    assert "recipe:activation" in space.parameters()  # the cpu profile searches the recipe
+
+    def truth(c) -> float:
+        s8 = c.recipe.activation == "s8"
+        total, left, prev = sum(s.macs for s in stats.values()), 0.0, 1.0
+        for layer in space.layers:
+            w = float(c.value(layer.name, "width"))
+            speed = (0.8 if s8 else 2.5) if c.value(layer.name, "bits") == 8 else 1.0
+            left += stats[layer.onnx_node].macs * w * prev / speed / total
+            prev = w
+        return 0.15 + 0.85 * left
+
+    cands = list(random_candidates(space, 60, seed=3))
+    errors = {}
+    for with_recipe in (True, False):
+        predictor = LatencyPredictor(space, stats, min_train=40)
+        if not with_recipe:  # the same predictor blind to the recipe
+            predictor._study_features = lambda c: np.zeros(0)  # type: ignore[method-assign]
+        for c in cands[:40]:
+            predictor.observe(c, truth(c))
+        errors[with_recipe] = [abs(predictor.predict(c) - truth(c)) / truth(c) for c in cands[40:]]
+    assert any(c.recipe.activation == "s8" for c in cands[40:])
+    assert np.mean(np.asarray(errors[True]) <= 0.10) >= 0.9
+    assert np.mean(errors[True]) < 0.5 * np.mean(errors[False])
+
+
 def test_only_candidates_clearly_beyond_the_budget_are_skipped(setup) -> None:
     space, stats, _ = setup
     predictor = LatencyPredictor(space, stats, min_train=10)
