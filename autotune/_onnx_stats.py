@@ -1,16 +1,44 @@
-"""What the latency predictor reads off the reference ONNX model: per weighted node, its
-multiply-adds, parameters, output channels and activations, and the node graph for propagating
-pruned channel widths (:mod:`autotune.predictor`)."""
+"""What the latency predictor reads off an ONNX artifact: the work it asks of onnxruntime, as
+onnxruntime's own graph optimiser will run it (:mod:`autotune.predictor`).
+
+The artifact's weighted nodes give the multiply-adds (from the real, pruned shapes); the graph
+onnxruntime optimises from it says which kernel each of them runs on: a fused int8 kernel
+(QLinearConv, QGemm, ...), or float, laid out for the CPU (NCHWc) or left as written (a QDQ node
+pair the optimiser could not fuse, as with s8 activations on CPUs without VNNI); and how many
+small nodes (QuantizeLinear, Transpose, ...) run between them, each with its fixed cost.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 OPS = ("Conv", "Gemm", "MatMul")
+#: kernels that run a weighted node in int8 once onnxruntime has fused its Q/DQ pairs
+INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits")
+#: small nodes counted one by one: each costs a fixed overhead on sub-millisecond models
+COUNTED = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Transpose",
+    "ReorderInput",
+    "ReorderOutput",
+    "Add",
+    "QLinearAdd",
+    "Mul",
+    "QLinearMul",
+    "HardSigmoid",
+    "Sigmoid",
+    "GlobalAveragePool",
+    "QLinearGlobalAveragePool",
+)
+KERNELS = ("int8", "fp32", "fp32_plain", "int8_dw", "fp32_dw")
 
 
 @dataclass(frozen=True)
@@ -19,14 +47,16 @@ class LayerStats:
     macs: float
     params: float
     channels: float
-    activations: float = 0.0  # output elements: the memory traffic an elementwise op after it pays
+    activations: float = 0.0  # output elements
+    depthwise: bool = False
 
 
-def layer_stats(onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, LayerStats]:
-    """Multiply-adds, parameters and output channels of each weighted node, by node name."""
+def layer_stats(onnx_path: Path, inputs: dict[str, np.ndarray] | None = None) -> dict[str, LayerStats]:
+    """Multiply-adds, parameters and output channels of each weighted node, by node name; a QDQ
+    node's weights are read through their DequantizeLinear."""
     model = onnx.load(str(onnx_path))
     for vi in model.graph.input:  # static shapes from the real inputs, for shape inference
-        if vi.name in inputs:
+        if inputs and vi.name in inputs:
             dims = vi.type.tensor_type.shape.dim
             for d, size in zip(dims, inputs[vi.name].shape, strict=False):
                 d.dim_value = int(size)
@@ -36,55 +66,85 @@ def layer_stats(onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, Lay
         for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]
     }
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    for n in model.graph.node:  # QDQ: the weight tensor is DequantizeLinear's output
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights:
+            weights[n.output[0]] = weights[n.input[0]]
     stats: dict[str, LayerStats] = {}
     for node in model.graph.node:
         if node.op_type not in OPS or len(node.input) < 2 or node.input[1] not in weights:
             continue
         w = weights[node.input[1]]
-        params = float(np.prod(w)) + (
-            float(np.prod(weights[node.input[2]]))
-            if len(node.input) > 2 and node.input[2] in weights
-            else 0.0
-        )
+        bias = weights.get(node.input[2]) if len(node.input) > 2 else None
+        params = float(np.prod(w)) + (float(np.prod(bias)) if bias else 0.0)
         if node.op_type == "Conv":
             out = shapes.get(node.output[0], [1, w[0], 1, 1])
             macs = float(np.prod(out[:1] + out[2:])) * float(np.prod(w))
-            channels = float(w[0])
-            acts = float(np.prod(out))
+            channels, acts = float(w[0]), float(np.prod(out))
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            depthwise = group > 1 and w[1] == 1
         else:
             rows = shapes.get(node.input[0], [1, w[0]])[:-1]
             macs = float(np.prod(rows or [1])) * float(np.prod(w))
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
             channels = float(w[0] if trans_b else w[-1])
-            acts = float(np.prod(rows or [1])) * channels
-        stats[node.name] = LayerStats(node.op_type, macs, params, channels, acts)
+            acts, depthwise = float(np.prod(rows or [1])) * channels, False
+        stats[node.name] = LayerStats(node.op_type, macs, params, channels, acts, depthwise)
     return stats
 
 
-@dataclass(frozen=True)
-class GraphNode:
-    """One ONNX node as the channel propagation sees it."""
+def optimized_graph(onnx_path: Path, graph_level: str = "all") -> onnx.GraphProto:
+    """The graph onnxruntime's CPU provider runs, after its optimiser (fusions, layouts)."""
+    import onnxruntime as ort
 
-    name: str
-    op: str
-    inputs: tuple[str, ...]  # data inputs (weights left out)
-    outputs: tuple[str, ...]
-    depthwise: bool  # a grouped Conv with one group per channel: its channels follow its input
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels.get(graph_level, levels["all"])
+    options.log_severity_level = 3  # the "hardware specific" note on saving an NCHWc graph
+    fd, out = tempfile.mkstemp(suffix=".onnx", prefix="autotune-optimized-")
+    os.close(fd)
+    try:
+        options.optimized_model_filepath = out
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        return onnx.load(out, load_external_data=False).graph
+    finally:
+        os.unlink(out)
 
 
-ELEMENTWISE = ("Add", "Sum", "Sub", "Mul", "Max", "Min")
-RESHAPING = ("Flatten", "Reshape", "GlobalAveragePool", "Concat", "Split")
+@dataclass
+class KernelWork:
+    """The work one artifact asks of onnxruntime."""
+
+    macs: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KERNELS, 0.0))
+    activations: dict[str, float] = field(default_factory=lambda: {"int8": 0.0, "fp32": 0.0})
+    nodes: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0.0))
+    total_nodes: float = 0.0
 
 
-def model_graph(onnx_path: Path) -> list[GraphNode]:
-    """The nodes in order, for propagating channel widths (:meth:`LatencyPredictor.scales`)."""
-    model = onnx.load(str(onnx_path))
-    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    nodes = []
-    for n in model.graph.node:
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        w = weights.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
-        depthwise = bool(w) and group > 1 and w is not None and w[1] == 1
-        data = tuple(i for i in n.input if i and i not in weights)
-        nodes.append(GraphNode(n.name, n.op_type, data, tuple(n.output), depthwise))
-    return nodes
+_SUFFIX = re.compile(r"(_token_\d+|_quant)+$")
+
+
+def kernel_work(
+    onnx_path: Path, inputs: dict[str, np.ndarray] | None = None, graph_level: str = "all"
+) -> KernelWork:
+    """Multiply-adds by the kernel onnxruntime runs them on, output activations by precision,
+    and the optimised graph's small nodes, counted by type."""
+    graph = optimized_graph(onnx_path, graph_level)
+    int8 = {_SUFFIX.sub("", n.name) for n in graph.node if n.op_type in INT8_KERNELS}
+    plain = {n.name for n in graph.node if n.op_type in OPS and n.domain in ("", "ai.onnx")}
+    work = KernelWork()
+    for name, s in layer_stats(onnx_path, inputs).items():
+        kernel = "int8" if name in int8 else "fp32_plain" if name in plain else "fp32"
+        if s.depthwise and kernel != "fp32_plain":
+            kernel += "_dw"
+        work.macs[kernel] += s.macs
+        work.activations["int8" if kernel.startswith("int8") else "fp32"] += s.activations
+    for n in graph.node:
+        if n.op_type in work.nodes:
+            work.nodes[n.op_type] += 1
+    work.total_nodes = float(len(graph.node))
+    return work

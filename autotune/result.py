@@ -141,7 +141,7 @@ class FailedTrial:
 
 @dataclass
 class SkippedTrial:
-    """A sampled candidate the latency predictor put beyond the budget: never built or measured.
+    """A sampled candidate the latency predictor put beyond the budget: built, never measured.
     ``predicted``: the predicted ratio and latency, the budget ratio and the margin used."""
 
     number: int

@@ -165,7 +165,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         meta.search["greedy"] = len(greedy)  # enqueued unless identical to a baseline
         predictor = None  # skips sampled candidates predicted beyond the budget (study_trials.py)
         if cfg.predictor:
-            predictor = StudyPredictor(space, unmodified.path, inputs, limit, reference.latency_ms)
+            predictor = StudyPredictor(space, unmodified.path, inputs, limit, reference.latency_ms, run_dir)
             predictor.replay(study)
         if table is not None:
             meta.sensitivity = sensitivity_for_report(table)
@@ -182,14 +182,16 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         candidate = space.sample(trial)
         record = TrialRecord(candidate=candidate)
         record.save(trial)
-        if predictor is not None and (predicted := predictor.skip(trial, candidate)) is not None:
-            trial.set_user_attr(PREDICTED_KEY, predicted)  # not built, not measured: predicted
-            raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
         try:
             artifact = (final_builder if "final_of" in trial.user_attrs else builder).build(candidate)
             timings = record.timings = artifact.timings
             record.artifact_path = str(artifact.path.relative_to(run_dir))
             record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
+            if predictor is not None and (
+                predicted := predictor.skip(trial, artifact.path, candidate.runtime)
+            ):
+                trial.set_user_attr(PREDICTED_KEY, predicted)  # built, not measured: predicted
+                raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
             t0 = time.perf_counter()
             m = measurer.measure(artifact.path, inputs, candidate.runtime)
             timings["measure"] = time.perf_counter() - t0
@@ -213,7 +215,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         finally:
             record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
-        if predictor is not None and (guess := predictor.observe(candidate, m.ratio)) is not None:
+        if predictor is not None and (guess := predictor.observe(artifact.path, candidate.runtime, m.ratio)):
             trial.set_user_attr(PREDICTION_KEY, guess)  # its error is tracked in predictor.stats
         trial.set_constraint("latency_budget", limit.excess(latency_ms, m.ratio))
         if floor is not None:

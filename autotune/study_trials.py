@@ -2,12 +2,12 @@
 toward ``--trials``, and the latency predictor's skips (issue 10).
 
 The predictor (:mod:`autotune.predictor`) learns the latency ratio of the candidates measured so
-far, per device and per study. Once trained, a *sampled* candidate it puts beyond the budget by
-the safe margin is not built, measured or evaluated: the trial is recorded as PRUNED with the
-predicted figure under :data:`PREDICTED_KEY` (never as a measurement, so never in the Pareto set
-or ``best``). Enqueued trials (baselines, greedy candidates, final recoveries) are always
-measured. Every measured candidate is predicted first, so the error is tracked on candidates
-measured anyway.
+far, per device and per study, from the built artifacts. Once trained, a *sampled* candidate it
+puts beyond the budget by the safe margin is built but not measured or evaluated: the trial is
+recorded as PRUNED with the predicted figure under :data:`PREDICTED_KEY` (never as a
+measurement, so never in the Pareto set or ``best``). Enqueued trials (baselines, greedy
+candidates, final recoveries) are always measured. Every measured candidate is predicted
+first, so the error is tracked on candidates measured anyway.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from optuna.trial import TrialState
 
 from autotune import predictor as _predictor
 from autotune.budget import Limit
-from autotune.predictor import LatencyPredictor, layer_stats
+from autotune.predictor import LatencyPredictor
+from autotune.records import RuntimeOptions
 from autotune.run import TrialRecord
-from autotune.space import Candidate, SearchSpace
+from autotune.space import SearchSpace
 
 #: trial user attribute of a candidate the predictor skipped: its predicted figure
 PREDICTED_KEY = "predicted"
@@ -67,8 +68,9 @@ class StudyPredictor:
 
     Args:
         space: the study's search space.
-        reference: the unmodified model's ONNX file (its per-layer MACs, parameters, channels).
+        reference: the unmodified model's ONNX file (the MACs and activations features are shares of).
         inputs: the deployment inputs (static shapes for the MAC count).
+        run_dir: the study's folder, which trial records' artifact paths are relative to.
         limit: the budget; a relative one is a ratio already, an absolute one is divided by
             ``reference_ms``.
         reference_ms: the unmodified model's latency.
@@ -81,10 +83,10 @@ class StudyPredictor:
         inputs: dict[str, np.ndarray],
         limit: Limit,
         reference_ms: float,
+        run_dir: Path,
     ) -> None:
-        # the per-layer feature set: on the 60-candidate demo search it predicted 80% of the next
-        # 20 within +-10% after 30, the graph's aggregates 65% (benchmarks/predictor.py)
-        self.model = LatencyPredictor(space, layer_stats(reference, inputs), min_train=_predictor.MIN_TRAIN)
+        self.model = LatencyPredictor(reference, inputs, space, min_train=_predictor.MIN_TRAIN)
+        self.run_dir = run_dir
         self.reference_ms = reference_ms
         self.budget_ratio = limit.fraction if limit.fraction is not None else limit.budget_ms / reference_ms
 
@@ -93,17 +95,18 @@ class StudyPredictor:
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
             record = TrialRecord.from_attrs(t.user_attrs)
             if t.state == TrialState.COMPLETE and record.candidate and record.measurement:
-                if record.measurement.ratio:
-                    self.model.observe(record.candidate, record.measurement.ratio)
+                path = self.run_dir / record.artifact_path if record.artifact_path else None
+                if record.measurement.ratio and path is not None and path.exists():
+                    self.model.observe(path, record.candidate.runtime, record.measurement.ratio)
             elif skipped(t):
                 self.model.skipped += 1
 
-    def skip(self, trial: optuna.Trial, candidate: Candidate) -> dict[str, Any] | None:
-        """The predicted figure when the candidate is not worth measuring, else None."""
+    def skip(self, trial: optuna.Trial, artifact: Path, runtime: RuntimeOptions) -> dict[str, Any] | None:
+        """The predicted figure when the built candidate is not worth measuring, else None."""
         attrs = trial.user_attrs
         if "baseline" in attrs or "final_of" in attrs:  # enqueued on purpose: always measured
             return None
-        beyond, predicted = self.model.beyond(candidate, self.budget_ratio)
+        beyond, predicted = self.model.beyond(artifact, runtime, self.budget_ratio)
         if not beyond or predicted is None:
             return None
         return {
@@ -114,11 +117,11 @@ class StudyPredictor:
             "trained_on": self.model.observed,
         }
 
-    def observe(self, candidate: Candidate, ratio: float | None) -> float | None:
+    def observe(self, artifact: Path, runtime: RuntimeOptions, ratio: float | None) -> float | None:
         """A measured ratio: returns what had been predicted for it (None before training)."""
         if ratio is None or not np.isfinite(ratio) or ratio <= 0:
             return None
-        return self.model.observe(candidate, ratio)
+        return self.model.observe(artifact, runtime, ratio)
 
     @property
     def stats(self) -> dict[str, Any]:

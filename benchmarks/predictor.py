@@ -32,7 +32,8 @@ import numpy as np
 
 import autotune
 from autotune.demo import demo_task
-from autotune.predictor import LatencyPredictor, layer_stats, model_graph
+from autotune.predictor import LatencyPredictor
+from autotune.profiles import load_profile
 from autotune.result import ParetoSet
 from autotune.space import build_space, load_preset
 
@@ -56,20 +57,16 @@ def run(out: Path, name: str, args: argparse.Namespace, predictor: bool) -> tupl
     return result, time.perf_counter() - t0
 
 
-def replay(result: ParetoSet, train: int, test: int, graph: bool = False) -> dict[str, Any]:
+def replay(result: ParetoSet, train: int, test: int) -> dict[str, Any]:
     """Measured candidates in trial order through a fresh predictor: errors on [train, train+test)."""
-    from autotune.profiles import load_profile
-
     task = demo_task()
     space = build_space(task, load_preset(None), load_profile(result.meta.device))
     x = {"input": task.example_inputs[0].numpy().astype(np.float32)}
-    ref = result.baselines["fp32"].artifact_path
-    stats = layer_stats(ref, x)
     measured = sorted((t for t in result.trials if t.measurement.ratio), key=lambda t: t.number)
-    model = LatencyPredictor(space, stats, min_train=train, graph=model_graph(ref) if graph else None)
+    model = LatencyPredictor(result.baselines["fp32"].artifact_path, x, space, min_train=train)
     errors = []
     for t in measured:
-        predicted = model.observe(t.candidate, t.measurement.ratio)
+        predicted = model.observe(t.artifact_path, t.candidate.runtime, t.measurement.ratio)
         if predicted is not None and len(errors) < test:
             errors.append(abs(predicted - t.measurement.ratio) / t.measurement.ratio)
     err = np.asarray(errors)
@@ -99,7 +96,6 @@ def main() -> None:
     if args.replay:
         kept = ParetoSet.load(args.replay)
         print(_accuracy_line(replay(kept, args.train, args.test), args))
-        print("  graph features: " + _accuracy_line(replay(kept, args.train, args.test, graph=True), args))
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp)
@@ -109,7 +105,6 @@ def main() -> None:
         else:
             off, off_s = run(out, "off", args, predictor=False)
         print(_accuracy_line(replay(off, args.train, args.test), args), flush=True)
-        print("  graph features: " + _accuracy_line(replay(off, args.train, args.test, graph=True), args))
         n_off = len(off.trials) + len(off.failures)
         line = f"without the predictor: {n_off} trials in {off_s:.0f} s = {n_off / off_s * 60:.1f} trials/min"
         if not args.no_with:

@@ -221,7 +221,7 @@ def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> 
     """(e) a demo search, then its trials replayed in order through the predictor."""
     import autotune
     from autotune.demo import demo_task
-    from autotune.predictor import LatencyPredictor, layer_stats
+    from autotune.predictor import LatencyPredictor
     from autotune.profiles import load_profile
     from autotune.space import build_space, load_preset
 
@@ -236,24 +236,26 @@ def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> 
     wall = time.perf_counter() - t0
     space = build_space(task, load_preset(None), load_profile("cpu"))
     x = {"input": task.example_inputs[0].numpy().astype(np.float32)}
-    stats = layer_stats(result.baselines["fp32"].artifact_path, x)
+    reference = result.baselines["fp32"].artifact_path
     measured = sorted((t for t in result.trials if t.measurement.ratio is not None), key=lambda t: t.number)
-    check = LatencyPredictor(space, stats, min_train=train)
+    check = LatencyPredictor(reference, x, space, min_train=train)
     errors = []
     for t in measured:
-        predicted = check.observe(t.candidate, t.measurement.ratio)
+        predicted = check.observe(t.artifact_path, t.candidate.runtime, t.measurement.ratio)
         if predicted is not None and len(errors) < 20:
             errors.append(abs(predicted - t.measurement.ratio) / t.measurement.ratio)
-    # replay: with the predictor, a candidate it puts beyond the budget costs ~nothing
-    live = LatencyPredictor(space, stats, min_train=train)
+    # replay: with the predictor, a candidate it puts beyond the budget costs only its build
+    live = LatencyPredictor(reference, x, space, min_train=train)
     cost_with = cost_without = 0.0
     for t in measured:
         cost = sum(t.timings.values())
         cost_without += cost
-        skip, _ = live.beyond(t.candidate, budget_ratio)
-        if not skip:
+        skip, _ = live.beyond(t.artifact_path, t.candidate.runtime, budget_ratio)
+        if skip:  # built, then skipped: the measurement and evaluation are saved
+            cost_with += sum(v for k, v in t.timings.items() if k not in ("measure", "evaluate"))
+        else:
             cost_with += cost
-            live.observe(t.candidate, t.measurement.ratio)
+            live.observe(t.artifact_path, t.candidate.runtime, t.measurement.ratio)
     err = np.asarray(errors)
     ratios = [t.measurement.ratio for t in measured]
     return {
