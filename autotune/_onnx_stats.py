@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from autotune.records import RuntimeOptions
+
 OPS = ("Conv", "Gemm", "MatMul")
 #: kernels that run a weighted node in int8 once onnxruntime has fused its Q/DQ pairs
 INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits")
@@ -92,19 +94,14 @@ def layer_stats(onnx_path: Path, inputs: dict[str, np.ndarray] | None = None) ->
     return stats
 
 
-def optimized_graph(onnx_path: Path, graph_level: str = "all") -> onnx.GraphProto:
-    """The graph onnxruntime's CPU provider runs, after its optimiser (fusions, layouts)."""
+def optimized_graph(onnx_path: Path, runtime: RuntimeOptions | None = None) -> onnx.GraphProto:
+    """The graph onnxruntime's CPU provider runs, after its optimiser (fusions, layouts), with
+    the session options the candidate is measured with."""
     import onnxruntime as ort
 
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    options = ort.SessionOptions()
-    options.graph_optimization_level = levels.get(graph_level, levels["all"])
-    options.log_severity_level = 3  # the "hardware specific" note on saving an NCHWc graph
+    from autotune.devices._ort import session_options
+
+    options = session_options(runtime or RuntimeOptions())
     fd, out = tempfile.mkstemp(suffix=".onnx", prefix="autotune-optimized-")
     os.close(fd)
     try:
@@ -129,11 +126,11 @@ _SUFFIX = re.compile(r"(_token_\d+|_quant)+$")
 
 
 def kernel_work(
-    onnx_path: Path, inputs: dict[str, np.ndarray] | None = None, graph_level: str = "all"
+    onnx_path: Path, inputs: dict[str, np.ndarray] | None = None, runtime: RuntimeOptions | None = None
 ) -> KernelWork:
     """Multiply-adds by the kernel onnxruntime runs them on, output activations by precision,
     and the optimised graph's small nodes, counted by type."""
-    graph = optimized_graph(onnx_path, graph_level)
+    graph = optimized_graph(onnx_path, runtime)
     int8 = {_SUFFIX.sub("", n.name) for n in graph.node if n.op_type in INT8_KERNELS}
     plain = {n.name for n in graph.node if n.op_type in OPS and n.domain in ("", "ai.onnx")}
     work = KernelWork()

@@ -85,8 +85,8 @@ class LatencyPredictor:
     # -- features ------------------------------------------------------------------------
     def features(self, artifact: Path, runtime: RuntimeOptions) -> np.ndarray:
         key = (str(artifact), runtime.graph_optimization)
-        if key not in self._cache:
-            work = kernel_work(artifact, self.inputs, runtime.graph_optimization)
+        if key not in self._cache:  # predicted, then observed: the graph is read once
+            work = kernel_work(artifact, self.inputs, runtime)
             self._cache[key] = self._work_features(work)
         return np.concatenate([self._cache[key], self._session_features(runtime)])
 

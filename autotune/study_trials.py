@@ -70,10 +70,10 @@ class StudyPredictor:
         space: the study's search space.
         reference: the unmodified model's ONNX file (the MACs and activations features are shares of).
         inputs: the deployment inputs (static shapes for the MAC count).
-        run_dir: the study's folder, which trial records' artifact paths are relative to.
         limit: the budget; a relative one is a ratio already, an absolute one is divided by
             ``reference_ms``.
         reference_ms: the unmodified model's latency.
+        run_dir: the study's folder, which trial records' artifact paths are relative to.
     """
 
     def __init__(
