@@ -120,16 +120,74 @@ def quantize_model(
             current = out
         if fp16:
             from onnxruntime.transformers.float16 import convert_float_to_float16
+            from onnxruntime.transformers.onnx_model import OnnxModel
 
             m = onnx.load(str(current))
-            keep = [n.name for n in m.graph.node if n.name not in fp16]
-            m = convert_float_to_float16(m, keep_io_types=True, node_block_list=keep)
+            stay = _fp32_nodes(m, set(fp16))
+            m = convert_float_to_float16(m, keep_io_types=True, node_block_list=stay)
+            _drop_round_trips(m, set(stay))
+            fp16_model = OnnxModel(m)
+            fp16_model.topological_sort()  # the converter appends its Casts after their consumers
             out = Path(tmp) / "fp16.onnx"
-            onnx.save(m, str(out))
+            onnx.save(fp16_model.model, str(out))
             current = out
         if fused is not None and current != src:
             _record(current, fused)  # the quantizers drop metadata: carry the fusions over
         dst.write_bytes(Path(current).read_bytes())
+
+
+def _fp32_nodes(model: onnx.ModelProto, fp16: set[str]) -> list[str]:
+    """Nodes that stay float: weighted layers not at 16 bits, and the ops they feed.
+
+    An unweighted op (ReLU, Add, pooling) runs in fp16 when every tensor it reads comes from fp16
+    work, so a run of fp16 layers pays two Casts at its edges instead of two around every op.
+    """
+    weighted = {n.name for n in weighted_nodes(model)}
+    constant = {t.name for t in model.graph.initializer}
+    half: set[str] = set()  # tensors produced in fp16
+    stay = []
+    for node in model.graph.node:  # exported graphs are topologically sorted
+        produced = [t for t in node.input if t and t not in constant]
+        if not produced and node.name not in weighted:  # Constant, Identity of a weight: a weight
+            constant.update(node.output)
+            stay.append(node.name)  # kept as they are: folded away when the session loads
+            continue
+        if node.name in weighted:
+            is_half = node.name in fp16
+        elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # int8 layers read fp32 scales
+            is_half = False
+        else:
+            is_half = all(t in half for t in produced)
+        if is_half:
+            half.update(node.output)
+        else:
+            stay.append(node.name)
+    return stay
+
+
+def _drop_round_trips(model: onnx.ModelProto, fp32_nodes: set[str]) -> None:
+    """Remove the converter's fp32 -> fp16 -> fp32 Cast pairs between two float nodes.
+
+    The converter casts every kept node's output to fp16 and back; the pair would round a float
+    layer's activations to fp16 and cost two kernels, so its consumers read the fp32 tensor.
+    """
+    graph = model.graph
+    fp32 = {i.name for i in graph.input}
+    fp32.update(o for n in graph.node if n.name in fp32_nodes for o in n.output)
+    to = {n.output[0]: (n, onnx.helper.get_attribute_value(n.attribute[0])) for n in graph.node
+          if n.op_type == "Cast"}
+    half, single = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            outer = to.get(name)
+            inner = to.get(outer[0].input[0]) if outer and outer[1] == single else None
+            if inner and inner[1] == half and inner[0].input[0] in fp32:
+                node.input[i] = inner[0].input[0]
+    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    while dead := [n for n in graph.node if n.op_type == "Cast" and n.output[0] not in used]:
+        for n in dead:
+            graph.node.remove(n)
+        used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
 
 
 def _record(path: Path, fused: dict[str, int]) -> None:

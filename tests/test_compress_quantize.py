@@ -100,3 +100,41 @@ def test_pruned_copy_leaves_the_teacher_untouched() -> None:
     student = copy.deepcopy(model)
     prune_width(student, (torch.randn(1, 3, 64, 64),), {"layer1.0.conv1": 0.5}, ignored=["fc"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("chosen", ["one", "all", "mixed-with-int8"])
+def test_fp16_layers_are_valid_and_float_layers_stay_float(tmp_path: Path, chosen: str) -> None:
+    """Found on an H100: the converter's graph was unsorted (no 16-bit layer was ever searched)."""
+    model = resnet18(10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    path, graph = _export(model, x[:1], tmp_path)
+    nodes = layer_nodes(graph, {n for n, _ in model.named_modules()})
+    names = [n.name for n in nodes.values()]
+    bits = {
+        "one": {nodes["layer2.0.conv1"].name: 16},
+        "all": dict.fromkeys(names, 16),
+        "mixed-with-int8": {**dict.fromkeys(names[:4], 16), **dict.fromkeys(names[4:8], 8)},
+    }[chosen]
+    out = tmp_path / "h.onnx"
+    quantize_model(path, out, bits, [(x.numpy(),)])
+    q = onnx.load(str(out))
+    onnx.checker.check_model(q, full_check=True)
+    casts = {n.output[0]: n for n in q.graph.node if n.op_type == "Cast"}
+    for node in q.graph.node:  # no fp32 -> fp16 -> fp32 round trip rounds a float layer's tensor
+        for t in node.input:
+            if t in casts and casts[t].input[0] in casts and node.op_type != "Cast":
+                inner, outer = casts[casts[t].input[0]], casts[t]
+                assert (inner.attribute[0].i, outer.attribute[0].i) != (onnx.TensorProto.FLOAT16, 1)
+    initializers = {i.name: i.data_type for i in q.graph.initializer}
+    halves = {n.name for n in q.graph.node if n.op_type in ("Conv", "Gemm")
+              and initializers.get(n.input[1]) == onnx.TensorProto.FLOAT16}
+    assert halves == {n for n, b in bits.items() if b == 16}
+    if chosen == "all":  # one Cast in, one out: the ReLUs and Adds between layers run in fp16
+        constant = set(initializers)  # weights, and what is computed from weights alone (folded)
+        for node in q.graph.node:
+            if all(t in constant for t in node.input):
+                constant.update(node.output)
+        activation_casts = [n for n in casts.values() if n.input[0] not in constant]
+        assert len(activation_casts) == 2
+    ref, got = OrtRunner(path)(x), OrtRunner(out)(x)
+    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.99
