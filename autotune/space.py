@@ -71,7 +71,8 @@ class Candidate:
                     counts[v] = counts.get(v, 0) + 1
             if counts:
                 label = {"bits": "int", "width": "w", "sparsity": "s"}[knob]
-                parts.append(" ".join(f"{label}{v}x{c}" for v, c in counts.items()))
+                names = {v: "fp16" if (knob, v) == ("bits", 16) else f"{label}{v}" for v in counts}
+                parts.append(" ".join(f"{names[v]}x{c}" for v, c in counts.items()))
         parts.append(describe_study(self.runtime, self.recipe, "int8" in " ".join(parts)))
         return " | ".join(parts) if len(parts) > 1 else f"fp32 | {parts[0]}"
 
@@ -187,10 +188,10 @@ class SearchSpace:
         preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5"."""
         params = self.parameters()
         widths = sorted({w for layer in self.layers for w in layer.knobs.get("width", [])}, reverse=True)
-        has_int8 = any(8 in layer.knobs.get("bits", []) for layer in self.layers)
-        bits = (32, 8) if has_int8 else (32,)
+        listed = {b for layer in self.layers for b in layer.knobs.get("bits", [])}  # int8, else fp16
+        bits = (32, 8) if 8 in listed else (32, 16) if 16 in listed else (32,)
         recipes: list[dict[str, Any]] = [{"width": w, "bits": b} for w in widths or [1.0] for b in bits]
-        # fp32, int8, then moderate widths, their int8 versions, then the narrow ones
+        # fp32, int8 (or fp16), then moderate widths, their int8 versions, then the narrow ones
         recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
         out: dict[str, dict[str, Any]] = {}
         for recipe in [*recipes, {"width": "min", "bits": "min"}]:
@@ -209,14 +210,14 @@ class SearchSpace:
         return out
 
     def _uniform_name(self, candidate: Candidate) -> str:
-        """``fp32``, ``int8``, ``w0.5``, ``w0.5+int8``: what the configuration really is."""
+        """``fp32``, ``int8``, ``fp16``, ``w0.5+int8``: what the configuration really is."""
         parts = []
         for knob, label, default in (("width", "w", 1.0), ("bits", "int", 32)):
             values = sorted(
                 {candidate.value(lay.name, knob) for lay in self.layers if knob in lay.knobs}, reverse=True
             )
             if values and values != [default]:
-                parts.append(label + "/".join(f"{v:g}" for v in values))
+                parts.append("fp16" if values == [16] else label + "/".join(f"{v:g}" for v in values))
         return "+".join(parts) or "fp32"
 
     def summary(self) -> dict[str, Any]:

@@ -30,3 +30,11 @@ def test_the_floor_is_the_most_aggressive_configuration() -> None:
     floor = space.baselines()["floor"]  # int4 on MatMuls, int8 elsewhere: not a uniform config
     bits = {k: v for k, v in floor.items() if k.endswith(":bits")}
     assert 4 in bits.values() and 8 in bits.values() and 32 not in bits.values()
+
+
+def test_gpu_profiles_search_fp16_in_every_layer_and_get_fp16_baselines() -> None:
+    """The fp16 artifacts were invalid (unsorted graph), so discovery dropped 16 bits everywhere."""
+    space = build_space(conv_task(), load_preset(None), load_profile("torch-gpu"))
+    assert all(16 in layer.knobs["bits"] for layer in space.layers), space.notes
+    names = list(space.baselines())
+    assert names == ["fp32", "fp16", "w0.75", "w0.5", "w0.75+fp16", "w0.5+fp16", "w0.25", "w0.25+fp16"]

@@ -77,7 +77,9 @@ def test_backend_declares_capabilities_and_says_why_not(backend: str) -> None:
     assert caps.measures and 32 in caps.bits and "fp32" in caps.precisions
 
 
-@pytest.mark.parametrize(("profile", "backend"), [("cuda", "ort-cuda"), ("tensorrt-gpu", "tensorrt")])
+@pytest.mark.parametrize(
+    ("profile", "backend"), [("cuda", "ort-cuda"), ("tensorrt-gpu", "tensorrt"), ("torch-gpu", "torch-cuda")]
+)
 def test_gpu_profiles_only_list_knob_values_their_backend_makes_real(profile: str, backend: str) -> None:
     p = load_profile(profile)
     assert p.backend == backend
@@ -225,6 +227,29 @@ def test_tensorrt_int8_and_fp16_artifacts_build(backend: str, tmp_path: Path) ->
         assert m.usable, m.error
 
 
+@pytest.mark.gpu
+def test_torch_gpu_search_measures_fp16_candidates_paired(tmp_path: Path) -> None:
+    ok, why = BACKENDS["torch-cuda"].available()
+    if not ok:
+        pytest.skip(f"torch-cuda: {why}")
+    from tiny_tasks import conv_task
+
+    import autotune
+
+    result = autotune.search(
+        conv_task(), budget="95%", device="torch-gpu", trials=6, out_dir=tmp_path / "runs",
+        protocol=QUICK, progress=False, report=False, keep_going=True,
+    )
+    fp16 = result.baselines["fp16"]
+    m = fp16.measurement
+    assert m.usable and m.paired and m.fingerprint["backend"] == "torch-cuda", m.error
+    assert m.extra["cuda_graph"] == "captured" and m.extra["cudnn_benchmark"] is False
+    assert m.ratio_ci[0] <= m.ratio <= m.ratio_ci[1]
+    halves = [i for i in onnx.load(str(fp16.artifact_path)).graph.initializer if i.data_type == 10]
+    assert halves  # the measured artifact really holds fp16 weights
+    print(f"fp16 / fp32 on {m.fingerprint['gpu']}: {m.ratio:.3f} [{m.ratio_ci[0]:.3f}, {m.ratio_ci[1]:.3f}]")
+
+
 def test_cpu_reference_backend_still_measures_the_canary(tmp_path: Path) -> None:
     m = OrtCpuDevice().measure(write_canary(tmp_path), canary_inputs(), RuntimeOptions(), QUICK)
     assert m.usable
@@ -238,7 +263,9 @@ def test_device_for_profile_uses_the_from_profile_classmethod() -> None:
     # GPU backends override it to read their options (constructing one needs no GPU)
     profile = type("P", (), {"options": {"device_id": 1, "cuda_graphs": False}})()
     dev = BACKENDS["torch-cuda"].from_profile(profile)
-    assert (dev.device_id, dev.cuda_graphs) == (1, False)
+    assert (dev.device_id, dev.cuda_graphs, dev.cudnn_benchmark) == (1, False, False)
+    dev = BACKENDS["torch-cuda"].from_profile(load_profile("torch-gpu"))
+    assert (dev.cuda_graphs, dev.cudnn_benchmark) == (True, False)  # heuristics: same pick each run
 
 
 def test_gpu_backends_share_the_single_and_paired_paths(
