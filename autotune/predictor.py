@@ -9,17 +9,18 @@ and the best are measured.
   optimiser will run it (:func:`kernel_work`): its multiply-adds by the kernel they run on (fused
   int8; float in the CPU's blocked layout; float left as written, as a Q/DQ pair the optimiser
   could not fuse leaves it; depthwise apart), as shares of the reference's; the output
-  activations by precision; the small nodes (Quantize/DequantizeLinear, Transpose, layout
-  reorders, elementwise) counted by type; and the session knobs the graph does not show (threads,
-  execution mode). Reading the artifact rather than the configuration is what makes the
-  quantization recipe visible: s8 activations on a CPU without VNNI leave every Q/DQ pair
-  unfused (66 nodes instead of 23 on the demo) and the int8 layers run as float.
+  activations by precision; the elements the small nodes read (Quantize/DequantizeLinear; layout
+  changes: Transpose, NCHWc reorders; elementwise ops), by family, and the node count; and the
+  session knobs the graph does not show (threads, execution mode). Reading the artifact rather
+  than the configuration is what makes the quantization recipe visible: s8 activations on a CPU
+  without VNNI leave every Q/DQ pair unfused (66 nodes instead of 23 on the demo) and the int8
+  layers run as float.
 * **Target**: the measured ratio to the reference (paired timing).
 * **Model**: scikit-learn's standardised ``RidgeCV`` on the ratio, weighted 1/ratio^2 so that
   errors count relatively; linear in physically additive features, so it stays sane on 20-50
-  points; refitted as points arrive. On the two kept 60-candidate demo searches (recipes
-  searched) it put 95% and 80% of the next 20 within +-10% after 30, where features of the
-  configuration gave 70% and 45% (``benchmarks/predictor.py``).
+  points; refitted as points arrive. Replaying 8 kept 60-candidate demo searches (recipes
+  searched) it put 85-95% of the next 20 within +-10% after 30 (mean 87.5%); features of the
+  configuration gave 70% and 45% on two of them (``benchmarks/predictor.py``).
 * **Error**: every candidate measured after the model is trained is first predicted, so the
   MAPE and the share within +-10% are tracked on candidates measured anyway (``stats``).
 * **Margin**: a candidate is skipped only when predicted above ``budget x (1 + margin)``, the
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from autotune._onnx_stats import COUNTED, KERNELS, KernelWork, LayerStats, kernel_work, layer_stats
+from autotune._onnx_stats import FAMILIES, KERNELS, KernelWork, LayerStats, kernel_work, layer_stats
 from autotune.records import RuntimeOptions
 from autotune.space import SearchSpace
 
@@ -94,7 +95,7 @@ class LatencyPredictor:
         return np.asarray(
             [work.macs[k] / self._macs for k in KERNELS]
             + [work.activations[k] / self._acts for k in ("int8", "fp32")]
-            + [work.nodes[op] for op in COUNTED]
+            + [work.elements[f] / self._acts for f in FAMILIES]
             + [work.total_nodes],
             dtype=np.float64,
         )
