@@ -266,6 +266,9 @@ def test_device_for_profile_uses_the_from_profile_classmethod() -> None:
     assert (dev.device_id, dev.cuda_graphs, dev.cudnn_benchmark) == (1, False, False)
     dev = BACKENDS["torch-cuda"].from_profile(load_profile("torch-gpu"))
     assert (dev.cuda_graphs, dev.cudnn_benchmark) == (True, False)  # heuristics: same pick each run
+    # the settings are in the fingerprint, so a measurement cached under the other is not reused
+    timed = BACKENDS["torch-cuda"](cudnn_benchmark=True)
+    assert dev.fingerprint()["cudnn_benchmark"] is False and timed.fingerprint()["cudnn_benchmark"] is True
 
 
 def test_gpu_backends_share_the_single_and_paired_paths(

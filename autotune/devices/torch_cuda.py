@@ -70,6 +70,11 @@ class TorchCudaDevice(CudaDevice):
             return False, why or f"torch {torch.__version__} sees no CUDA GPU"
         return True, ""
 
+    def fingerprint(self) -> dict[str, Any]:
+        # the settings that change which kernels run key the measurement cache too
+        settings = {"cuda_graphs": self.cuda_graphs, "cudnn_benchmark": self.cudnn_benchmark}
+        return {**super().fingerprint(), **settings}
+
     def runtime_versions(self) -> dict[str, Any]:
         import torch
 
