@@ -73,6 +73,17 @@ RECIPE_KNOBS: dict[str, tuple[KnobValue, ...]] = {
 }
 
 
+def value_label(knob: str, value: KnobValue) -> str:
+    """``bits 8`` -> ``int8``, ``width 0.5`` -> ``w0.5``, ``sparsity 0.5`` -> ``s0.5``."""
+    if knob == "bits":
+        return {32: "fp32", 16: "fp16"}.get(int(value), f"int{int(value)}")
+    if knob == "width":
+        return f"w{float(value):g}"
+    if knob == "sparsity":
+        return str(value) if isinstance(value, str) else f"s{float(value):g}"
+    return f"{knob} {value}"
+
+
 def study_section(data: dict[str, Any], section: str, where: str) -> dict[str, list[KnobValue]]:
     """The ``runtime:`` or ``recipe:`` mapping of a profile or preset, checked."""
     from autotune._yaml import check_keys

@@ -174,8 +174,11 @@ def _drop_round_trips(model: onnx.ModelProto, fp32_nodes: set[str]) -> None:
     graph = model.graph
     fp32 = {i.name for i in graph.input}
     fp32.update(o for n in graph.node if n.name in fp32_nodes for o in n.output)
-    to = {n.output[0]: (n, onnx.helper.get_attribute_value(n.attribute[0])) for n in graph.node
-          if n.op_type == "Cast"}
+    to = {
+        n.output[0]: (n, next(a.i for a in n.attribute if a.name == "to"))
+        for n in graph.node
+        if n.op_type == "Cast"
+    }
     half, single = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     for node in graph.node:
         for i, name in enumerate(node.input):

@@ -23,7 +23,7 @@ from autotune._yaml import check_keys, load_mapping
 from autotune.compress import prunable_layers, supports_two_four
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
-from autotune.knobs import KNOBS, KnobValue, study_section
+from autotune.knobs import KNOBS, KnobValue, study_section, value_label
 from autotune.onnx_export import export_onnx, layer_nodes, output_nodes, weighted_nodes
 from autotune.probe import quantizable, width_roots
 from autotune.profiles import DeviceProfile, data_dir
@@ -70,9 +70,7 @@ class Candidate:
                 if v != KNOBS[knob].default:
                     counts[v] = counts.get(v, 0) + 1
             if counts:
-                label = {"bits": "int", "width": "w", "sparsity": "s"}[knob]
-                names = {v: "fp16" if (knob, v) == ("bits", 16) else f"{label}{v}" for v in counts}
-                parts.append(" ".join(f"{names[v]}x{c}" for v, c in counts.items()))
+                parts.append(" ".join(f"{value_label(knob, v)}x{c}" for v, c in counts.items()))
         parts.append(describe_study(self.runtime, self.recipe, "int8" in " ".join(parts)))
         return " | ".join(parts) if len(parts) > 1 else f"fp32 | {parts[0]}"
 
@@ -217,7 +215,8 @@ class SearchSpace:
                 {candidate.value(lay.name, knob) for lay in self.layers if knob in lay.knobs}, reverse=True
             )
             if values and values != [default]:
-                parts.append("fp16" if values == [16] else label + "/".join(f"{v:g}" for v in values))
+                many = label + "/".join(f"{v:g}" for v in values)
+                parts.append(value_label(knob, values[0]) if len(values) == 1 else many)
         return "+".join(parts) or "fp32"
 
     def summary(self) -> dict[str, Any]:

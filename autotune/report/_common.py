@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from autotune.knobs import KNOBS, KnobValue
+from autotune.knobs import KNOBS, KnobValue, value_label
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
@@ -66,17 +66,6 @@ class View:
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def value_label(knob: str, value: KnobValue) -> str:
-    """``bits 8`` -> ``int8``, ``width 0.5`` -> ``w0.5``, ``sparsity 0.5`` -> ``s0.5``."""
-    if knob == "bits":
-        return {32: "fp32", 16: "fp16"}.get(int(value), f"int{int(value)}")
-    if knob == "width":
-        return f"w{float(value):g}"
-    if knob == "sparsity":
-        return str(value) if isinstance(value, str) else f"s{float(value):g}"
-    return f"{knob} {value}"
 
 
 def aggressiveness(knob: str, value: KnobValue) -> float:

@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from autotune._util import error_line
-from autotune.knobs import KNOBS
-from autotune.report._common import CHOSEN, PARETO, View, aggressiveness, base_layout, trial_name, value_label
+from autotune.knobs import KNOBS, value_label
+from autotune.report._common import CHOSEN, PARETO, View, aggressiveness, base_layout, trial_name
 from autotune.run import TrialRecord
 
 #: fewer completed trials than this and importances are noise
