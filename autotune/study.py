@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune import __version__
+from autotune._interrupt import interrupts_outside_optuna
 from autotune._util import error_line
 from autotune.artifact import ArtifactBuilder
 from autotune.budget import format_ms
@@ -102,7 +103,8 @@ def _save_traceback(run_dir: Path, number: int, exc: BaseException) -> str:
 
 
 def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
-    with _quiet_optuna():
+    # Ctrl-C lands in our code, never inside Optuna's storage writes (a held SQLite lock, a traceback)
+    with _quiet_optuna(), interrupts_outside_optuna():
         return _search(task, cfg)
 
 
@@ -272,9 +274,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
         trial_stats["confirmed"] = len(confirmed)
     except KeyboardInterrupt:
-        # Ctrl-C can land inside Optuna's own SQLite transaction, which then still holds the lock:
-        # writing the run's counters would wait out the 60 s lock timeout. Every completed trial is
-        # already committed; only this run's wall time and counters go unrecorded.
+        # every completed trial is already committed; this run's wall time and counters are not
+        # written (an interrupted run is left as it was)
         interrupted = True
         raise
     finally:
