@@ -39,6 +39,16 @@ def test_an_unreachable_budget_names_the_floor_and_what_could_go_lower() -> None
     assert infeasible_message(measured, ref, budget_ms=0.65, space=space) is None
 
 
+def test_a_budget_of_the_models_own_latency_is_never_infeasible() -> None:
+    # --budget 100%: the unmodified model meets it by definition, even when the noise put every
+    # probed configuration (FP32 itself at 1.01x, int8 slower on a CPU without VNNI) just above
+    space = build_space(conv_task(), load_preset(None), load_profile("cpu"))
+    ref = Reference(accuracy=99.0, latency_ms=1.0, sha256="x", size_bytes=1)
+    measured = [("fp32", 1.01), ("int8", 1.3)]
+    assert infeasible_message(measured, ref, budget_ms=1.0, space=space, within=False) is None
+    assert infeasible_message(measured, ref, budget_ms=0.99, space=space, within=False) is not None
+
+
 def test_sensitivity_reaches_the_report_as_layer_by_setting() -> None:
     table = Table(90.0, 1.0, [Entry("conv2:width", 0.5, 88.0, 0.6, -2.0, -0.4)], {})
     assert sensitivity_for_report(table) == {"conv2": {"width 0.5": -2.0}}
