@@ -269,6 +269,10 @@ def test_device_for_profile_uses_the_from_profile_classmethod() -> None:
     # the settings are in the fingerprint, so a measurement cached under the other is not reused
     timed = BACKENDS["torch-cuda"](cudnn_benchmark=True)
     assert dev.fingerprint()["cudnn_benchmark"] is False and timed.fingerprint()["cudnn_benchmark"] is True
+    # TensorRT's builder workspace too (it limits the tactics the builder may choose)
+    trt = BACKENDS["tensorrt"].from_profile(type("P", (), {"options": {"workspace_mb": 256}})())
+    assert trt.fingerprint()["workspace_mb"] == 256
+    assert BACKENDS["tensorrt"]().fingerprint()["workspace_mb"] == 2048
 
 
 def test_gpu_backends_share_the_single_and_paired_paths(

@@ -93,9 +93,15 @@ class TensorrtDevice(CudaDevice):
         return (True, "") if count else (False, why)
 
     def runtime_versions(self) -> dict[str, Any]:
-        import tensorrt as trt
-
+        try:
+            import tensorrt as trt
+        except ImportError:  # unusable then (available() says why); the fingerprint still reads
+            return {"tensorrt": None}
         return {"tensorrt": trt.__version__}
+
+    def fingerprint(self) -> dict[str, Any]:
+        # the builder's workspace changes which tactics it may pick: never reuse a figure across it
+        return {**super().fingerprint(), "workspace_mb": self.workspace >> 20}
 
     @contextmanager
     def prepared(
