@@ -18,8 +18,8 @@ and the best are measured.
 * **Target**: the measured ratio to the reference (paired timing).
 * **Model**: scikit-learn's standardised ``RidgeCV`` on the ratio, weighted 1/ratio^2 so that
   errors count relatively; linear in physically additive features, so it stays sane on 20-50
-  points; refitted as points arrive. Replaying 8 kept 60-candidate demo searches (recipes
-  searched) it put 85-95% of the next 20 within +-10% after 30 (mean 87.5%); features of the
+  points; refitted as points arrive. Replaying 12 kept 60-candidate demo searches (recipes
+  searched) it put 80-100% of the next 20 within +-10% after 30 (mean 89.4%); features of the
   configuration gave 70% and 45% on two of them (``benchmarks/predictor.py``).
 * **Error**: every candidate measured after the model is trained is first predicted, so the
   MAPE and the share within +-10% are tracked on candidates measured anyway (``stats``).
