@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import error_line, sha256_file
 from autotune.compress import apply_sparsity, make_permanent, prune_width
 from autotune.errors import CandidateError
@@ -75,7 +76,7 @@ class ArtifactBuilder:
         artifact_dir.mkdir(parents=True, exist_ok=True)
         # the unmodified model's ONNX: exported once, shared by every bits-only candidate
         self._unmodified: Path | None = task.source if isinstance(task.source, Path) else None
-        self._workdir = tempfile.TemporaryDirectory(prefix="autotune-build-")
+        self._workdir = OwnedTemporaryDirectory("build")  # the next build removes it after a kill
 
     def build(self, candidate: Candidate) -> Artifact:
         timings: dict[str, float] = {}
@@ -97,7 +98,7 @@ class ArtifactBuilder:
 
         ran: list[str] = []
         unrecovered: Path | None = None
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=self._workdir.name) as tmp:
             if not self._changes_torch_model(candidate):
                 if self._unmodified is None:
                     path = Path(self._workdir.name) / "unmodified.onnx"

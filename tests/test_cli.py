@@ -130,6 +130,46 @@ def test_ctrl_c_keeps_completed_trials_and_the_same_command_resumes(tmp_path: Pa
     assert "Pareto set under the budget" in out.stdout
 
 
+def test_a_killed_search_keeps_its_trials_and_the_next_run_removes_its_temporary_folders(
+    tmp_path: Path,
+) -> None:
+    args = ["--model", "tiny_tasks:slow_conv_task", "--budget", "50ms", "--trials", "6", "--quick"]
+    args += ["--study", "kill"]
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TINY_TASK_EVAL_DELAY": "0.7", "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = tmp_path / "runs" / "kill" / "study.db"
+    deadline = time.time() + 120
+    while _complete_trials(db) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: no finalizer runs
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    left = list(tmpdir.glob("autotune-build-*"))
+    assert left, "a killed build leaves its folder (nothing could remove it)"
+    kept = _complete_trials(db)
+    assert kept >= 2
+
+    out = subprocess.run(
+        [sys.executable, "-m", "autotune", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert _complete_trials(db) >= kept
+    assert not any(p.exists() for p in left), "the next run removes the killed run's build folder"
+    assert not [*tmpdir.glob("autotune-build-*"), *tmpdir.glob("autotune-canary-*")], "and its own at exit"
+
+
 def test_onnx_model_gets_bits_and_runtime_knobs_only(tmp_path: Path) -> None:
     sys.path.insert(0, str(TESTS))
     from tiny_tasks import conv_task

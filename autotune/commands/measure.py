@@ -250,8 +250,7 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
+    from autotune._tempdir import OwnedTemporaryDirectory
     from autotune._util import sha256_file
     from autotune.devices import RuntimeOptions, device_for_profile
     from autotune.errors import UserError
@@ -275,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = _protocol(args)
     shapes = _parse_shapes(args.shape)
     inputs = make_inputs(model, shapes, args.batch)
-    tmp = tempfile.TemporaryDirectory(prefix="autotune-measure-")
+    tmp = OwnedTemporaryDirectory("measure")
     reference = _reference(args, shapes, Path(tmp.name))
     runtime = RuntimeOptions(
         threads=args.threads, graph_optimization=args.graph_opt, affinity=affinity, precision=args.precision

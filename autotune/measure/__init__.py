@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import sha256_file
 from autotune.devices import Device, Measurement, Protocol, Reference, RuntimeOptions
 from autotune.measure._cache import MeasurementCache, cache_key
@@ -238,7 +239,7 @@ class Measurer:
             if self.cache_dir is not None:
                 directory = self.cache_dir
             else:
-                self._tmp = tempfile.TemporaryDirectory(prefix="autotune-canary-")
+                self._tmp = OwnedTemporaryDirectory("canary")
                 directory = Path(self._tmp.name)
             self._canary_path = write_canary(directory)
         return self._canary_path
