@@ -50,7 +50,7 @@ class RunMeta:
     floor: float | None = None  # lowest acceptable score (--max-drop), None: no floor
     max_drop: str | None = None  # as the user gave it, e.g. "1 points" or "1%"
     infeasible: str | None = None  # the feasibility probe's verdict when the budget is out of reach
-    stopped: str | None = None  # why the latest run ended early (timeout, infeasible)
+    stopped: str | None = None  # why the latest run ended early (timeout, infeasible, interrupted)
     search: dict[str, Any] = field(default_factory=dict)  # sampler, recovery, sensitivity options
 
     @property

@@ -233,7 +233,6 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     bar = ProgressBar(cfg.trials - counted(study), budget_ms, floor, cfg.progress)
     meta.stopped = None
     trial_stats: dict[str, Any] = {}
-    interrupted = False
     try:
         # feasibility probe: the enqueued baselines and the most aggressive configuration run first
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -274,17 +273,16 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
         trial_stats["confirmed"] = len(confirmed)
     except KeyboardInterrupt:
-        # every completed trial is already committed; this run's wall time and counters are not
-        # written (an interrupted run is left as it was)
-        interrupted = True
+        meta.stopped = "interrupted"
         raise
     finally:
         bar.close()
-        if not interrupted:
-            meta.wall_s += time.time() - started
-            meta.measurer = trial_stats or dict(measurer.stats)
-            meta.search["predictor"] = predictor.stats if predictor is not None else {"enabled": False}
-            meta.save(study)
+        # also after Ctrl-C: interrupts_outside_optuna() kept it out of Optuna's writes, so
+        # the storage is free for this one
+        meta.wall_s += time.time() - started
+        meta.measurer = trial_stats or dict(measurer.stats)
+        meta.search["predictor"] = predictor.stats if predictor is not None else {"enabled": False}
+        meta.save(study)
         device.close()
     result = ParetoSet(study, run_dir, storage=storage_url)
     if cfg.report is not False:

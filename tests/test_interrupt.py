@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import sqlalchemy
 from tiny_tasks import conv_task
@@ -21,7 +22,7 @@ from tiny_tasks import conv_task
 import autotune
 from autotune._interrupt import interrupts_outside_optuna
 from autotune.devices import Protocol
-from autotune.run import DB_NAME
+from autotune.run import DB_NAME, RunMeta
 
 
 class SigintAt:
@@ -74,6 +75,10 @@ def test_ctrl_c_inside_a_storage_transaction_stops_cleanly(tmp_path: Path, event
         con.execute("BEGIN IMMEDIATE")  # the write lock is free: nothing was left holding it
         done = con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
     assert 1 <= done < 12
+    study = optuna.load_study(study_name="cc", storage=f"sqlite:///{tmp_path / 'cc' / DB_NAME}")
+    meta = RunMeta.from_study(study)
+    assert meta is not None and meta.stopped == "interrupted" and meta.wall_s > 0  # the run is recorded
+    assert meta.measurer.get("measured", 0) >= 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
