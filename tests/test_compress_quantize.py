@@ -126,8 +126,11 @@ def test_fp16_layers_are_valid_and_float_layers_stay_float(tmp_path: Path, chose
                 inner, outer = casts[casts[t].input[0]], casts[t]
                 assert (inner.attribute[0].i, outer.attribute[0].i) != (onnx.TensorProto.FLOAT16, 1)
     initializers = {i.name: i.data_type for i in q.graph.initializer}
-    halves = {n.name for n in q.graph.node if n.op_type in ("Conv", "Gemm")
-              and initializers.get(n.input[1]) == onnx.TensorProto.FLOAT16}
+    halves = {
+        n.name
+        for n in q.graph.node
+        if n.op_type in ("Conv", "Gemm") and initializers.get(n.input[1]) == onnx.TensorProto.FLOAT16
+    }
     assert halves == {n for n, b in bits.items() if b == 16}
     if chosen == "all":  # one Cast in, one out: the ReLUs and Adds between layers run in fp16
         constant = set(initializers)  # weights, and what is computed from weights alone (folded)

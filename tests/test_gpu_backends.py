@@ -237,8 +237,15 @@ def test_torch_gpu_search_measures_fp16_candidates_paired(tmp_path: Path) -> Non
     import autotune
 
     result = autotune.search(
-        conv_task(), budget="95%", device="torch-gpu", trials=6, out_dir=tmp_path / "runs",
-        protocol=QUICK, progress=False, report=False, keep_going=True,
+        conv_task(),
+        budget="95%",
+        device="torch-gpu",
+        trials=6,
+        out_dir=tmp_path / "runs",
+        protocol=QUICK,
+        progress=False,
+        report=False,
+        keep_going=True,
     )
     fp16 = result.baselines["fp16"]
     m = fp16.measurement
