@@ -15,12 +15,13 @@ TESTS = Path(__file__).parent
 PYTHONPATH = os.pathsep.join([str(TESTS.parent), str(TESTS)])
 
 
-def autotune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+def autotune(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "autotune", *args],
         cwd=cwd,
-        env=env,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -91,6 +92,26 @@ def _complete_trials(db: Path) -> int:
             return 0
 
 
+def _started(args: list[str], cwd: Path, env: dict[str, str], complete: int) -> subprocess.Popen[str]:
+    """A search of ``args`` started in the background (trials slowed down to 0.7 s of evaluation),
+    returned once ``complete`` trials are in its database (or it ended, or 120 s passed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "TINY_TASK_EVAL_DELAY": "0.7", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    study = args[args.index("--study") + 1]
+    deadline = time.time() + 120
+    while _complete_trials(cwd / "runs" / study / "study.db") < complete and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    return proc
+
+
 def test_ctrl_c_keeps_completed_trials_and_the_same_command_resumes(tmp_path: Path) -> None:
     args = [
         "--model",
@@ -103,19 +124,8 @@ def test_ctrl_c_keeps_completed_trials_and_the_same_command_resumes(tmp_path: Pa
         "--study",
         "cc",
     ]
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TINY_TASK_EVAL_DELAY": "0.7"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autotune", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _started(args, tmp_path, {}, complete=3)
     db = tmp_path / "runs" / "cc" / "study.db"
-    deadline = time.time() + 120
-    while _complete_trials(db) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)  # at a trial's start, often inside Optuna's storage writes
     _, err = proc.communicate(timeout=60)
@@ -137,33 +147,18 @@ def test_a_killed_search_keeps_its_trials_and_the_next_run_removes_its_temporary
     args += ["--study", "kill"]
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TINY_TASK_EVAL_DELAY": "0.7", "TMPDIR": str(tmpdir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autotune", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = {"TMPDIR": str(tmpdir)}
+    proc = _started(args, tmp_path, env, complete=2)
     db = tmp_path / "runs" / "kill" / "study.db"
-    deadline = time.time() + 120
-    while _complete_trials(db) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
     proc.kill()  # SIGKILL: no finalizer runs
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
     left = list(tmpdir.glob("autotune-build-*"))
     assert left, "a killed build leaves its folder (nothing could remove it)"
     kept = _complete_trials(db)
     assert kept >= 2
 
-    out = subprocess.run(
-        [sys.executable, "-m", "autotune", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = autotune(*args, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert _complete_trials(db) >= kept
     assert not any(p.exists() for p in left), "the next run removes the killed run's build folder"
