@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from autotune.config import SearchConfig
 from autotune.result import ParetoSet
-from autotune.study import run_search
+from autotune.study import SearchConfig
 from autotune.task import Evaluate, Finetune, Task
+from autotune.tune import run_search
 
 
 def search(
@@ -34,7 +34,7 @@ def search(
         calibration: batches for int8 calibration (default: the example inputs).
         finetune: ``finetune(student, teacher)`` recovery training after pruning.
         name: the task's name in study names and reports.
-        **options: the fields of :class:`~autotune.study.SearchConfig`: ``budget`` (required),
+        **options: the fields of :class:`~autotune.tune._loop.SearchConfig`: ``budget`` (required),
             ``device``, ``trials``, ``space``, ``storage``, ``study_name``, ``out_dir``, ``seed``,
             ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``,
             ``max_drop``, ``keep_going``, ``sampler``, ``recover``, ``recover_steps``,

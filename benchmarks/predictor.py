@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 
 import autotune
-from autotune.demo import demo_task
-from autotune.predictor import LatencyPredictor
-from autotune.profiles import load_profile
-from autotune.result import ParetoSet
-from autotune.space import build_space, load_preset
+from autotune.result._pareto import ParetoSet
+from autotune.space._profiles import load_profile
+from autotune.space._space import build_space, load_preset
+from autotune.study._predictor import LatencyPredictor
+from autotune.task.demo import demo_task
 
 
 def run(out: Path, name: str, args: argparse.Namespace, predictor: bool) -> tuple[ParetoSet, float]:

@@ -16,7 +16,7 @@
     +-10%); and trials per minute with and without it, replayed from the trials' recorded
     costs (a skipped candidate costs no build, measurement or evaluation).
 
-Models: the demo model (``autotune.demo.demo_task()``) and ResNet-18 at 224x224. Usage::
+Models: the demo model (``autotune.task.demo.demo_task()``) and ResNet-18 at 224x224. Usage::
 
     python benchmarks/profiler.py                   # both models
     python benchmarks/profiler.py --models demo --repeats 5
@@ -50,24 +50,24 @@ from autotune.devices._fingerprint import HostLoad
 from autotune.devices._ort import session_options
 from autotune.devices._protocol import run_protocol
 from autotune.measure import Measurer
-from autotune.onnx_export import export_onnx
+from autotune.task._onnx_export import export_onnx
 
 
 def demo_model() -> tuple[torch.nn.Module, torch.Tensor]:
     try:
-        from autotune.demo import demo_task
+        from autotune.task.demo import demo_task
 
         task = demo_task()
         return task.model.eval(), task.example_inputs[0]
     except Exception as exc:  # noqa: BLE001 - the demo is being written elsewhere: fall back
-        from autotune.zoo import DigitsNet
+        from autotune.task.zoo import DigitsNet
 
         print(f"(demo_task unavailable: {exc}; using an untrained DigitsNet)")
         return DigitsNet().eval(), torch.randn(1, 1, 32, 32)
 
 
 def resnet18_model() -> tuple[torch.nn.Module, torch.Tensor]:
-    from autotune.zoo import resnet18
+    from autotune.task.zoo import resnet18
 
     torch.manual_seed(0)
     return resnet18().eval(), torch.randn(1, 3, 224, 224)
@@ -171,8 +171,8 @@ def int8_version(path: Path, x: np.ndarray, out: Path) -> Path:
     """The model with every weighted layer int8 (static QDQ, calibrated on ``x``)."""
     import onnx
 
-    from autotune.onnx_export import weighted_nodes
-    from autotune.quantize import quantize_model
+    from autotune.knobs._quantize import quantize_model
+    from autotune.task._onnx_export import weighted_nodes
 
     nodes = [n.name for n in weighted_nodes(onnx.load(str(path)))]
     quantize_model(path, out, dict.fromkeys(nodes, 8), [(x,)])
@@ -220,10 +220,10 @@ def noisy_host(
 def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> dict[str, float]:
     """(e) a demo search, then its trials replayed in order through the predictor."""
     import autotune
-    from autotune.demo import demo_task
-    from autotune.predictor import LatencyPredictor
-    from autotune.profiles import load_profile
-    from autotune.space import build_space, load_preset
+    from autotune.space._profiles import load_profile
+    from autotune.space._space import build_space, load_preset
+    from autotune.study._predictor import LatencyPredictor
+    from autotune.task.demo import demo_task
 
     task = demo_task()
     # latency does not depend on the weights' values: skip the KD fine-tuning (about a minute

@@ -38,15 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from search_quality import PROTOCOL, digits_task
 
 import autotune
-from autotune.artifact import ArtifactBuilder
+from autotune.build._builder import ArtifactBuilder
 from autotune.devices import OrtCpuDevice, Reference, RuntimeOptions
-from autotune.evaluate import evaluate_artifact
+from autotune.knobs._recipe import Recipe
 from autotune.measure import Measurer
-from autotune.onnx_export import input_names
-from autotune.profiles import load_profile
-from autotune.recipes import Recipe
-from autotune.space import Candidate, Preset, build_space
-from autotune.task import Task
+from autotune.space._profiles import load_profile
+from autotune.space._space import Candidate, Preset, build_space
+from autotune.task._evaluate import evaluate_artifact
+from autotune.task._onnx_export import input_names
+from autotune.task._task import Task
 
 RECIPES = {
     "fixed (QDQ, per-channel, u8, MinMax)": Recipe(),
@@ -213,7 +213,7 @@ def main() -> None:
     args = p.parse_args()
     import onnxruntime as ort
 
-    from autotune.recipes import host_has_vnni
+    from autotune.knobs._recipe import host_has_vnni
 
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),

@@ -26,8 +26,8 @@ from torch import nn
 import autotune
 from autotune.devices import Protocol
 from autotune.report.browser import Browser, chromium_path
-from autotune.result import ParetoSet
-from autotune.task import Runner, Task
+from autotune.result._pareto import ParetoSet
+from autotune.task._task import Runner, Task
 
 SIZE_LIMIT_MB = 10.0
 OPEN_LIMIT_S = 3.0
@@ -68,7 +68,7 @@ def conv_task() -> Task:
 
 def make_run(args: argparse.Namespace, out: Path) -> ParetoSet:
     if args.model == "demo":
-        from autotune.demo import demo_task
+        from autotune.task.demo import demo_task
 
         task = demo_task()
     else:

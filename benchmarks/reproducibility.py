@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import autotune
-from autotune.demo import demo_task
 from autotune.measure.confirm import Figure, equally_fast
+from autotune.task.demo import demo_task
 
 
 def one_run(out: Path, args: argparse.Namespace, name: str) -> dict[str, Any]:

@@ -57,17 +57,17 @@ import torch
 import torch.nn.functional as F
 
 from autotune._util import cache_root
-from autotune.artifact import ArtifactBuilder
+from autotune.build._builder import ArtifactBuilder
+from autotune.build._recover import Recovery
 from autotune.devices import OrtCpuDevice, Protocol, Reference
-from autotune.evaluate import evaluate_artifact
-from autotune.knobs import KNOBS
+from autotune.knobs._recipe import RECIPE_KNOBS
+from autotune.knobs._values import KNOBS
 from autotune.measure import Measurer
-from autotune.profiles import load_profile
-from autotune.recipes import RECIPE_KNOBS
-from autotune.recover import Recovery
-from autotune.samplers import AUTO, make_sampler
-from autotune.space import SearchSpace, build_space, load_preset
-from autotune.task import Task
+from autotune.space._profiles import load_profile
+from autotune.space._space import SearchSpace, build_space, load_preset
+from autotune.study._samplers import AUTO, make_sampler
+from autotune.task._evaluate import evaluate_artifact
+from autotune.task._task import Task
 
 BUDGETS = (0.20, 0.35, 0.50)
 HV_AT = (20, 40, 60)
@@ -115,15 +115,15 @@ def trained(name: str, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epo
 
 
 def digits_task(name: str) -> Task:
-    from autotune.demo import accuracy
+    from autotune.task.demo import accuracy
 
     if name == "demo":
-        from autotune.demo import demo_task
+        from autotune.task.demo import demo_task
 
         task = demo_task()
         task.finetune = None  # built-in recovery only, as for the other models
         return task
-    from autotune.zoo import MobileNetV3, resnet18
+    from autotune.task.zoo import MobileNetV3, resnet18
 
     x_train, x_test, y_train, y_test = digits(64)
     if name == "resnet":

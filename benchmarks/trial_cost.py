@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 import autotune
-from autotune.task import Runner, Task
+from autotune.task._task import Runner, Task
 
 STAGES = ("compress", "finetune", "export", "quantize", "measure", "evaluate")
 
 
 def resnet18_task() -> Task:
     """ResNet-18 at 224x224 with random weights; score = agreement with FP32 on 32 images."""
-    from autotune.zoo import resnet18
+    from autotune.task.zoo import resnet18
 
     torch.manual_seed(0)
     model = resnet18(1000).eval()
@@ -42,7 +42,7 @@ def resnet18_task() -> Task:
 
 
 def demo_task() -> Task:
-    from autotune.demo import demo_task as make
+    from autotune.task.demo import demo_task as make
 
     return make()
 

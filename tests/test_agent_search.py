@@ -30,10 +30,10 @@ from autotune.cli import main as cli_main
 from autotune.devices import Protocol, RuntimeOptions, device_for_profile
 from autotune.devices.remote import RemoteDevice
 from autotune.errors import UserError
-from autotune.profiles import load_profile
-from autotune.result import ParetoSet
-from autotune.study import SearchConfig, run_search
-from autotune.task import Task
+from autotune.result._pareto import ParetoSet
+from autotune.space._profiles import load_profile
+from autotune.task._task import Task
+from autotune.tune._loop import SearchConfig, run_search
 
 TOKEN = "search-test-token-0123456789abcdef"
 

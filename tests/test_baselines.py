@@ -3,9 +3,9 @@
 import torch
 from tiny_tasks import agreement_task, conv_task
 
-from autotune.profiles import load_profile
-from autotune.space import Preset, build_space, load_preset
-from autotune.zoo import TinyTransformer
+from autotune.space._profiles import load_profile
+from autotune.space._space import Preset, build_space, load_preset
+from autotune.task.zoo import TinyTransformer
 
 
 def test_default_space_baselines_cover_every_uniform_width_with_and_without_int8() -> None:

@@ -169,7 +169,7 @@ def test_onnx_model_gets_bits_and_runtime_knobs_only(tmp_path: Path) -> None:
     sys.path.insert(0, str(TESTS))
     from tiny_tasks import conv_task
 
-    from autotune.onnx_export import export_onnx
+    from autotune.task._onnx_export import export_onnx
 
     task = conv_task()
     export_onnx(task.model, task.example_inputs, tmp_path / "m.onnx")

@@ -8,11 +8,11 @@ import onnx
 import pytest
 import torch
 
-from autotune.compress import apply_sparsity, make_permanent, prune_width, two_four_mask
-from autotune.evaluate import OrtRunner
-from autotune.onnx_export import export_onnx, layer_nodes
-from autotune.quantize import quantize_model
-from autotune.zoo import ConcatNet, TinyTransformer, resnet18
+from autotune.knobs._prune import apply_sparsity, make_permanent, prune_width, two_four_mask
+from autotune.knobs._quantize import quantize_model
+from autotune.task._evaluate import OrtRunner
+from autotune.task._onnx_export import export_onnx, layer_nodes
+from autotune.task.zoo import ConcatNet, TinyTransformer, resnet18
 
 
 def test_width_pruning_rounds_to_eight_and_keeps_the_interface() -> None:

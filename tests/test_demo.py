@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from autotune import demo
-from autotune.zoo import MLP, ConcatNet, DigitsNet, TinyTransformer, resnet18
+from autotune.task import demo
+from autotune.task.zoo import MLP, ConcatNet, DigitsNet, TinyTransformer, resnet18
 
 
 def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> Path:

@@ -18,16 +18,16 @@ import pytest
 import torch
 from torch import nn
 
-from autotune.compress import apply_sparsity, make_permanent
 from autotune.devices import BACKENDS, OrtCpuDevice, Protocol, RuntimeOptions
 from autotune.devices._onnx_info import analyse, is_2_4
 from autotune.devices._onnx_torch import OnnxModule
 from autotune.devices.tensorrt_engine import build_plan, engine_key
+from autotune.knobs._prune import apply_sparsity, make_permanent
+from autotune.knobs._quantize import quantize_model
 from autotune.measure._canary import canary_inputs, write_canary
-from autotune.onnx_export import export_onnx, weighted_nodes
-from autotune.profiles import load_profile
-from autotune.quantize import quantize_model
-from autotune.zoo import MLP, ConcatNet, DigitsNet, TinyTransformer
+from autotune.space._profiles import load_profile
+from autotune.task._onnx_export import export_onnx, weighted_nodes
+from autotune.task.zoo import MLP, ConcatNet, DigitsNet, TinyTransformer
 
 GPU_BACKENDS = ("ort-cuda", "ort-tensorrt", "torch-cuda", "tensorrt")
 QUICK = Protocol.quick()
@@ -264,7 +264,7 @@ def test_cpu_reference_backend_still_measures_the_canary(tmp_path: Path) -> None
 
 def test_device_for_profile_uses_the_from_profile_classmethod() -> None:
     from autotune.devices import device_for_profile
-    from autotune.profiles import load_profile
+    from autotune.space._profiles import load_profile
 
     assert isinstance(device_for_profile(load_profile("cpu")), OrtCpuDevice)  # base: no options
     # GPU backends override it to read their options (constructing one needs no GPU)

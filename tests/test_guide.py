@@ -4,13 +4,13 @@ from pathlib import Path
 
 from tiny_tasks import conv_task
 
-from autotune.artifact import ArtifactBuilder
+from autotune.build._builder import ArtifactBuilder
 from autotune.devices import OrtCpuDevice, Protocol
-from autotune.guide import Reference, infeasible_message, measure_reference, sensitivity_for_report
 from autotune.measure import Measurer
-from autotune.profiles import load_profile
-from autotune.sensitivity import Entry, Table
-from autotune.space import Preset, build_space, load_preset
+from autotune.space._profiles import load_profile
+from autotune.space._space import Preset, build_space, load_preset
+from autotune.study._guide import Reference, infeasible_message, measure_reference, sensitivity_for_report
+from autotune.study._sensitivity import Entry, Table
 
 
 def test_the_reference_is_the_unmodified_model_even_when_the_preset_leaves_full_width_out(

@@ -22,7 +22,7 @@ from tiny_tasks import conv_task
 import autotune
 from autotune._interrupt import interrupts_outside_optuna
 from autotune.devices import Protocol
-from autotune.run import DB_NAME, RunMeta
+from autotune.study._records import DB_NAME, RunMeta
 
 
 class SigintAt:

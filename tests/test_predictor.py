@@ -10,13 +10,13 @@ import pytest
 import torch
 from tiny_tasks import conv_task
 
-from autotune._onnx_stats import optimized_graph
-from autotune.artifact import ArtifactBuilder
-from autotune.onnx_export import export_onnx
-from autotune.predictor import LatencyPredictor, kernel_work, layer_stats
-from autotune.profiles import load_profile
-from autotune.recover import Recovery
-from autotune.space import build_space, load_preset
+from autotune.build._builder import ArtifactBuilder
+from autotune.build._recover import Recovery
+from autotune.space._profiles import load_profile
+from autotune.space._space import build_space, load_preset
+from autotune.study._onnx_stats import optimized_graph
+from autotune.study._predictor import LatencyPredictor, kernel_work, layer_stats
+from autotune.task._onnx_export import export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +153,9 @@ def test_search_skips_candidates_predicted_beyond_the_budget(
     predicted beyond it by the safe margin are pruned with the predicted figure, never measured;
     baselines always are; --no-predictor measures everything."""
     import autotune
-    from autotune import predictor
     from autotune.records import Protocol
-    from autotune.study_trials import PREDICTED_KEY, PREDICTION_KEY
+    from autotune.study import _predictor as predictor
+    from autotune.study._trials import PREDICTED_KEY, PREDICTION_KEY
 
     monkeypatch.setattr(predictor, "MIN_TRAIN", 6)
     kw = {"out_dir": tmp_path, "protocol": Protocol.quick(), "progress": False, "report": False}

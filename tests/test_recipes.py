@@ -13,13 +13,13 @@ from tiny_tasks import conv_task
 from autotune.devices import RuntimeOptions
 from autotune.devices._ort import session_options
 from autotune.errors import UserError
-from autotune.evaluate import OrtRunner
-from autotune.knobs import RECIPE_KNOBS, RUNTIME_KNOBS
-from autotune.onnx_export import export_onnx, weighted_nodes
-from autotune.profiles import load_profile
-from autotune.quantize import quantize_model
-from autotune.recipes import Recipe, describe_study
-from autotune.space import Candidate, Preset, build_space, load_preset
+from autotune.knobs._quantize import quantize_model
+from autotune.knobs._recipe import Recipe, describe_study
+from autotune.knobs._values import RECIPE_KNOBS, RUNTIME_KNOBS
+from autotune.space._profiles import load_profile
+from autotune.space._space import Candidate, Preset, build_space, load_preset
+from autotune.task._evaluate import OrtRunner
+from autotune.task._onnx_export import export_onnx, weighted_nodes
 
 
 @pytest.fixture
@@ -277,9 +277,9 @@ def test_transformer_optimizer_is_a_knob_only_where_it_fuses_and_its_fusions_are
     import torch
     from tiny_tasks import agreement_task
 
-    from autotune.artifact import ArtifactBuilder
-    from autotune.recipes import fusions
-    from autotune.zoo import TinyTransformer
+    from autotune.build._builder import ArtifactBuilder
+    from autotune.knobs._recipe import fusions
+    from autotune.task.zoo import TinyTransformer
 
     torch.manual_seed(0)
     task = agreement_task(TinyTransformer(), torch.randn(32, 16, 64), "tiny-transformer")
@@ -302,8 +302,8 @@ def test_onnx_models_are_told_apart_by_their_ops(model: tuple[Path, list[str]], 
 
     import torch
 
-    from autotune.recipes import has_transformer
-    from autotune.zoo import TinyTransformer
+    from autotune.knobs._recipe import has_transformer
+    from autotune.task.zoo import TinyTransformer
 
     path = tmp_path / "transformer.onnx"
     export_onnx(TinyTransformer().eval(), (torch.randn(1, 16, 64),), path)

@@ -12,8 +12,8 @@ from torch import nn
 from autotune import cli
 from autotune.commands._task import load_task
 from autotune.errors import UserError
-from autotune.evaluate import OrtRunner
-from autotune.onnx_export import export_onnx
+from autotune.task._evaluate import OrtRunner
+from autotune.task._onnx_export import export_onnx
 
 
 @pytest.fixture

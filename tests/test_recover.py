@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from tiny_tasks import agreement_task
 
 from autotune._util import sha256_file
-from autotune.artifact import ArtifactBuilder
-from autotune.compress import prune_width
+from autotune.build._builder import ArtifactBuilder
+from autotune.build._recover import Recovery, distill, recalibrate_bn, recover
 from autotune.errors import UserError
-from autotune.profiles import load_profile
-from autotune.recover import Recovery, distill, recalibrate_bn, recover
-from autotune.space import build_space, load_preset
-from autotune.zoo import DigitsNet
+from autotune.knobs._prune import prune_width
+from autotune.space._profiles import load_profile
+from autotune.space._space import build_space, load_preset
+from autotune.task.zoo import DigitsNet
 
 
 def test_batchnorm_statistics_are_re_estimated_exactly_on_the_inputs() -> None:

@@ -19,8 +19,8 @@ from autotune.cli import main
 from autotune.devices import Protocol
 from autotune.report import build_html, default_path, write_report
 from autotune.report.browser import chromium_path
-from autotune.result import ParetoSet
-from autotune.run import RunMeta
+from autotune.result._pareto import ParetoSet
+from autotune.study._records import RunMeta
 
 QUICK = Protocol.quick()
 

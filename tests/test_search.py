@@ -15,8 +15,8 @@ from tiny_tasks import agreement_task, conv_task, flaky_task
 import autotune
 from autotune import cli
 from autotune.devices import Protocol
-from autotune.result import ParetoSet
-from autotune.zoo import MLP, ConcatNet, TinyTransformer
+from autotune.result._pareto import ParetoSet
+from autotune.task.zoo import MLP, ConcatNet, TinyTransformer
 
 QUICK = Protocol.quick()
 
@@ -212,8 +212,8 @@ def test_bad_options_fail_before_any_model_work(tmp_path: Path, options: dict, n
 
 def test_run_records_round_trip_through_optuna_attrs() -> None:
     from autotune.records import Measurement, RuntimeOptions
-    from autotune.run import RunMeta, TrialRecord
-    from autotune.space import Candidate
+    from autotune.space._space import Candidate
+    from autotune.study._records import RunMeta, TrialRecord
 
     samples = [float(i) for i in range(1000)]
     record = TrialRecord(

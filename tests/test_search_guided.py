@@ -118,7 +118,7 @@ def test_final_recovery_takes_the_most_accurate_and_the_largest_pruned_candidate
     ones never are."""
     import optuna
 
-    from autotune.guide import enqueue_final
+    from autotune.study._guide import enqueue_final
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     dist = {"w": optuna.distributions.CategoricalDistribution([0.25, 0.5, 0.75, 1.0])}

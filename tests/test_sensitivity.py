@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from tiny_tasks import conv_task
 
-from autotune.artifact import ArtifactBuilder
+from autotune.build._builder import ArtifactBuilder
 from autotune.devices import OrtCpuDevice, Protocol
 from autotune.errors import UserError
 from autotune.measure import Measurer
-from autotune.profiles import load_profile
-from autotune.samplers import SAMPLERS, make_sampler
-from autotune.sensitivity import (
+from autotune.space._profiles import load_profile
+from autotune.space._space import build_space, load_preset
+from autotune.study._samplers import SAMPLERS, make_sampler
+from autotune.study._sensitivity import (
     Entry,
     Table,
     breaking_values,
@@ -25,7 +26,6 @@ from autotune.sensitivity import (
     greedy_candidates,
     measure_sensitivity,
 )
-from autotune.space import build_space, load_preset
 
 TESTS = Path(__file__).parent
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from tiny_tasks import conv_task
 
-from autotune.artifact import ArtifactBuilder
+from autotune.build._builder import ArtifactBuilder
 from autotune.errors import UserError
-from autotune.profiles import available_profiles, load_profile
-from autotune.space import Candidate, build_space, load_preset
-from autotune.task import Task
-from autotune.zoo import MLP, ConcatNet, TinyTransformer, resnet18
+from autotune.space._profiles import available_profiles, load_profile
+from autotune.space._space import Candidate, build_space, load_preset
+from autotune.task._task import Task
+from autotune.task.zoo import MLP, ConcatNet, TinyTransformer, resnet18
 
 
 def task_for(model: torch.nn.Module, x: torch.Tensor) -> Task:

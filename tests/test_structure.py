@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, no oversized modules, an agent that stays light."""
+"""The package's shape: stages imported in data-flow order, private modules kept private, no
+import cycles, no oversized modules, an agent that stays light."""
 
 from __future__ import annotations
 
@@ -10,7 +11,36 @@ from pathlib import Path
 import autotune
 
 PKG = Path(autotune.__file__).parent
-MAX_LINES = 350
+MAX_LINES = 500  # a module holds one concept; past this it is two
+
+# The data flow, first to last. A module may import its own stage and the stages before it,
+# never a later one (docs/architecture.md draws the same list).
+STAGES: list[tuple[str, ...]] = [
+    (
+        "autotune",
+        "autotune.errors",
+        "autotune.records",
+        "autotune.wire",
+        "autotune.budget",
+        "autotune._util",
+        "autotune._yaml",
+        "autotune._tempdir",
+        "autotune._interrupt",
+    ),
+    ("autotune.task",),
+    ("autotune.devices",),
+    ("autotune.knobs",),
+    ("autotune.space",),
+    ("autotune.build",),
+    ("autotune.measure",),
+    ("autotune.agent",),
+    ("autotune.study",),
+    ("autotune.report",),
+    ("autotune.result",),
+    ("autotune.tune",),
+    ("autotune.commands",),
+    ("autotune.api", "autotune.cli", "autotune.__main__"),
+]
 
 
 def _module_name(path: Path) -> str:
@@ -127,3 +157,48 @@ def test_the_agent_side_loads_neither_torch_nor_gpu_runtimes() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"the agent side imported: {out.stdout.strip()}"
+
+
+def _stage(module: str) -> int:
+    """The stage of ``module``: the stage of its longest listed prefix."""
+    best, found = -1, -1
+    for i, names in enumerate(STAGES):
+        for n in names:
+            if (module == n or module.startswith(n + ".")) and len(n) > best:
+                best, found = len(n), i
+    assert found >= 0, f"{module} is in no stage: add it to STAGES and docs/architecture.md"
+    return found
+
+
+def _violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for mod, targets in graph.items():
+        for t in targets:
+            if _stage(t) > _stage(mod):
+                bad.append(f"{mod} imports the later stage {t}")
+            # a private module (`pkg._x`) belongs to its package: only modules inside pkg import it
+            parts = t.split(".")
+            for i, part in enumerate(parts[1:], start=1):
+                owner = ".".join(parts[:i])
+                if part.startswith("_") and not (mod == owner or mod.startswith(owner + ".")):
+                    bad.append(f"{mod} imports {t}, private to {owner}")
+                    break
+    return sorted(bad)
+
+
+def test_stages_import_only_earlier_stages_and_no_other_package_private_module() -> None:
+    bad = _violations(_graph())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_stage_rule_catches_a_backward_and_a_private_import() -> None:
+    graph = {
+        "autotune.space._space": {"autotune.tune._loop"},
+        "autotune.result._pareto": {"autotune.study._trials", "autotune.study"},
+        "autotune.study._guide": {"autotune.study._trials"},
+    }
+    assert _violations(graph) == [
+        "autotune.result._pareto imports autotune.study._trials, private to autotune.study",
+        "autotune.space._space imports autotune.tune._loop, private to autotune.tune",
+        "autotune.space._space imports the later stage autotune.tune._loop",
+    ]

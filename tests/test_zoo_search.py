@@ -8,9 +8,9 @@ from tiny_tasks import agreement_task
 
 import autotune
 from autotune.devices import Protocol
-from autotune.profiles import load_profile
-from autotune.space import build_space, load_preset
-from autotune.zoo import MobileNetV3, ShuffleNet
+from autotune.space._profiles import load_profile
+from autotune.space._space import build_space, load_preset
+from autotune.task.zoo import MobileNetV3, ShuffleNet
 
 
 def run(task: autotune.Task, tmp_path: Path, trials: int = 7) -> autotune.ParetoSet:

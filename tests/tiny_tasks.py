@@ -12,7 +12,7 @@ import time
 import torch
 from torch import nn
 
-from autotune.task import Runner, Task
+from autotune.task._task import Runner, Task
 
 
 class TinyResNet(nn.Module):

@@ -111,8 +111,7 @@ class Runner:
         apply_memory_limit("info")  # probing GPU backends may initialise CUDA
 
         from autotune import __version__
-        from autotune.devices import BACKENDS, Protocol, RuntimeOptions
-        from autotune.devices._fingerprint import host_fingerprint
+        from autotune.devices import BACKENDS, Protocol, RuntimeOptions, host_fingerprint
 
         backends: dict[str, Any] = {}
         for name, cls in BACKENDS.items():

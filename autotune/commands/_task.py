@@ -17,14 +17,14 @@ def load_task(spec: str | None, data: str | None = None) -> Task:
     if data is not None and not Path(data).is_file():
         raise UserError(f"--data {data}: no such file")
     if spec is None:
-        from autotune.demo import demo_task
+        from autotune.task.demo import demo_task
 
         return demo_task()
     if spec.endswith(".onnx"):
         path = Path(spec)
         if not path.is_file():
             raise UserError(f"--model {spec}: no such ONNX file")
-        from autotune.onnx_task import onnx_task
+        from autotune.task import onnx_task
 
         return onnx_task(path, data=Path(data) if data else None)
     module_name, sep, func_name = spec.partition(":")

@@ -18,7 +18,7 @@ def profile_rows() -> list[dict[str, Any]]:
     """One row per device profile: name, backend, usable, why not, capability warnings."""
     from autotune.devices import BACKENDS
     from autotune.errors import UserError
-    from autotune.profiles import available_profiles, load_profile
+    from autotune.space import available_profiles, load_profile
 
     rows = []
     for name in available_profiles():

@@ -131,7 +131,7 @@ def _reference(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]], tmp
     from autotune._util import sha256_file
     from autotune.devices import Reference
     from autotune.errors import UserError
-    from autotune.measure._canary import canary_inputs, write_canary
+    from autotune.measure import canary_inputs, write_canary
 
     if args.reference == "none":
         return None
@@ -254,8 +254,8 @@ def run(args: argparse.Namespace) -> int:
     from autotune._util import sha256_file
     from autotune.devices import RuntimeOptions, device_for_profile
     from autotune.errors import UserError
-    from autotune.measure._reference import pair_separately
-    from autotune.profiles import load_profile
+    from autotune.measure import pair_separately
+    from autotune.space import load_profile
 
     model = Path(args.model)
     if not model.is_file():

@@ -96,8 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # check the cheap arguments before loading torch or the model, so bad input fails fast
-    from autotune.config import SearchConfig
     from autotune.records import Protocol
+    from autotune.study import SearchConfig
 
     cfg = SearchConfig(
         budget=args.budget,
@@ -126,9 +126,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from autotune.commands._task import load_task
     from autotune.devices import device_for_profile
-    from autotune.profiles import load_profile
-    from autotune.space import load_preset
-    from autotune.study import run_search
+    from autotune.space import load_preset, load_profile
+    from autotune.tune import run_search
 
     load_preset(args.space)
     # reach the device before loading a model: an unreachable agent should fail in a second

@@ -35,14 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.artifact import ArtifactBuilder
+    from autotune.build import ArtifactBuilder, Recovery
     from autotune.commands._task import load_task
     from autotune.devices import Protocol, device_for_profile
     from autotune.measure import Measurer
-    from autotune.profiles import load_profile
-    from autotune.recover import Recovery
-    from autotune.sensitivity import FILE_NAME, candidate_probe, measure_sensitivity
-    from autotune.space import build_space, load_preset
+    from autotune.space import build_space, load_preset, load_profile
+    from autotune.study import FILE_NAME, candidate_probe, measure_sensitivity
 
     recovery = Recovery(mode=args.recover, steps=args.recover_steps)
     profile = load_profile(args.device)

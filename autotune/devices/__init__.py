@@ -27,8 +27,11 @@ from autotune.devices._base import (
     RuntimeOptions,
     Status,
 )
+from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._paired import median_ci
 
-if TYPE_CHECKING:  # the public class names, for type checkers (resolved lazily at run time)
+if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run time)
+    from autotune.devices._ort import session_options
     from autotune.devices.ort_cpu import OrtCpuDevice
     from autotune.devices.ort_gpu import OrtCudaDevice, OrtTensorrtDevice
     from autotune.devices.tensorrt_engine import TensorrtDevice
@@ -86,6 +89,10 @@ _CLASSES = {spec.split(":")[1]: name for name, spec in _REGISTRY.items() if name
 def __getattr__(name: str) -> Any:
     if name in _CLASSES:
         return BACKENDS[_CLASSES[name]]
+    if name == "session_options":  # onnxruntime's session options; loads onnxruntime
+        from autotune.devices._ort import session_options
+
+        return session_options
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -124,4 +131,7 @@ __all__ = [
     "TensorrtDevice",
     "TorchCudaDevice",
     "device_for_profile",
+    "host_fingerprint",
+    "median_ci",
+    "session_options",
 ]

@@ -39,7 +39,7 @@ from autotune.errors import UserError
 from autotune.wire import DEFAULT_TOKEN_FILE, PROTOCOL_VERSION, TOKEN_ENV, encode_inputs
 
 if TYPE_CHECKING:
-    from autotune.profiles import DeviceProfile
+    from autotune.space import DeviceProfile
 
 __all__ = ["RemoteDevice", "RemoteOptions", "read_client_token"]
 

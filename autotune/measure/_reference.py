@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from autotune.devices._paired import median_ci
+from autotune.devices import median_ci
 from autotune.records import Measurement
 
 

@@ -6,7 +6,7 @@ drawn by it, so the report opens with no network. It is rebuilt from the Optuna
 storage alone (``autotune report runs/STUDY``), so it can be regenerated at any time.
 
 Modules: :mod:`~autotune.report.page` (verdict, facts, tables), :mod:`~autotune.report.pareto`
-(front, objectives), :mod:`~autotune.report.progress` (best accuracy, hypervolume),
+(front, objectives), :mod:`~autotune.report._history` (best accuracy, hypervolume),
 :mod:`~autotune.report.layers` (per-layer configuration, sensitivity, importances),
 :mod:`~autotune.report.latency` (latency distributions); :mod:`~autotune.report.browser` opens
 a report in headless Chromium for the test and the benchmark.
@@ -22,6 +22,10 @@ import plotly.graph_objects as go
 
 from autotune.report import plotlyjs
 from autotune.report._common import View, esc, figure_html
+from autotune.report._history import progress_figure
+from autotune.report._summary import predictor_line
+from autotune.report._summary import summary as summary_text
+from autotune.report._summary import table as summary_table
 from autotune.report.latency import latency_figure
 from autotune.report.layers import config_figure, importance_figure, importances, sensitivity_figure
 from autotune.report.page import (
@@ -34,12 +38,18 @@ from autotune.report.page import (
     verdict,
 )
 from autotune.report.pareto import front_figure, objectives_figure
-from autotune.report.progress import progress_figure
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet
 
-__all__ = ["build_html", "default_path", "write_report"]
+__all__ = [
+    "build_html",
+    "default_path",
+    "predictor_line",
+    "summary_table",
+    "summary_text",
+    "write_report",
+]
 
 
 def default_path(study_name: str) -> Path:

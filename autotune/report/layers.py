@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from autotune._util import error_line
 from autotune.knobs import KNOBS, value_label
 from autotune.report._common import CHOSEN, PARETO, View, aggressiveness, base_layout, trial_name
-from autotune.run import TrialRecord
+from autotune.study import TrialRecord
 
 #: fewer completed trials than this and importances are noise
 MIN_TRIALS_FOR_IMPORTANCE = 8

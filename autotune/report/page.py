@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from autotune._util import first_line
 from autotune.report._common import View, esc, latency_flags
-from autotune.run import DB_NAME, TrialRecord
-from autotune.summary import predictor_line
+from autotune.report._summary import predictor_line
+from autotune.study import DB_NAME, TrialRecord
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult

@@ -1,10 +1,10 @@
 """Knobs: what may change in a layer, and which values are valid; and the study-level knobs.
 
 Each per-layer knob knows its "unchanged" value and parses YAML values. How a knob is applied
-lives with its stage of the data flow: width and sparsity in :mod:`autotune.compress` (torch),
-bit-width in :mod:`autotune.quantize` (ONNX). Study-level knobs take one value for the whole
+lives with its stage of the data flow: width and sparsity in :mod:`autotune.knobs._prune` (torch),
+bit-width in :mod:`autotune.knobs._quantize` (ONNX). Study-level knobs take one value for the whole
 candidate: runtime (session) options, measured by the device, and the quantization recipe
-(:mod:`autotune.recipes`). The first value of each is the default: what autotune did before.
+(:mod:`autotune.knobs._recipe`). The first value of each is the default: what autotune did before.
 """
 
 from __future__ import annotations

@@ -20,15 +20,25 @@ import optuna
 
 from autotune._util import error_line
 from autotune._yaml import check_keys, load_mapping
-from autotune.compress import prunable_layers, supports_two_four
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
-from autotune.knobs import KNOBS, KnobValue, study_section, value_label
-from autotune.onnx_export import export_onnx, layer_nodes, output_nodes, weighted_nodes
-from autotune.probe import quantizable, width_roots
-from autotune.profiles import DeviceProfile, data_dir
-from autotune.recipes import Recipe, describe_study, from_params, has_transformer, study_choices
-from autotune.task import Task
+from autotune.knobs import (
+    KNOBS,
+    KnobValue,
+    Recipe,
+    describe_study,
+    from_params,
+    has_transformer,
+    prunable_layers,
+    quantizable,
+    study_choices,
+    study_section,
+    supports_two_four,
+    value_label,
+    width_roots,
+)
+from autotune.space._profiles import DeviceProfile, data_dir
+from autotune.task import Task, export_onnx, layer_nodes, output_nodes, weighted_nodes
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from autotune._util import error_line
-from autotune.compress import check_width_roots, width_groups
-from autotune.quantize import quantize_model
+from autotune.knobs._prune import check_width_roots, width_groups
+from autotune.knobs._quantize import quantize_model
 
 MAX_NAMED = 4  # layers named in one note before "and N more"
 

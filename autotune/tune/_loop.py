@@ -24,34 +24,37 @@ from optuna.trial import TrialState
 from autotune import __version__
 from autotune._interrupt import interrupts_outside_optuna
 from autotune._util import error_line
-from autotune.artifact import ArtifactBuilder
 from autotune.budget import format_ms
-from autotune.config import SearchConfig
+from autotune.build import ArtifactBuilder, Recovery
 from autotune.devices import Device, device_for_profile
 from autotune.devices import Reference as TimingReference
 from autotune.errors import CandidateError, UserError
-from autotune.evaluate import evaluate_artifact
-from autotune.guide import (
+from autotune.measure import Measurer, confirm
+from autotune.result import ParetoSet
+from autotune.space import Candidate, DeviceProfile, SearchSpace, build_space, load_preset, load_profile
+from autotune.study import (
+    DB_NAME,
+    FAILURES_DIR,
+    PREDICTED_KEY,
+    PREDICTION_KEY,
     Reference,
+    RunMeta,
+    SearchConfig,
+    StudyPredictor,
+    TrialRecord,
     baseline_latencies,
     baselines_within,
+    counted,
+    enqueue_baselines,
     enqueue_final,
     infeasible_message,
+    make_sampler,
     measure_reference,
     sensitivity_for_report,
     sensitivity_guidance,
 )
-from autotune.measure import Measurer, confirm
-from autotune.onnx_export import input_names
-from autotune.profiles import DeviceProfile, load_profile
-from autotune.progress import ProgressBar
-from autotune.recover import Recovery
-from autotune.result import ParetoSet
-from autotune.run import DB_NAME, FAILURES_DIR, RunMeta, TrialRecord
-from autotune.samplers import make_sampler
-from autotune.space import Candidate, SearchSpace, build_space, load_preset
-from autotune.study_trials import PREDICTED_KEY, PREDICTION_KEY, StudyPredictor, counted, enqueue_baselines
-from autotune.task import Task
+from autotune.task import Task, evaluate_artifact, input_names
+from autotune.tune._progress import ProgressBar
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-exported for callers
 

@@ -17,14 +17,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune import recipes, summary
 from autotune.budget import Limit
 from autotune.errors import UserError
+from autotune.knobs import export_fields
 from autotune.measure import confirm
 from autotune.records import Measurement
-from autotune.run import DB_NAME, RunMeta, TrialRecord
+from autotune.report import summary_table, summary_text
 from autotune.space import Candidate
-from autotune.study_trials import PREDICTED_KEY, skipped
+from autotune.study import DB_NAME, PREDICTED_KEY, RunMeta, TrialRecord, skipped
 
 
 @dataclass
@@ -112,7 +112,7 @@ class TrialResult:
             "config": self.candidate.to_dict(),
             "fingerprint": m.fingerprint,
         }
-        info.update(recipes.export_fields(self.candidate, m, self.artifact_path, self.number))
+        info.update(export_fields(self.candidate, m, self.artifact_path, self.number))
         path.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str))
         return path
 
@@ -315,7 +315,7 @@ class ParetoSet:
 
     # -- text output (autotune/summary.py) --------------------------------------------------
     def table(self) -> str:
-        return summary.table(self)
+        return summary_table(self)
 
     def summary(self) -> str:
-        return summary.summary(self)
+        return summary_text(self)

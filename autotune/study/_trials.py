@@ -1,7 +1,7 @@
 """The study's trials around the objective: the baselines enqueued first, which trials count
 toward ``--trials``, and the latency predictor's skips (issue 10).
 
-The predictor (:mod:`autotune.predictor`) learns the latency ratio of the candidates measured so
+The predictor (:mod:`autotune.study._predictor`) learns the latency ratio of the candidates measured so
 far, per device and per study, from the built artifacts. Once trained, a *sampled* candidate it
 puts beyond the budget by the safe margin is built but not measured or evaluated: the trial is
 recorded as PRUNED with the predicted figure under :data:`PREDICTED_KEY` (never as a
@@ -19,12 +19,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from autotune import predictor as _predictor
 from autotune.budget import Limit
-from autotune.predictor import LatencyPredictor
 from autotune.records import RuntimeOptions
-from autotune.run import TrialRecord
 from autotune.space import SearchSpace
+from autotune.study import _predictor
+from autotune.study._predictor import LatencyPredictor
+from autotune.study._records import TrialRecord
 
 #: trial user attribute of a candidate the predictor skipped: its predicted figure
 PREDICTED_KEY = "predicted"

@@ -10,7 +10,7 @@ from autotune._yaml import check_keys, load_mapping
 from autotune.errors import UserError
 from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue, study_section
 
-_ROOT = Path(__file__).resolve().parent
+_ROOT = Path(__file__).resolve().parent.parent  # the autotune package
 
 
 def data_dir(name: str) -> Path:

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from autotune._onnx_stats import FAMILIES, KERNELS, KernelWork, LayerStats, kernel_work, layer_stats
 from autotune.records import RuntimeOptions
 from autotune.space import SearchSpace
+from autotune.study._onnx_stats import FAMILIES, KERNELS, KernelWork, LayerStats, kernel_work, layer_stats
 
 __all__ = ["KernelWork", "LatencyPredictor", "LayerStats", "kernel_work", "layer_stats"]
 

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import psutil
 import torch
 
-from autotune.task import Task
+from autotune.task._task import Task
 
 
 class OrtRunner:

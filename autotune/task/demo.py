@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from autotune._util import cache_root
-from autotune.task import Runner, Task
-from autotune.zoo import DigitsNet
+from autotune.task._task import Runner, Task
+from autotune.task.zoo import DigitsNet
 
 #: Bump whenever DigitsNet, the data pipeline or the training recipe changes.
 DEMO_VERSION = "v1"

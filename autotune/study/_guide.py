@@ -15,10 +15,10 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.errors import UserError
-from autotune.evaluate import evaluate_artifact
 from autotune.records import RuntimeOptions
-from autotune.sensitivity import FILE_NAME as SENSITIVITY_FILE
-from autotune.sensitivity import (
+from autotune.space import Candidate, SearchSpace
+from autotune.study._sensitivity import FILE_NAME as SENSITIVITY_FILE
+from autotune.study._sensitivity import (
     Table,
     breaking_values,
     candidate_probe,
@@ -26,8 +26,7 @@ from autotune.sensitivity import (
     greedy_candidates,
     measure_sensitivity,
 )
-from autotune.space import Candidate, SearchSpace
-from autotune.task import Task
+from autotune.task import Task, evaluate_artifact
 
 
 @dataclass

@@ -180,8 +180,7 @@ def greedy_candidates(
 
 def candidate_probe(task: Any, space: SearchSpace, builder: Any, measurer: Any) -> Probe:
     """The real thing: build the candidate's artifact, measure it on the device, score it."""
-    from autotune.evaluate import evaluate_artifact
-    from autotune.onnx_export import input_names
+    from autotune.task import evaluate_artifact, input_names
 
     names = input_names(len(task.example_inputs))
     inputs = {n: t.detach().cpu().numpy() for n, t in zip(names, task.example_inputs, strict=True)}

@@ -76,8 +76,8 @@ class SearchConfig:
     timeout_s: float | None = field(init=False)
 
     def __post_init__(self) -> None:
-        from autotune.recover import MODES
-        from autotune.samplers import SAMPLERS
+        from autotune.build import MODES
+        from autotune.study._samplers import SAMPLERS
 
         self.budget_spec = parse_budget_spec(self.budget)
         self.floor = None if self.max_drop is None else parse_max_drop(self.max_drop)

@@ -23,13 +23,11 @@ import torch
 
 from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import error_line, sha256_file
-from autotune.compress import apply_sparsity, make_permanent, prune_width
+from autotune.build._recover import Recovery, recover
 from autotune.errors import CandidateError
-from autotune.onnx_export import export_onnx
-from autotune.quantize import quantize_model
-from autotune.recover import Recovery, recover
+from autotune.knobs import apply_sparsity, make_permanent, prune_width, quantize_model
 from autotune.space import Candidate, SearchSpace
-from autotune.task import Task
+from autotune.task import Task, export_onnx
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from autotune._util import cache_root
-from autotune.knobs import RECIPE_KNOBS, RUNTIME_KNOBS, KnobValue
+from autotune.knobs._values import RECIPE_KNOBS, RUNTIME_KNOBS, KnobValue
 from autotune.records import RuntimeOptions
 
 FUSIONS_KEY = "autotune.fusions"  # model metadata: what the transformer optimizer fused
@@ -159,7 +159,7 @@ def deployment(runtime: RuntimeOptions, measured: dict[str, Any], extra: dict[st
     """
     if measured and RuntimeOptions.from_dict(measured) != runtime:
         raise ValueError(f"measured with {measured}, not with its own session options {runtime.to_dict()}")
-    from autotune.devices._ort import session_options
+    from autotune.devices import session_options
 
     so = session_options(runtime)
     out: dict[str, Any] = {

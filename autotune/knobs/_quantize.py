@@ -1,6 +1,6 @@
 """ONNX-side knob: per-layer bit-width, quantized the way the candidate's recipe says.
 
-* 8 bit: static quantization through onnxruntime.quantization, as the :class:`~autotune.recipes.Recipe`
+* 8 bit: static quantization through onnxruntime.quantization, as the :class:`~autotune.knobs._recipe.Recipe`
   says (by default QDQ, per channel, u8 activations, s8 weights, MinMax); the layers kept at
   higher precision are passed as ``nodes_to_exclude``; calibration ranges are cached;
 * 4 bit: weight-only MatMulNBits (MatMul nodes only), ``accuracy_level=4`` for the fast kernel;
@@ -30,8 +30,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from autotune.onnx_export import weighted_nodes
-from autotune.recipes import FUSIONS_KEY, Recipe, calibration_cache, publish
+from autotune.knobs._recipe import FUSIONS_KEY, Recipe, calibration_cache, publish
+from autotune.task import weighted_nodes
 
 INT4_BLOCK_SIZE = 32
 _METHODS = {

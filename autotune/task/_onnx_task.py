@@ -20,8 +20,8 @@ import torch
 
 from autotune._util import error_line
 from autotune.errors import UserError
-from autotune.evaluate import OrtRunner
-from autotune.task import Runner, Task
+from autotune.task._evaluate import OrtRunner
+from autotune.task._task import Runner, Task
 
 _N_EVAL = 64  # synthetic inputs the fidelity is computed on
 N_CALIBRATION = 256  # rows of --data used for calibration when it has no calib_<input> arrays

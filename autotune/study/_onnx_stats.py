@@ -1,5 +1,5 @@
 """What the latency predictor reads off an ONNX artifact: the work it asks of onnxruntime, as
-onnxruntime's own graph optimiser will run it (:mod:`autotune.predictor`).
+onnxruntime's own graph optimiser will run it (:mod:`autotune.study._predictor`).
 
 The artifact's weighted nodes give the multiply-adds (from the real, pruned shapes); the graph
 onnxruntime optimises from it says which kernel each of them runs on: a fused int8 kernel
@@ -104,7 +104,7 @@ def optimized_graph(onnx_path: Path, runtime: RuntimeOptions | None = None) -> o
     the session options the candidate is measured with."""
     import onnxruntime as ort
 
-    from autotune.devices._ort import session_options
+    from autotune.devices import session_options
 
     options = session_options(runtime or RuntimeOptions())
     fd, out = tempfile.mkstemp(suffix=".onnx", prefix="autotune-optimized-")
