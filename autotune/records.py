@@ -33,7 +33,7 @@ class RuntimeOptions:
     """Session options that change latency: part of the measurement cache key."""
 
     threads: int = 1
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    graph_optimization: Literal["all", "extended", "basic", "disable"] = "all"
     affinity: tuple[int, ...] | None = None  # CPU cores to pin the measuring process to
     precision: Literal["fp32", "fp16"] = "fp32"  # GPU backends: build precision
     # ORT_PARALLEL runs independent branches concurrently (inter-op pool of ``threads``)

@@ -60,8 +60,8 @@ from autotune._util import cache_root
 from autotune.build._builder import ArtifactBuilder
 from autotune.build._recover import Recovery
 from autotune.devices import OrtCpuDevice, Protocol, Reference
-from autotune.knobs._recipe import RECIPE_KNOBS
-from autotune.knobs._values import KNOBS
+from autotune.knobs import LAYER_KNOBS as KNOBS
+from autotune.knobs import RECIPE_KNOBS
 from autotune.measure import Measurer
 from autotune.space._profiles import load_profile
 from autotune.space._space import SearchSpace, build_space, load_preset

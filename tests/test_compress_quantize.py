@@ -8,8 +8,9 @@ import onnx
 import pytest
 import torch
 
-from autotune.knobs._prune import apply_sparsity, make_permanent, prune_width, two_four_mask
 from autotune.knobs._quantize import quantize_model
+from autotune.knobs._sparsity import apply_sparsity, make_permanent, two_four_mask
+from autotune.knobs._width import prune_width
 from autotune.task._evaluate import OrtRunner
 from autotune.task._onnx_export import export_onnx, layer_nodes
 from autotune.task.zoo import ConcatNet, TinyTransformer, resnet18

@@ -22,8 +22,8 @@ from autotune.devices import BACKENDS, OrtCpuDevice, Protocol, RuntimeOptions
 from autotune.devices._onnx_info import analyse, is_2_4
 from autotune.devices._onnx_torch import OnnxModule
 from autotune.devices.tensorrt_engine import build_plan, engine_key
-from autotune.knobs._prune import apply_sparsity, make_permanent
 from autotune.knobs._quantize import quantize_model
+from autotune.knobs._sparsity import apply_sparsity, make_permanent
 from autotune.measure._canary import canary_inputs, write_canary
 from autotune.space._profiles import load_profile
 from autotune.task._onnx_export import export_onnx, weighted_nodes

@@ -13,9 +13,9 @@ from tiny_tasks import conv_task
 from autotune.devices import RuntimeOptions
 from autotune.devices._ort import session_options
 from autotune.errors import UserError
+from autotune.knobs import RECIPE_KNOBS, RUNTIME_KNOBS
 from autotune.knobs._quantize import quantize_model
 from autotune.knobs._recipe import Recipe, describe_study
-from autotune.knobs._values import RECIPE_KNOBS, RUNTIME_KNOBS
 from autotune.space._profiles import load_profile
 from autotune.space._space import Candidate, Preset, build_space, load_preset
 from autotune.task._evaluate import OrtRunner

@@ -12,7 +12,7 @@ from autotune._util import sha256_file
 from autotune.build._builder import ArtifactBuilder
 from autotune.build._recover import Recovery, distill, recalibrate_bn, recover
 from autotune.errors import UserError
-from autotune.knobs._prune import prune_width
+from autotune.knobs._width import prune_width
 from autotune.space._profiles import load_profile
 from autotune.space._space import build_space, load_preset
 from autotune.task.zoo import DigitsNet

@@ -1,7 +1,8 @@
 """Artifact: the deployable ONNX file of one candidate, content-hashed.
 
-candidate -> (width, sparsity, recovery on a copy of the torch model) -> ONNX export ->
-per-layer quantization -> ``artifacts/<sha256>.onnx``. Every stage is timed; a stage that fails
+candidate -> torch-side knobs (width, sparsity) and recovery on a copy of the torch model ->
+ONNX export -> ONNX-side knobs (bit-width, as the candidate's recipe says) ->
+``artifacts/<sha256>.onnx``. Every stage is timed; a stage that fails
 raises :class:`CandidateError` naming it. When recovery ran, the same candidate without recovery
 is built too (into a scratch folder), so its accuracy before recovery can be recorded.
 """
@@ -25,7 +26,7 @@ from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import error_line, sha256_file
 from autotune.build._recover import Recovery, recover
 from autotune.errors import CandidateError
-from autotune.knobs import apply_sparsity, make_permanent, prune_width, quantize_model
+from autotune.knobs import LAYER_KNOBS, BuildContext, KnobValue, OnnxKnob, TorchKnob, changes_weights
 from autotune.space import Candidate, SearchSpace
 from autotune.task import Task, export_onnx
 
@@ -132,43 +133,57 @@ class ArtifactBuilder:
             unrecovered=unrecovered,
         )
 
+    def _context(self, candidate: Candidate) -> BuildContext:
+        return BuildContext(
+            example_inputs=self.task.example_inputs,
+            calibration=self.task.calibration,
+            nodes={layer.name: layer.onnx_node for layer in self.space.layers},
+            ignored=self.space.ignored,
+            recipe=candidate.recipe,
+        )
+
+    @staticmethod
+    def _choices(candidate: Candidate, knob: str) -> dict[str, KnobValue]:
+        return {name: cfg[knob] for name, cfg in candidate.layers.items() if knob in cfg}
+
     def _quantize(self, candidate: Candidate, src: Path, dst: Path) -> None:
-        bits = {
-            layer.onnx_node: int(candidate.value(layer.name, "bits"))
-            for layer in self.space.layers
-            if candidate.value(layer.name, "bits") != 32
-        }
-        if bits or candidate.recipe.optimizer != "none":
-            quantize_model(src, dst, bits, self.task.calibration, candidate.recipe)
-        else:
-            shutil.copyfile(src, dst)
+        """Every ONNX-side knob in registry order, each pass reading the last one's output."""
+        ctx, current = self._context(candidate), src
+        passes = [k for k in LAYER_KNOBS.values() if isinstance(k, OnnxKnob)]
+        for i, knob in enumerate(passes):
+            out = dst if i == len(passes) - 1 else dst.with_name(f"{dst.stem}.{knob.name}.onnx")
+            if knob.apply(current, out, self._choices(candidate, knob.name), ctx):
+                current = out
+        if current != dst:
+            shutil.copyfile(current, dst)
 
     @staticmethod
     def _changes_torch_model(candidate: Candidate) -> bool:
-        """Width or sparsity set anywhere (defaults are not stored in a candidate)."""
-        return any("width" in cfg or "sparsity" in cfg for cfg in candidate.layers.values())
+        """A torch-side knob set anywhere (defaults are not stored in a candidate)."""
+        return changes_weights(candidate.layers)
 
     def _compress(
         self, candidate: Candidate, stage: Callable[[str], Any], before: Path | None
     ) -> tuple[torch.nn.Module, list[str]]:
         """Pruned (and recovered) copy of the model; ``before`` gets the un-recovered export."""
         teacher = self.task.model.eval()
-        widths = {name: float(cfg["width"]) for name, cfg in candidate.layers.items() if "width" in cfg}
-        sparsity = {name: cfg["sparsity"] for name, cfg in candidate.layers.items() if "sparsity" in cfg}
+        ctx = self._context(candidate)
+        knobs = [k for k in LAYER_KNOBS.values() if isinstance(k, TorchKnob)]
         with stage("compress"):
             model = copy.deepcopy(teacher)
-            prune_width(model, self.task.example_inputs, widths, self.space.ignored)
-            masked = apply_sparsity(model, sparsity)
+            for knob in knobs:
+                knob.apply(model, self._choices(candidate, knob.name), ctx)
         ran: list[str] = []
-        if widths or masked:
-            if before is not None:
-                with stage("export"):
-                    unrecovered = copy.deepcopy(model)
-                    make_permanent([m for m in unrecovered.modules() if hasattr(m, "weight_orig")])
-                    export_onnx(unrecovered.eval(), self.task.example_inputs, before)
-            with stage("finetune"):  # the stage name the cost split already uses for recovery
-                ran = recover(model, teacher, self.task, self.recovery)
+        if before is not None:
+            with stage("export"):
+                unrecovered = copy.deepcopy(model)
+                for knob in knobs:
+                    knob.finish(unrecovered)
+                export_onnx(unrecovered.eval(), self.task.example_inputs, before)
+        with stage("finetune"):  # the stage name the cost split already uses for recovery
+            ran = recover(model, teacher, self.task, self.recovery)
         with stage("compress"):
-            make_permanent(masked)
+            for knob in knobs:
+                knob.finish(model)
             model.eval()
         return model, ran

@@ -18,6 +18,7 @@ def profile_rows() -> list[dict[str, Any]]:
     """One row per device profile: name, backend, usable, why not, capability warnings."""
     from autotune.devices import BACKENDS
     from autotune.errors import UserError
+    from autotune.knobs import LAYER_KNOBS
     from autotune.space import available_profiles, load_profile
 
     rows = []
@@ -41,11 +42,14 @@ def profile_rows() -> list[dict[str, Any]]:
             ok, why = False, f"probe failed: {type(exc).__name__}: {exc}"
         row.update(usable=ok, reason=why, capabilities=cls.capabilities.to_dict())
         caps = cls.capabilities
-        for knob, real in (("bits", caps.bits), ("sparsity", caps.sparsity)):
-            extra = [v for v in profile.knobs.get(knob, []) if v not in real]
+        for knob in LAYER_KNOBS.values():
+            real = knob.real_on(caps)
+            if real is None:  # pays on every backend
+                continue
+            extra = [v for v in profile.knobs.get(knob.name, []) if v not in real]
             if extra and profile.backend != "remote":
                 row["warnings"].append(
-                    f"{knob} {extra} listed, but {profile.backend} does not make them real"
+                    f"{knob.name} {extra} listed, but {profile.backend} does not make them real"
                 )
         rows.append(row)
     return rows

@@ -1,17 +1,33 @@
 """Knobs: what a candidate can change, and how each change is applied.
 
-Per-layer knobs (width, sparsity, bits) and study-level knobs (the quantization recipe, the
-runtime options). Each knob owns its parsing, labels, discovery, application and where it pays.
+Per-layer knobs implement :class:`LayerKnob` (one module each: ``_width``, ``_sparsity``,
+``_bits``) and are listed once, in :data:`LAYER_KNOBS`, by :func:`register`. The space, the
+builder, the baselines, the report, the sensitivity table, device profiles and ``autotune
+devices`` read that registry, so a new knob is one module plus one :func:`register` line.
+Order matters: torch-side knobs are applied in registry order (width before sparsity masks).
+
+Study-level knobs (:data:`STUDY_KNOBS`) take one value per candidate: the runtime (session)
+options and the quantization :class:`Recipe`.
+
+Example, a knob of your own::
+
+    from autotune.knobs import TorchKnob, register
+
+    class Dropout(TorchKnob): ...   # name, default, help, parse, discover, apply
+
+    register(Dropout())
 """
 
-from autotune.knobs._probe import name_layers, quantizable, width_roots
-from autotune.knobs._prune import (
-    apply_sparsity,
-    make_permanent,
-    prunable_layers,
-    prune_width,
-    supports_two_four,
+from autotune.knobs._base import (
+    BuildContext,
+    Discovery,
+    KnobValue,
+    LayerKnob,
+    OnnxKnob,
+    TorchKnob,
+    name_layers,
 )
+from autotune.knobs._bits import Bits
 from autotune.knobs._quantize import quantize_model
 from autotune.knobs._recipe import (
     Recipe,
@@ -23,41 +39,83 @@ from autotune.knobs._recipe import (
     host_has_vnni,
     study_choices,
 )
-from autotune.knobs._values import (
-    KNOBS,
+from autotune.knobs._sparsity import Sparsity
+from autotune.knobs._study import (
     RECIPE_KNOBS,
     RUNTIME_KNOBS,
-    Knob,
-    KnobValue,
+    STUDY_KNOBS,
+    StudyKnob,
     study_section,
     study_values,
-    value_label,
 )
+from autotune.knobs._width import Width
+
+#: every per-layer knob, by name, in the order they are applied
+LAYER_KNOBS: dict[str, LayerKnob] = {}
+
+
+def register(knob: LayerKnob) -> LayerKnob:
+    """Make ``knob`` a per-layer knob of every search from now on; returns it."""
+    LAYER_KNOBS[knob.name] = knob
+    return knob
+
+
+def unregister(name: str) -> None:
+    LAYER_KNOBS.pop(name, None)
+
+
+register(Width())
+register(Sparsity())
+register(Bits())
+
+
+def value_label(knob: str, value: KnobValue) -> str:
+    """``bits 8`` -> ``int8``, ``width 0.5`` -> ``w0.5``; a knob no longer registered (an old
+    study) reads ``knob value``."""
+    k = LAYER_KNOBS.get(knob)
+    return k.label(value) if k is not None else f"{knob} {value}"
+
+
+def default_of(knob: str) -> KnobValue | None:
+    k = LAYER_KNOBS.get(knob)
+    return k.default if k is not None else None
+
+
+def changes_weights(layers: dict[str, dict[str, KnobValue]]) -> bool:
+    """Whether a candidate's per-layer choices change the torch model (so recovery applies)."""
+    return any(isinstance(LAYER_KNOBS.get(k), TorchKnob) for cfg in layers.values() for k in cfg)
+
 
 __all__ = [
-    "KNOBS",
+    "LAYER_KNOBS",
     "RECIPE_KNOBS",
     "RUNTIME_KNOBS",
-    "Knob",
+    "STUDY_KNOBS",
+    "Bits",
+    "BuildContext",
+    "Discovery",
     "KnobValue",
+    "LayerKnob",
+    "OnnxKnob",
     "Recipe",
-    "apply_sparsity",
+    "Sparsity",
+    "StudyKnob",
+    "TorchKnob",
+    "Width",
+    "changes_weights",
+    "default_of",
     "deployment",
     "describe_study",
     "export_fields",
     "from_params",
     "has_transformer",
     "host_has_vnni",
-    "make_permanent",
     "name_layers",
-    "prunable_layers",
-    "prune_width",
-    "quantizable",
     "quantize_model",
+    "register",
     "study_choices",
     "study_section",
     "study_values",
-    "supports_two_four",
+    "unregister",
     "value_label",
-    "width_roots",
 ]

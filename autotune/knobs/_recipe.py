@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from autotune._util import cache_root
-from autotune.knobs._values import RECIPE_KNOBS, RUNTIME_KNOBS, KnobValue
+from autotune.knobs._base import KnobValue
+from autotune.knobs._study import RECIPE_KNOBS, RUNTIME_KNOBS
 from autotune.records import RuntimeOptions
 
 FUSIONS_KEY = "autotune.fusions"  # model metadata: what the transformer optimizer fused

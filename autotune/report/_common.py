@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from autotune.knobs import KNOBS, KnobValue, value_label
+from autotune.knobs import LAYER_KNOBS, KnobValue, default_of, value_label
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
@@ -70,17 +70,12 @@ def esc(value: Any) -> str:
 
 def aggressiveness(knob: str, value: KnobValue) -> float:
     """How far from the unchanged layer a value is, in [0, 1] (for heatmap colours)."""
-    if knob == "bits":
-        return {32: 0.0, 16: 0.35, 8: 0.7, 4: 1.0}.get(int(value), 0.5)
-    if knob == "width":
-        return min(1.0, max(0.0, (1.0 - float(value)) / 0.75))
-    if knob == "sparsity":
-        return 0.5 if isinstance(value, str) else min(1.0, float(value) / 0.75)
-    return 0.5
+    k = LAYER_KNOBS.get(knob)
+    return k.heat(value) if k is not None else 0.5
 
 
 def layer_label(cfg: dict[str, KnobValue]) -> str:
-    return " ".join(value_label(k, v) for k, v in cfg.items() if v != KNOBS[k].default) or "unchanged"
+    return " ".join(value_label(k, v) for k, v in cfg.items() if v != default_of(k)) or "unchanged"
 
 
 def config_lines(t: TrialResult, limit: int = HOVER_LAYERS) -> list[str]:

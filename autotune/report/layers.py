@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from autotune._util import error_line
-from autotune.knobs import KNOBS, value_label
+from autotune.knobs import LAYER_KNOBS, default_of, value_label
 from autotune.report._common import CHOSEN, PARETO, View, aggressiveness, base_layout, trial_name
 from autotune.study import TrialRecord
 
@@ -33,8 +33,8 @@ def _searched(view: View) -> tuple[list[str], list[str], dict[str, dict[str, lis
         for t in view.result.trials:
             for name, cfg in t.candidate.layers.items():
                 for knob, value in cfg.items():
-                    choices.setdefault(name, {}).setdefault(knob, [KNOBS[knob].default]).append(value)
-    knobs = [k for k in KNOBS if any(len(set(map(str, c.get(k, [])))) > 1 for c in choices.values())]
+                    choices.setdefault(name, {}).setdefault(knob, [default_of(knob)]).append(value)
+    knobs = [k for k in LAYER_KNOBS if any(len(set(map(str, c.get(k, [])))) > 1 for c in choices.values())]
     layers = [name for name, c in choices.items() if any(len(set(map(str, c.get(k, [])))) > 1 for k in knobs)]
     return layers, knobs, choices
 

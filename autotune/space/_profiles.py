@@ -8,7 +8,7 @@ from typing import Any
 
 from autotune._yaml import check_keys, load_mapping
 from autotune.errors import UserError
-from autotune.knobs import KNOBS, RUNTIME_KNOBS, KnobValue, study_section
+from autotune.knobs import LAYER_KNOBS, RUNTIME_KNOBS, KnobValue, study_section
 
 _ROOT = Path(__file__).resolve().parent.parent  # the autotune package
 
@@ -58,11 +58,11 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         if key not in data:
             raise UserError(f"{path}: missing required key {key!r}")
     knobs = data.get("knobs") or {}
-    check_keys(knobs, KNOBS, f"{path}: knobs")
+    check_keys(knobs, LAYER_KNOBS, f"{path}: knobs")
     runtime = data.get("runtime") or {}
     check_keys(runtime, RUNTIME_KNOBS, f"{path}: runtime")
     parsed = {
-        k: [KNOBS[k].parse(v, f"{path}: knobs.{k}") for v in _as_list(vals, path, k)]
+        k: [LAYER_KNOBS[k].check(v, f"{path}: knobs.{k}") for v in _as_list(vals, path, k)]
         for k, vals in knobs.items()
     }
     threads = [_thread_count(v, path) for v in _as_list(runtime.get("threads", [1]), path, "threads")]

@@ -17,25 +17,24 @@ from typing import Any
 
 import onnx
 import optuna
+import torch
 
 from autotune._util import error_line
 from autotune._yaml import check_keys, load_mapping
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
 from autotune.knobs import (
-    KNOBS,
+    LAYER_KNOBS,
+    Discovery,
     KnobValue,
+    OnnxKnob,
     Recipe,
     describe_study,
     from_params,
     has_transformer,
-    prunable_layers,
-    quantizable,
     study_choices,
     study_section,
-    supports_two_four,
     value_label,
-    width_roots,
 )
 from autotune.space._profiles import DeviceProfile, data_dir
 from autotune.task import Task, export_onnx, layer_nodes, output_nodes, weighted_nodes
@@ -60,7 +59,7 @@ class Candidate:
     recipe: Recipe = field(default_factory=Recipe)
 
     def value(self, layer: str, knob: str) -> KnobValue:
-        return self.layers.get(layer, {}).get(knob, KNOBS[knob].default)
+        return self.layers.get(layer, {}).get(knob, LAYER_KNOBS[knob].default)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "runtime": self.runtime.to_dict(), "recipe": self.recipe.to_dict()}
@@ -73,11 +72,11 @@ class Candidate:
     def describe(self) -> str:
         """Short human summary, e.g. ``width 0.5x3 0.75x2 | int8x9 | threads 1``."""
         parts = []
-        for knob in ("width", "sparsity", "bits"):
+        for knob, spec in LAYER_KNOBS.items():
             counts: dict[KnobValue, int] = {}
             for cfg in self.layers.values():
-                v = cfg.get(knob, KNOBS[knob].default)
-                if v != KNOBS[knob].default:
+                v = cfg.get(knob, spec.default)
+                if v != spec.default:
                     counts[v] = counts.get(v, 0) + 1
             if counts:
                 parts.append(" ".join(f"{value_label(knob, v)}x{c}" for v, c in counts.items()))
@@ -118,12 +117,12 @@ def load_preset(name_or_path: str | None) -> Preset:
     def knob_lists(d: Any, where: str) -> dict[str, list[KnobValue]]:
         if not isinstance(d, dict):
             raise UserError(f"{where}: expected a mapping of knob -> list of values")
-        check_keys(d, KNOBS, where)
+        check_keys(d, LAYER_KNOBS, where)
         out = {}
         for k, vals in d.items():
             if not isinstance(vals, list) or not vals:
                 raise UserError(f"{where}.{k}: expected a non-empty list, got {vals!r}")
-            out[k] = [KNOBS[k].parse(v, f"{where}.{k}") for v in vals]
+            out[k] = [LAYER_KNOBS[k].check(v, f"{where}.{k}") for v in vals]
         return out
 
     layers = data.get("layers") or {}
@@ -183,7 +182,7 @@ class SearchSpace:
             cfg = {}
             for knob, values in layer.knobs.items():
                 value = params.get(f"{layer.name}:{knob}", values[0])
-                if value != KNOBS[knob].default:
+                if value != LAYER_KNOBS[knob].default:
                     cfg[knob] = value
             if cfg:
                 layers[layer.name] = cfg
@@ -206,7 +205,7 @@ class SearchSpace:
             p: dict[str, Any] = {}
             for pname, choices in params.items():
                 knob = pname.rsplit(":", 1)[1]
-                default = KNOBS[knob].default if knob in KNOBS else choices[0]
+                default = LAYER_KNOBS[knob].default if knob in LAYER_KNOBS else choices[0]
                 want = recipe.get(knob, default)
                 if want == "min":
                     p[pname] = min(choices, key=lambda v: float(v) if isinstance(v, (int, float)) else 0.0)
@@ -249,9 +248,10 @@ def build_space(
     """Discover layers, then intersect preset values with what the profile says is real."""
     notes: list[str] = []
     allowed: dict[str, list[KnobValue]] = {}
-    for knob_name, knob in KNOBS.items():
-        wanted = preset.knobs.get(knob_name, profile.knobs.get(knob_name, [knob.default]))
-        real = profile.knobs.get(knob_name, [knob.default])
+    for knob_name, knob in LAYER_KNOBS.items():
+        unnamed = list(knob.values) or [knob.default]
+        wanted = preset.knobs.get(knob_name, profile.knobs.get(knob_name, unnamed))
+        real = profile.knobs.get(knob_name, unnamed)
         kept = [v for v in wanted if v in real]
         dropped = [v for v in wanted if v not in real]
         if dropped:
@@ -262,7 +262,7 @@ def build_space(
         allowed[knob_name] = kept or [knob.default]
 
     if isinstance(task.source, Path):
-        layers, ignored = _discover_onnx(task.source, allowed, notes)
+        layers, ignored = _discover_onnx(task, allowed, notes)
     else:
         layers, ignored = _discover_torch(task, preset, allowed, notes)
 
@@ -272,7 +272,7 @@ def build_space(
                 for name, values in override.items():
                     if name in layer.knobs:
                         layer.knobs[name] = [v for v in values if v in layer.knobs[name]] or [
-                            KNOBS[name].default
+                            LAYER_KNOBS[name].default
                         ]
 
     quantized = any(8 in layer.knobs.get("bits", []) for layer in layers)
@@ -283,29 +283,40 @@ def build_space(
     )
 
 
-def _bits_for(op: str, allowed: list[KnobValue]) -> list[int]:
-    # int4 is weight-only MatMulNBits: only MatMul nodes with a constant weight get it
-    return [int(b) for b in allowed if b != 4 or op == "MatMul"]
+def _layers(found: Discovery, allowed: dict[str, list[KnobValue]], notes: list[str]) -> list[Layer]:
+    """Ask every registered knob which layers it applies to, with which values."""
+    per_layer: dict[str, dict[str, list[KnobValue]]] = {name: {} for name in found.layers}
+    for knob in LAYER_KNOBS.values():
+        if found.model is None and not isinstance(knob, OnnxKnob):
+            continue
+        values, knob_notes = knob.discover(found, allowed[knob.name])
+        notes.extend(knob_notes)
+        for name, vals in values.items():
+            per_layer[name][knob.name] = vals
+    return [
+        Layer(name=name, op=node.op_type, onnx_node=node.name, knobs=per_layer[name])
+        for name, node in found.nodes.items()
+    ]
 
 
 def _discover_onnx(
-    path: Path, allowed: dict[str, list[KnobValue]], notes: list[str]
+    task: Task, allowed: dict[str, list[KnobValue]], notes: list[str]
 ) -> tuple[list[Layer], list[str]]:
-    model = onnx.load(str(path), load_external_data=False)
-    if any(v != KNOBS[k].default for k in ("width", "sparsity") for v in allowed[k]):
-        notes.append(
-            "width and sparsity need a torch model: an ONNX model gets bit-width and runtime knobs only"
-        )
-    layers = [
-        Layer(
-            name=n.name or f"{n.op_type}_{i}",
-            op=n.op_type,
-            onnx_node=n.name,
-            knobs={"bits": list[KnobValue](_bits_for(n.op_type, allowed["bits"]))},
-        )
-        for i, n in enumerate(weighted_nodes(model))
+    assert isinstance(task.source, Path)
+    model = onnx.load(str(task.source), load_external_data=False)
+    torch_only = [
+        name
+        for name, knob in LAYER_KNOBS.items()
+        if not isinstance(knob, OnnxKnob) and any(v != knob.default for v in allowed[name])
     ]
-    return layers, []
+    if torch_only:
+        notes.append(
+            f"{' and '.join(torch_only)} need{'s' if len(torch_only) == 1 else ''} a torch model: "
+            "an ONNX model gets bit-width and runtime knobs only"
+        )
+    nodes = {n.name or f"{n.op_type}_{i}": n for i, n in enumerate(weighted_nodes(model))}
+    found = Discovery(None, task.example_inputs, task.calibration, task.source, nodes)
+    return _layers(found, allowed, notes), []
 
 
 def _discover_torch(
@@ -322,38 +333,19 @@ def _discover_torch(
         graph = onnx.load(str(path))
         nodes = layer_nodes(graph, set(modules))
         selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
-        bits_ok, bit_notes = quantizable(
-            path,
-            {nodes[n].name: _bits_for(nodes[n].op_type, allowed["bits"]) for n in selected if n in nodes},
-            task.calibration,
-        )
-        notes.extend(bit_notes)
-    outputs = output_nodes(graph)
-    output_layers = [name for name, node in nodes.items() if node.name in outputs]
-    kept = [n for n in modules if n not in selected]
-    unmapped = [n for n in selected if n not in nodes]
-    if unmapped:
-        notes.append(
-            f"{len(unmapped)} layers not found in the ONNX graph (not searched): {', '.join(unmapped[:5])}"
-        )
+        unmapped = [n for n in selected if n not in nodes]
+        if unmapped:
+            missing = ", ".join(unmapped[:5])
+            notes.append(f"{len(unmapped)} layers not found in the ONNX graph (not searched): {missing}")
+        outputs = output_nodes(graph)
+        output_layers = [name for name, node in nodes.items() if node.name in outputs]
+        kept = [n for n in modules if n not in selected]
+        ignored = sorted(set(output_layers) | set(kept))
+        searched = {n: nodes[n] for n in selected if n in nodes}
+        found = Discovery(model, task.example_inputs, task.calibration, path, searched, ignored)
+        return _layers(found, allowed, notes), ignored
 
-    ignored = sorted(set(output_layers) | set(kept))
-    roots: list[str] = []
-    if any(w != 1.0 for w in allowed["width"]):
-        candidates = [r for r in selected if r in nodes]
-        narrowest = min(float(w) for w in allowed["width"])
-        roots, width_notes = width_roots(model, task.example_inputs, ignored, candidates, narrowest)
-        notes.extend(width_notes)
 
-    layers = []
-    for name in selected:
-        if name not in nodes:
-            continue
-        node = nodes[name]
-        knobs: dict[str, list[KnobValue]] = {"bits": list[KnobValue](bits_ok.get(node.name) or [32])}
-        if name in roots:
-            knobs["width"] = list(allowed["width"])
-        sparsity = [s for s in allowed["sparsity"] if s != "2:4" or supports_two_four(modules[name])]
-        knobs["sparsity"] = sparsity or [0.0]
-        layers.append(Layer(name=name, op=node.op_type, onnx_node=node.name, knobs=knobs))
-    return layers, ignored
+def prunable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Conv2d and Linear layers by qualified name: the layers that get knobs."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.errors import UserError
+from autotune.knobs import changes_weights
 from autotune.records import RuntimeOptions
 from autotune.space import Candidate, SearchSpace
 from autotune.study._sensitivity import FILE_NAME as SENSITIVITY_FILE
@@ -177,9 +178,7 @@ def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if (_within(t) if "latency_budget" in t.constraints else t.values[1] <= budget_ms)
         and "final_of" not in t.user_attrs
-        and any(
-            "width" in c or "sparsity" in c for c in t.user_attrs.get("config", {}).get("layers", {}).values()
-        )
+        and changes_weights(t.user_attrs.get("config", {}).get("layers", {}))
     ]
     # accuracy before distillation ranks heavily pruned candidates poorly (BatchNorm-only scores
     # of collapsed models are noise), and distillation recovers what the kept weights can hold:

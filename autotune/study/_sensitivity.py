@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.knobs import KNOBS, KnobValue
+from autotune.knobs import LAYER_KNOBS, KnobValue
 from autotune.space import SearchSpace
 
 FILE_NAME = "sensitivity.json"
@@ -70,10 +70,10 @@ def single_changes(space: SearchSpace) -> Iterator[tuple[str, KnobValue]]:
     """(parameter, value) for every non-default value of every searched per-layer knob."""
     for name, choices in space.parameters().items():
         knob = name.rsplit(":", 1)[1]
-        if knob not in KNOBS:
+        if knob not in LAYER_KNOBS:
             continue  # runtime knobs are global, not per layer
         for value in choices:
-            if value != KNOBS[knob].default:
+            if value != LAYER_KNOBS[knob].default:
                 yield name, value
 
 
@@ -82,7 +82,7 @@ def defaults(space: SearchSpace) -> dict[str, Any]:
     out = {}
     for name, choices in space.parameters().items():
         knob = name.rsplit(":", 1)[1]
-        default = KNOBS[knob].default if knob in KNOBS else choices[0]
+        default = LAYER_KNOBS[knob].default if knob in LAYER_KNOBS else choices[0]
         out[name] = default if default in choices else choices[0]
     return out
 

@@ -1,29 +1,52 @@
-"""Torch-side knobs: width (structured channel pruning) and sparsity (weight masks).
+"""Width: structured channel pruning with torch-pruning's DepGraph.
 
-Width uses torch-pruning's DepGraph, so channels coupled by residual adds, concatenations and
-depthwise convs are pruned together; each coupled group is one knob, named after its root layer.
-Sparsity uses torch.nn.utils.prune masks, kept during fine-tuning and made permanent after.
+Channels coupled by residual adds, concatenations and depthwise convs are pruned together; each
+coupled group is one knob, named after its root layer. Channel counts are rounded to multiples
+of 8. Discovery keeps the roots whose pruning still runs and keeps the output shape.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from typing import cast
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn.utils import prune
 
 from autotune._util import error_line
+from autotune.knobs._base import BuildContext, Discovery, KnobValue, TorchKnob, name_layers
 
 ROUND_TO = 8  # channel counts stay multiples of 8: vector units and tensor cores want them
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv2d and Linear layers by qualified name: the layers that get knobs."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+class Width(TorchKnob):
+    name = "width"
+    default = 1.0
+    help = "a channel multiplier in (0, 1], e.g. 0.75"
+
+    def parse(self, value: Any) -> KnobValue | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < float(value) <= 1
+        return float(value) if ok else None
+
+    def label(self, value: KnobValue) -> str:
+        return f"w{float(value):g}"
+
+    def heat(self, value: KnobValue) -> float:
+        return min(1.0, max(0.0, (1.0 - float(value)) / 0.75))
+
+    def discover(
+        self, found: Discovery, allowed: list[KnobValue]
+    ) -> tuple[dict[str, list[KnobValue]], list[str]]:
+        if found.model is None or all(w == self.default for w in allowed):
+            return {}, []
+        narrowest = min(float(w) for w in allowed)
+        roots, notes = width_roots(found.model, found.example_inputs, found.ignored, found.layers, narrowest)
+        return {r: list(allowed) for r in roots}, notes
+
+    def apply(self, model: nn.Module, choices: dict[str, KnobValue], ctx: BuildContext) -> None:
+        prune_width(model, ctx.example_inputs, {n: float(w) for n, w in choices.items()}, ctx.ignored)
 
 
 def width_groups(
@@ -105,51 +128,38 @@ def check_width_roots(
     return good, bad
 
 
+def width_roots(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    ignored: list[str],
+    candidates: Sequence[str],
+    narrowest: float,
+) -> tuple[list[str], list[str]]:
+    """Group roots whose width can be searched, and one note per reason the others cannot.
+
+    A failure of torch-pruning rules width out with a note; it never reaches the user.
+    """
+    try:
+        roots = [r for r in width_groups(model, example_inputs, ignored) if r in candidates]
+    except Exception as exc:  # noqa: BLE001 - a tracing failure rules width out, nothing more
+        return [], [f"width not searched: torch-pruning cannot trace the model ({error_line(exc, 160)})"]
+    try:
+        good, bad = check_width_roots(model, example_inputs, roots, ignored, width=narrowest)
+    except Exception as exc:  # noqa: BLE001
+        return [], [f"width not searched: torch-pruning fails on this model ({error_line(exc, 160)})"]
+    by_reason: dict[str, list[str]] = {}
+    for root, why in bad.items():
+        by_reason.setdefault(why, []).append(root)
+    notes = [
+        f"width not searched in {name_layers(sorted(names))}: torch-pruning cannot narrow "
+        f"{'it' if len(names) == 1 else 'them'} ({why})"
+        for why, names in by_reason.items()
+    ]
+    return good, notes
+
+
 def _output_shape(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
     with torch.no_grad():
         out = model(*example_inputs)
     out = out[0] if isinstance(out, (tuple, list)) else out
     return tuple(out.shape)
-
-
-def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
-    """2:4 mask along the input-channel axis: the 2 largest of every 4 weights survive.
-
-    That is the layout TensorRT's sparse tensor cores need (per output channel and kernel tap).
-    """
-    w = weight.detach()
-    if w.dim() == 4:  # (O, I, kh, kw) -> (O, kh, kw, I)
-        w = w.permute(0, 2, 3, 1)
-    groups = w.abs().reshape(-1, 4)
-    keep = groups.topk(2, dim=1).indices
-    mask = torch.zeros_like(groups).scatter_(1, keep, 1.0).reshape(w.shape)
-    if weight.dim() == 4:
-        mask = mask.permute(0, 3, 1, 2)
-    return mask.contiguous()
-
-
-def supports_two_four(module: nn.Module) -> bool:
-    in_per_group = int(cast(torch.Tensor, module.weight).shape[1])
-    return in_per_group % 4 == 0 and in_per_group >= 4
-
-
-def apply_sparsity(model: nn.Module, sparsity: dict[str, float | str]) -> list[nn.Module]:
-    """Mask weights (magnitude or 2:4); returns the masked modules for :func:`make_permanent`."""
-    modules = dict(model.named_modules())
-    masked = []
-    for name, s in sparsity.items():
-        module = modules[name]
-        if s == "2:4":
-            prune.custom_from_mask(module, "weight", two_four_mask(module.weight))
-        elif float(s) > 0:
-            prune.l1_unstructured(module, "weight", amount=float(s))
-        else:
-            continue
-        masked.append(module)
-    return masked
-
-
-def make_permanent(modules: list[nn.Module]) -> None:
-    """Fold masks into the weights (after fine-tuning, before export)."""
-    for module in modules:
-        prune.remove(module, "weight")
