@@ -313,7 +313,7 @@ class ParetoSet:
 
         return write_report(self, Path(path) if path else None)
 
-    # -- text output (autotune/summary.py) --------------------------------------------------
+    # -- text output (autotune/report/_summary.py) -----------------------------------------------
     def table(self) -> str:
         return summary_table(self)
 

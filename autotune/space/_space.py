@@ -304,12 +304,8 @@ def _discover_onnx(
 ) -> tuple[list[Layer], list[str]]:
     assert isinstance(task.source, Path)
     model = onnx.load(str(task.source), load_external_data=False)
-    torch_only = [
-        name
-        for name, knob in LAYER_KNOBS.items()
-        if not isinstance(knob, OnnxKnob) and any(v != knob.default for v in allowed[name])
-    ]
-    if torch_only:
+    torch_only = [name for name, knob in LAYER_KNOBS.items() if not isinstance(knob, OnnxKnob)]
+    if any(v != LAYER_KNOBS[k].default for k in torch_only for v in allowed[k]):
         notes.append(
             f"{' and '.join(torch_only)} need{'s' if len(torch_only) == 1 else ''} a torch model: "
             "an ONNX model gets bit-width and runtime knobs only"

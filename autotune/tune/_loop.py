@@ -56,7 +56,7 @@ from autotune.study import (
 from autotune.task import Task, evaluate_artifact, input_names
 from autotune.tune._progress import ProgressBar
 
-__all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-exported for callers
+__all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in the study package, re-exported
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
@@ -168,7 +168,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         meta.max_drop = None if cfg.floor is None else cfg.floor.label
         meta.search = {"sampler": cfg.sampler, "recovery": recovery.to_dict(), "sensitivity": cfg.sensitivity}
         meta.search["greedy"] = len(greedy)  # enqueued unless identical to a baseline
-        predictor = None  # skips sampled candidates predicted beyond the budget (study_trials.py)
+        predictor = None  # skips sampled candidates predicted beyond the budget (study/_trials.py)
         if cfg.predictor:
             predictor = StudyPredictor(space, unmodified.path, inputs, limit, reference.latency_ms, run_dir)
             predictor.replay(study)
