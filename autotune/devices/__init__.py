@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run
     from autotune.devices.ort_gpu import OrtCudaDevice, OrtTensorrtDevice
     from autotune.devices.tensorrt_engine import TensorrtDevice
     from autotune.devices.torch_cuda import TorchCudaDevice
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 #: backend id -> "module:Class". A new backend is one new module registered here.
 _REGISTRY: dict[str, str] = {
@@ -96,7 +97,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def device_for_profile(profile: Any, agent: str | None = None) -> Device:
+def device_for_profile(profile: DeviceProfile, agent: str | None = None) -> Device:
     """Instantiate the backend a device profile names, or raise UserError saying why not."""
     from autotune.errors import UserError
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnxruntime as ort
@@ -24,6 +24,9 @@ from autotune.devices._gpu import CudaDevice, Prepared, default_cache_dir
 from autotune.devices._onnx_info import static_shapes
 from autotune.devices._ort import feeds_for, load_session, session_options
 from autotune.devices._timing import load_failure
+
+if TYPE_CHECKING:
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 HOST_IO_RUNS = 20  # runs with host copies, for extra["host_io_ms"]
 _MEASURES = "Run latency, I/O resident in GPU memory (IOBinding); latency with host copies in extra"
@@ -39,7 +42,7 @@ class _OrtGpuDevice(CudaDevice):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "ort-tensorrt"
 
     @classmethod
-    def from_profile(cls, profile: Any, agent: str | None = None) -> _OrtGpuDevice:
+    def from_profile(cls, profile: DeviceProfile, agent: str | None = None) -> _OrtGpuDevice:
         opts = getattr(profile, "options", {}) or {}
         cache = opts.get("engine_cache")
         return cls(

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from autotune.devices._onnx_info import static_shapes
 from autotune.devices._protocol import summarize
 from autotune.devices._timing import load_failure
 from autotune.devices._trt import _atomic_write, _check, _cudart, build_plan, engine_key
+
+if TYPE_CHECKING:
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 HOST_IO_RUNS = 20
 DEFAULT_WORKSPACE = 2 << 30  # bytes of builder scratch memory
@@ -66,7 +69,7 @@ class TensorrtDevice(CudaDevice):
         self.workspace = workspace
 
     @classmethod
-    def from_profile(cls, profile: Any, agent: str | None = None) -> TensorrtDevice:
+    def from_profile(cls, profile: DeviceProfile, agent: str | None = None) -> TensorrtDevice:
         opts = getattr(profile, "options", {}) or {}
         cache = opts.get("engine_cache")
         return cls(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from autotune.devices import _cuda
 from autotune.devices._base import Capabilities, Measurement, RuntimeOptions, Status
 from autotune.devices._gpu import CudaDevice, Prepared
 from autotune.devices._timing import load_failure
+
+if TYPE_CHECKING:
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 HOST_RUNS = 20  # runs timed on the host (launch + sync), for extra["host_ms"]
 
@@ -49,7 +52,7 @@ class TorchCudaDevice(CudaDevice):
         self.cudnn_benchmark = cudnn_benchmark
 
     @classmethod
-    def from_profile(cls, profile: Any, agent: str | None = None) -> TorchCudaDevice:
+    def from_profile(cls, profile: DeviceProfile, agent: str | None = None) -> TorchCudaDevice:
         opts = getattr(profile, "options", {}) or {}
         return cls(
             device_id=int(opts.get("device_id", 0)),

@@ -19,14 +19,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autotune._util import cache_root
 from autotune.knobs._base import KnobValue
 from autotune.knobs._study import RECIPE_KNOBS, RUNTIME_KNOBS
-from autotune.records import RuntimeOptions
+from autotune.records import Measurement, RuntimeOptions
+from autotune.task import Task
+
+if TYPE_CHECKING:  # a later stage: the profile and candidate types only
+    from autotune.space import Candidate, DeviceProfile
 
 FUSIONS_KEY = "autotune.fusions"  # model metadata: what the transformer optimizer fused
 
@@ -64,7 +68,7 @@ TRANSFORMER_OPS = frozenset({"LayerNormalization", "Erf", "Gelu", "Attention", "
 TRANSFORMER_MODULES = frozenset({"MultiheadAttention", "LayerNorm", "GELU", "TransformerEncoderLayer"})
 
 
-def has_transformer(task: Any) -> bool:
+def has_transformer(task: Task) -> bool:
     """Attention, LayerNorm or GELU in the task's model: where the transformer optimizer applies."""
     if isinstance(task.source, Path):
         import onnx
@@ -94,7 +98,7 @@ def host_has_vnni() -> bool:
 
 
 def study_choices(
-    profile: Any,
+    profile: DeviceProfile,
     preset_runtime: dict[str, list[KnobValue]],
     preset_recipe: dict[str, list[KnobValue]],
     threads: int | None,
@@ -209,7 +213,7 @@ def fusions(path: Path) -> dict[str, int] | None:
     return None
 
 
-def export_fields(candidate: Any, m: Any, artifact: Path, number: int) -> dict[str, Any]:
+def export_fields(candidate: Candidate, m: Measurement, artifact: Path, number: int) -> dict[str, Any]:
     """What result.TrialResult.export adds: session options, recipe, fusions."""
     from autotune.errors import UserError
 

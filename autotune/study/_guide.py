@@ -14,8 +14,10 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from autotune.build import ArtifactBuilder
 from autotune.errors import UserError
 from autotune.knobs import changes_weights
+from autotune.measure import Measurer
 from autotune.records import RuntimeOptions
 from autotune.space import Candidate, SearchSpace
 from autotune.study._sensitivity import FILE_NAME as SENSITIVITY_FILE
@@ -48,7 +50,11 @@ class Reference:
 
 
 def measure_reference(
-    task: Task, space: SearchSpace, builder: Any, measurer: Any, inputs: dict[str, np.ndarray]
+    task: Task,
+    space: SearchSpace,
+    builder: ArtifactBuilder,
+    measurer: Measurer,
+    inputs: dict[str, np.ndarray],
 ) -> Reference:
     """Build, measure and score the unmodified model (every knob at its default)."""
     candidate = Candidate(layers={}, runtime=RuntimeOptions(threads=space.threads[0]))
@@ -126,8 +132,8 @@ def sensitivity_for_report(table: Table) -> dict[str, dict[str, float]]:
 def sensitivity_guidance(
     task: Task,
     space: SearchSpace,
-    builder: Any,
-    measurer: Any,
+    builder: ArtifactBuilder,
+    measurer: Measurer,
     run_dir: Path,
     reference: Reference,
     floor: float | None,
