@@ -141,7 +141,7 @@ class ArtifactBuilder:
             if candidate.value(layer.name, "bits") != 32
         }
         if bits or candidate.recipe.optimizer != "none":
-            quantize_model(src, dst, bits, self.task.calibration, candidate.recipe)
+            quantize_model(src, dst, bits, self.task.calibration_feeds(), candidate.recipe)
         else:
             shutil.copyfile(src, dst)
 

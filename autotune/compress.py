@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch_pruning as tp
@@ -17,6 +17,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from autotune._util import error_line
+from autotune.inputs import call_model, first_output
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 ROUND_TO = 8  # channel counts stay multiples of 8: vector units and tensor cores want them
 
@@ -26,9 +30,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def width_groups(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored: Iterable[str]
-) -> list[str]:
+def width_groups(model: nn.Module, example_inputs: ModelInputs, ignored: Iterable[str]) -> list[str]:
     """Root layer of each coupled channel group that may be narrowed."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
@@ -46,7 +48,7 @@ def width_groups(
 
 def prune_width(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     widths: dict[str, float],
     ignored: Iterable[str],
 ) -> None:
@@ -69,7 +71,7 @@ def prune_width(
 
 def check_width_roots(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     roots: list[str],
     ignored: list[str],
     width: float = 0.5,
@@ -105,10 +107,9 @@ def check_width_roots(
     return good, bad
 
 
-def _output_shape(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+def _output_shape(model: nn.Module, example_inputs: ModelInputs) -> tuple[int, ...]:
     with torch.no_grad():
-        out = model(*example_inputs)
-    out = out[0] if isinstance(out, (tuple, list)) else out
+        out = first_output(call_model(model, example_inputs))  # a Hugging Face ModelOutput too
     return tuple(out.shape)
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import onnx
-import torch
 from torch import nn
 
 from autotune._util import error_line
 from autotune.compress import check_width_roots, width_groups
-from autotune.quantize import quantize_model
+from autotune.quantize import CalibrationBatch, quantize_model
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 MAX_NAMED = 4  # layers named in one note before "and N more"
 
@@ -30,7 +32,7 @@ def name_layers(names: Sequence[str]) -> str:
 
 def width_roots(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     ignored: list[str],
     candidates: Sequence[str],
     narrowest: float,
@@ -56,7 +58,7 @@ def width_roots(
 
 
 def quantizable(
-    onnx_path: Path, bits_by_node: dict[str, list[int]], calibration: Sequence[tuple[np.ndarray, ...]]
+    onnx_path: Path, bits_by_node: dict[str, list[int]], calibration: Sequence[CalibrationBatch]
 ) -> tuple[dict[str, list[int]], list[str]]:
     """Drop bit-widths the quantizer fails on: all nodes at once first, node by node on failure."""
     notes: list[str] = []

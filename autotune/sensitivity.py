@@ -181,10 +181,8 @@ def greedy_candidates(
 def candidate_probe(task: Any, space: SearchSpace, builder: Any, measurer: Any) -> Probe:
     """The real thing: build the candidate's artifact, measure it on the device, score it."""
     from autotune.evaluate import evaluate_artifact
-    from autotune.onnx_export import input_names
 
-    names = input_names(len(task.example_inputs))
-    inputs = {n: t.detach().cpu().numpy() for n, t in zip(names, task.example_inputs, strict=True)}
+    inputs = task.example_feeds()  # by ONNX input name, in their own dtypes
 
     def probe(params: dict[str, Any]) -> tuple[float, float] | None:
         candidate = space.candidate(params)

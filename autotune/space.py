@@ -315,7 +315,7 @@ def _discover_torch(
         bits_ok, bit_notes = quantizable(
             path,
             {nodes[n].name: _bits_for(nodes[n].op_type, allowed["bits"]) for n in selected if n in nodes},
-            task.calibration,
+            task.calibration_feeds(),
         )
         notes.extend(bit_notes)
     outputs = output_nodes(graph)

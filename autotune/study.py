@@ -42,7 +42,6 @@ from autotune.guide import (
     sensitivity_guidance,
 )
 from autotune.measure import Measurer, confirm
-from autotune.onnx_export import input_names
 from autotune.profiles import DeviceProfile, load_profile
 from autotune.progress import ProgressBar
 from autotune.recover import Recovery
@@ -57,11 +56,9 @@ __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
-    names = input_names(len(task.example_inputs))
-    return {
-        n: t.detach().cpu().numpy().astype(np.float32)
-        for n, t in zip(names, task.example_inputs, strict=True)
-    }
+    """What every measurement is fed: the task's example inputs by ONNX input name, in their own
+    dtypes (int64 token ids stay int64; the device feeds the names its model has)."""
+    return task.example_feeds()
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
