@@ -7,8 +7,8 @@ runner given to ``evaluate``) feeds it *by name* with the task's own arrays, in 
 ONNX graph declares: float32 images and int64 token ids alike.
 
 Synthetic inputs (an ONNX model with no data, ``autotune measure``) follow the graph too: floats
-are standard normal; integer ids stay within the range observed in real data, else within the
-embedding table they index; masks are ones.
+are standard normal; integer ids stay below the size of the embedding table they index; masks
+are ones. (A torch task always has real inputs: its example inputs and calibration data.)
 
 numpy and onnx only at import: ``autotune measure`` and the agent side use this without torch.
 """
@@ -245,31 +245,18 @@ def synthetic(
     shape: Sequence[int],
     rng: np.random.Generator,
     model: onnx.ModelProto | None = None,
-    observed: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Random data for one input, following its dtype and range.
 
-    Floats: standard normal. Booleans and integer masks: ones. Other integers: uniform within
-    ``observed`` (inclusive min, max of real data), else below the embedding table they index,
-    else zeros (a valid index anywhere).
+    Floats: standard normal. Booleans and integer masks: ones. Other integers: uniform below the
+    size of the embedding table they index (``model``'s), else zeros (a valid index anywhere).
     """
     dtype = spec.dtype
     if dtype.kind == "f":
         return rng.standard_normal(tuple(shape)).astype(dtype)
     if dtype.kind == "b" or any(w in spec.name.lower() for w in _MASK_WORDS):
         return np.ones(tuple(shape), dtype=dtype)
-    if observed is not None:
-        lo, hi = observed
-        return rng.integers(lo, hi + 1, size=tuple(shape)).astype(dtype)
     limit = id_limit(model, spec.name) if model is not None else None
     if limit:
         return rng.integers(0, limit, size=tuple(shape)).astype(dtype)
     return np.zeros(tuple(shape), dtype=dtype)
-
-
-def observed_range(arrays: Sequence[np.ndarray]) -> tuple[int, int] | None:
-    """(min, max) over integer arrays, None for floats or no data."""
-    ints = [a for a in arrays if a.size and a.dtype.kind in "iu"]
-    if not ints:
-        return None
-    return int(min(a.min() for a in ints)), int(max(a.max() for a in ints))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from autotune._util import error_line
 from autotune.errors import UserError
 from autotune.inputs import InputError, default_names, ordered_for, to_numpy
 
@@ -85,7 +86,7 @@ class Task:
 
     def _example_inputs(self, given: Any) -> ModelInputs:
         if isinstance(given, Mapping):
-            tensors = {str(k): torch.as_tensor(v) for k, v in given.items()}
+            tensors = {str(k): _tensor(v, f"example_inputs[{k!r}]") for k, v in given.items()}
             if isinstance(self.source, torch.nn.Module):
                 try:  # the order the exporter gives the ONNX inputs (see inputs.ordered_for)
                     return ordered_for(self.source.forward, tensors)
@@ -94,7 +95,7 @@ class Task:
             return tensors
         if isinstance(given, (torch.Tensor, np.ndarray)):
             given = (given,)
-        return tuple(torch.as_tensor(t) for t in given)
+        return tuple(_tensor(t, f"example_inputs[{i}]") for i, t in enumerate(given))
 
     def _batch(self, batch: Any, what: str) -> tuple[np.ndarray, ...]:
         """A batch as arrays in the order of :attr:`input_names`, whatever form it came in."""
@@ -142,3 +143,20 @@ class Task:
         if isinstance(self.source, Path):
             raise TypeError(f"task {self.name!r} wraps the ONNX file {self.source}, not a torch model")
         return self.source
+
+
+def _tensor(value: Any, what: str) -> torch.Tensor:
+    """A tensor, or one line: an input is a tensor or an array of numbers, not a list of tensors
+    or a nested structure (``past_key_values``, say)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        tensor = torch.as_tensor(value)
+    except Exception as exc:  # noqa: BLE001 - whatever torch says, the user gets one line
+        raise UserError(
+            f"{what} is a {type(value).__name__} that is not a tensor ({error_line(exc, 120)}): "
+            "each input must be a tensor or a numeric array"
+        ) from None
+    if tensor.dtype.is_complex:
+        raise UserError(f"{what} is complex: each input must be a real tensor")
+    return tensor
