@@ -255,6 +255,10 @@ def test_onnx_input_named_x_is_searched_with_data(
     assert "accuracy" in capsys.readouterr().out
     task = load_task(str(onnx_models["single"]), str(data))
     assert task.input_names == ["x"] and task.example_feeds()["x"].dtype == np.float32
+    no_data = _search(onnx_models["single"], data, tmp_path / "bare")
+    del no_data[3:5]  # without --data: synthetic inputs, fed as 'x'
+    assert cli.main(no_data) == 0, capsys.readouterr().err
+    assert "fidelity" in capsys.readouterr().out
 
 
 def test_onnx_with_float_and_int64_inputs_is_searched_with_data(
