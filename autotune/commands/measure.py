@@ -75,31 +75,28 @@ def _parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
 def make_inputs(model_path: Path, shapes: dict[str, tuple[int, ...]], batch: int) -> dict[str, np.ndarray]:
     """Random inputs matching the model's graph inputs (dynamic dims -> ``batch``)."""
     import onnx
-    from onnx import helper
 
     from autotune.errors import UserError
+    from autotune.inputs import graph_inputs, synthetic
 
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{model_path}: not an ONNX model ({error_line(exc, 200)})") from None
-    inits = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in inits]
-    unknown = set(shapes) - {i.name for i in graph_inputs}
+    specs = graph_inputs(model)
+    unknown = set(shapes) - {s.name for s in specs}
     if unknown:
         raise UserError(
-            f"--shape: the model has no input {sorted(unknown)} (inputs: {[i.name for i in graph_inputs]})"
+            f"--shape: the model has no input {sorted(unknown)} (inputs: {[s.name for s in specs]})"
         )
     rng = np.random.default_rng(0)
     inputs = {}
-    for vi in graph_inputs:
-        tt = vi.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        shape = shapes.get(vi.name) or tuple(d.dim_value if d.dim_value > 0 else batch for d in tt.shape.dim)
-        if dtype.kind == "f":
-            inputs[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            inputs[vi.name] = np.zeros(shape, dtype=dtype)
+    for spec in specs:
+        if spec.dtype.kind not in "biuf":
+            raise UserError(f"{model_path}: input {spec.name!r} is {spec}; only numeric inputs can be fed")
+        shape = shapes.get(spec.name) or spec.shape(batch, fill=batch)
+        # the input's dtype and range: ids below the embedding table they index, masks of ones
+        inputs[spec.name] = synthetic(spec, shape, rng, model)
     return inputs
 
 

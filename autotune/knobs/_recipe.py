@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,17 +179,22 @@ def deployment(runtime: RuntimeOptions, measured: dict[str, Any], extra: dict[st
 
 
 # -- calibration cache -----------------------------------------------------------------------
-def calibration_cache(prepared: Path, method: str, calibration: Sequence[tuple[np.ndarray, ...]]) -> Path:
-    """Where the ranges of ``prepared`` calibrated with ``method`` on ``calibration`` are kept."""
+def calibration_cache(prepared: Path, method: str, calibration: Sequence[Any]) -> Path:
+    """Where the ranges of ``prepared`` calibrated with ``method`` on ``calibration`` are kept.
+
+    ``calibration``: batches as tuples of arrays or dicts by input name; names, dtypes and
+    shapes are part of the key (int64 ids and their float casts are different data).
+    """
     import onnxruntime
 
     h = hashlib.sha256()
     h.update(Path(prepared).read_bytes())
     h.update(f"{method}|{onnxruntime.__version__}".encode())
     for batch in calibration:
-        for a in batch:
-            a = np.ascontiguousarray(a, dtype=np.float32)
-            h.update(str(a.shape).encode())
+        items = sorted(batch.items()) if isinstance(batch, Mapping) else list(enumerate(batch))
+        for name, a in items:
+            a = np.ascontiguousarray(a)
+            h.update(f"{name}|{a.dtype}|{a.shape}".encode())
             h.update(a.tobytes())
     directory = cache_root() / "calibration"
     directory.mkdir(parents=True, exist_ok=True)

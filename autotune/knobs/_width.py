@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from autotune._util import error_line
+from autotune.inputs import call_model, first_output
 from autotune.knobs._base import BuildContext, Discovery, KnobValue, TorchKnob, name_layers
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 ROUND_TO = 8  # channel counts stay multiples of 8: vector units and tensor cores want them
 
@@ -49,9 +53,7 @@ class Width(TorchKnob):
         prune_width(model, ctx.example_inputs, {n: float(w) for n, w in choices.items()}, ctx.ignored)
 
 
-def width_groups(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored: Iterable[str]
-) -> list[str]:
+def width_groups(model: nn.Module, example_inputs: ModelInputs, ignored: Iterable[str]) -> list[str]:
     """Root layer of each coupled channel group that may be narrowed."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
@@ -69,7 +71,7 @@ def width_groups(
 
 def prune_width(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     widths: dict[str, float],
     ignored: Iterable[str],
 ) -> None:
@@ -92,7 +94,7 @@ def prune_width(
 
 def check_width_roots(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     roots: list[str],
     ignored: list[str],
     width: float = 0.5,
@@ -130,7 +132,7 @@ def check_width_roots(
 
 def width_roots(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     ignored: list[str],
     candidates: Sequence[str],
     narrowest: float,
@@ -158,8 +160,7 @@ def width_roots(
     return good, notes
 
 
-def _output_shape(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+def _output_shape(model: nn.Module, example_inputs: ModelInputs) -> tuple[int, ...]:
     with torch.no_grad():
-        out = model(*example_inputs)
-    out = out[0] if isinstance(out, (tuple, list)) else out
+        out = first_output(call_model(model, example_inputs))  # a Hugging Face ModelOutput too
     return tuple(out.shape)

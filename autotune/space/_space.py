@@ -311,7 +311,7 @@ def _discover_onnx(
             "an ONNX model gets bit-width and runtime knobs only"
         )
     nodes = {n.name or f"{n.op_type}_{i}": n for i, n in enumerate(weighted_nodes(model))}
-    found = Discovery(None, task.example_inputs, task.calibration, task.source, nodes)
+    found = Discovery(None, task.example_inputs, task.calibration_feeds(), task.source, nodes)
     return _layers(found, allowed, notes), []
 
 
@@ -338,7 +338,7 @@ def _discover_torch(
         kept = [n for n in modules if n not in selected]
         ignored = sorted(set(output_layers) | set(kept))
         searched = {n: nodes[n] for n in selected if n in nodes}
-        found = Discovery(model, task.example_inputs, task.calibration, path, searched, ignored)
+        found = Discovery(model, task.example_inputs, task.calibration_feeds(), path, searched, ignored)
         return _layers(found, allowed, notes), ignored
 
 

@@ -23,7 +23,7 @@ from autotune.build import ArtifactBuilder
 from autotune.knobs import LAYER_KNOBS, KnobValue
 from autotune.measure import Measurer
 from autotune.space import SearchSpace
-from autotune.task import Task, evaluate_artifact, input_names
+from autotune.task import Task, evaluate_artifact
 
 FILE_NAME = "sensitivity.json"
 #: probe(params) -> (accuracy, median latency ms), or None when the candidate failed
@@ -183,8 +183,7 @@ def greedy_candidates(
 
 def candidate_probe(task: Task, space: SearchSpace, builder: ArtifactBuilder, measurer: Measurer) -> Probe:
     """The real thing: build the candidate's artifact, measure it on the device, score it."""
-    names = input_names(len(task.example_inputs))
-    inputs = {n: t.detach().cpu().numpy() for n, t in zip(names, task.example_inputs, strict=True)}
+    inputs = task.example_feeds()  # by ONNX input name, in their own dtypes
 
     def probe(params: dict[str, Any]) -> tuple[float, float] | None:
         candidate = space.candidate(params)

@@ -53,18 +53,16 @@ from autotune.study import (
     sensitivity_for_report,
     sensitivity_guidance,
 )
-from autotune.task import Task, evaluate_artifact, input_names
+from autotune.task import Task, evaluate_artifact
 from autotune.tune._progress import ProgressBar
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in the study package, re-exported
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
-    names = input_names(len(task.example_inputs))
-    return {
-        n: t.detach().cpu().numpy().astype(np.float32)
-        for n, t in zip(names, task.example_inputs, strict=True)
-    }
+    """What every measurement is fed: the task's example inputs by ONNX input name, in their own
+    dtypes (int64 token ids stay int64; the device feeds the names its model has)."""
+    return task.example_feeds()
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
