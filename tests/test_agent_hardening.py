@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import resource
 import select
 import socket
 import threading
@@ -472,3 +473,144 @@ def test_tls_self_signed_pinned(tmp_path: Path) -> None:
         # plain http to the TLS port is not served
         with pytest.raises(httpx.HTTPError):
             httpx.get(agent.url.replace("https://", "http://") + "/v1/info", headers=AUTH, timeout=10)
+
+
+# --------------------------------------------------------------------------- issue 25: second audit
+
+
+def _raise_open_files(need: int) -> None:
+    """Let this process (and the agent it starts) open ``need`` files, or skip saying why."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} open files; the hard limit (ulimit -Hn) is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the peer closed ``sock`` (poll: these tests hold descriptors past select's 1024)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+    if not poller.poll(0):
+        return False
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # a socket with a timeout would wait in recv
+    try:
+        while chunk := sock.recv(65536):
+            del chunk  # an answer first (a 401, say), then the end
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return True
+
+
+def _wait_closed(socks: list[socket.socket], limit: float) -> float | None:
+    """Seconds until the agent closed every socket, None if some are still open after ``limit``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if all(_closed(s) for s in socks):
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    return None
+
+
+def _loopback_connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.settimeout(10)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def test_the_owner_is_answered_past_tokenless_and_idle_floods(tmp_path: Path) -> None:
+    """Items 1 and 2: a refused connection is closed; the per-address and global caps shed the
+    oldest idle connection without the token, not the owner's new one."""
+    _raise_open_files(4096)  # 1,312 sockets here and as many in the agent
+    with AgentProcess(token=TOKEN, root=tmp_path / "root") as agent:  # default caps: 32, 256
+        port = agent.port
+        tokenless = [_loopback_connect(port) for _ in range(32)]  # the owner's address
+        for s in tokenless:
+            s.sendall(b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive by default
+        for s in tokenless:
+            assert s.recv(12) == b"HTTP/1.1 401"
+        # the agent closes a connection after its 401 (it used to keep it for 30 s, per request)
+        closed_after = _wait_closed(tokenless, 5.0)
+        assert closed_after is not None, "tokenless connections kept open after their 401"
+        for s in tokenless:
+            s.close()
+        # the client reconnects at once: 32 idle tokenless connections from the owner's address
+        socks = [_loopback_connect(port) for _ in range(32)]
+        # and 1,280 idle sockets from 40 other loopback addresses
+        for a in range(2, 42):
+            socks += [_loopback_connect(port, f"127.0.0.{a}") for _ in range(32)]
+        t0 = time.monotonic()
+        with httpx.Client(base_url=agent.url, headers=AUTH, timeout=10) as owner:
+            resp = owner.get("/v1/info")
+        answered = time.monotonic() - t0
+        proc = psutil.Process(agent.pid)
+        held = sum(1 for c in proc.net_connections("tcp") if c.raddr and c.laddr.port == port)
+        for s in socks:
+            s.close()
+        assert resp.status_code == 200, resp.text
+        # the issue's bound; it took well under 0.1 s on a 2-core VM, so 2 s does not flake
+        assert answered < 2.0, answered
+        limits = resp.json()["limits"]
+        print(f"\n[floods] 32 tokenless connections closed {closed_after:.2f} s after their 401s; with "
+              f"32 + 1,280 idle sockets open, an authenticated GET /v1/info answered in "
+              f"{answered * 1e3:.0f} ms; "
+              f"the agent held {held} connections (caps: {limits['max_connections_per_client']} per "
+              f"address, {limits['max_unauthenticated_connections']} without the token)")  # fmt: skip
+        assert held <= limits["max_unauthenticated_connections"] + 1
+
+
+def test_a_tls_handshake_that_never_finishes_is_closed(tmp_path: Path) -> None:
+    """Item 2: the handshake is bounded by the header timeout (asyncio's default was 60 s)."""
+    args = ["--self-signed", "--header-timeout", "2"]
+    with AgentProcess(token=TOKEN, root=tmp_path / "tls", args=args) as agent:
+        s = _loopback_connect(agent.port)
+        s.sendall(b"\x16\x03\x01")  # the start of a TLS record, never finished
+        took = _wait_closed([s], 20.0)
+        s.close()
+        assert took is not None, "a stalled TLS handshake kept its socket for over 20 s"
+        print(f"\n[tls handshake] closed after {took:.1f} s (header timeout 2 s)")
+        m = tmp_path / "m.onnx"
+        m.write_bytes(relu_model(11.0))
+        pin = re.search(r"((?:[0-9A-F]{2}:){31}[0-9A-F]{2})", " ".join(agent.output))
+        assert pin is not None
+        device = RemoteDevice([agent.url], token=TOKEN, fingerprint=pin.group(1))
+        device.connect()  # a real client still gets through
+        device.close()
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
+    """Item 2: an authenticated body at 1 byte/s is closed by the body-progress timeout."""
+    with (
+        AgentProcess(token=TOKEN, root=tmp_path / "root", args=["--body-timeout", "2"]) as agent,
+        httpx.Client(base_url=agent.url, headers=AUTH, timeout=30) as client,
+    ):
+        s = _loopback_connect(agent.port)
+        head = (f"PUT /v1/models/{'a' * 64} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n")  # fmt: skip
+        s.sendall(head.encode())
+        t0, sent = time.monotonic(), 0
+        while time.monotonic() - t0 < 20 and not _closed(s):
+            try:
+                s.sendall(b"x")
+            except OSError:
+                break
+            sent += 1
+            time.sleep(1.0)
+        took = time.monotonic() - t0
+        closed = _closed(s) or took < 20
+        s.close()
+        assert closed, "a body sent at 1 byte/s was still open after 20 s"
+        print(f"\n[slow body] closed after {took:.1f} s and {sent} bytes (body timeout 2 s)")
+        alive(client)
+        deadline = time.monotonic() + 10
+        while list((agent.root / "tmp").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list((agent.root / "tmp").iterdir()) == []  # the partial upload is gone

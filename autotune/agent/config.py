@@ -14,6 +14,11 @@ import psutil
 from autotune._util import cache_root
 from autotune.agent.job import test_hooks_enabled
 
+#: uvicorn's ``limit_concurrency`` (connections before it answers 503), and the most
+#: connections without the token the agent keeps under it
+LIMIT_CONCURRENCY = 1024
+MAX_UNAUTHENTICATED = LIMIT_CONCURRENCY // 2
+
 
 def is_loopback(host: str) -> bool:
     """Whether every address ``host`` resolves to is a loopback address."""
@@ -58,6 +63,11 @@ class AgentConfig:
     #: a connection must send a complete request head within this (idle sockets are closed)
     header_timeout_s: float = 10.0
     max_connections_per_client: int = 32
+    #: connections that have not shown the token, all addresses together (the oldest idle one
+    #: is closed beyond it)
+    max_unauthenticated_connections: int = 256
+    #: a request body must bring guard.MIN_BODY_BYTES per this many seconds, or end
+    body_timeout_s: float = 10.0
     #: TLS: PEM certificate chain and key (``--tls-cert/--tls-key`` or ``--self-signed``)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -82,6 +92,12 @@ class AgentConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port}: not a TCP port")
+        if not 1 <= self.max_unauthenticated_connections <= MAX_UNAUTHENTICATED:
+            # uvicorn answers 503 to everyone beyond LIMIT_CONCURRENCY connections
+            raise ValueError(
+                f"--max-unauthenticated-connections {self.max_unauthenticated_connections}: "
+                f"must be in 1..{MAX_UNAUTHENTICATED}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # FastAPI is imported in create_app(), while the job processe
 
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if status in (400, 401):
+        # a refused client does not keep its connection (nor a slot of its address) open
+        headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 

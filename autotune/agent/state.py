@@ -186,6 +186,8 @@ class Agent:
                 "job_memory_bytes": self.cfg.job_memory_bytes,
                 "header_timeout_s": self.cfg.header_timeout_s,
                 "max_connections_per_client": self.cfg.max_connections_per_client,
+                "max_unauthenticated_connections": self.cfg.max_unauthenticated_connections,
+                "body_timeout_s": self.cfg.body_timeout_s,
                 "protocol": protocol_bounds(self.cfg),
                 "max_threads": self.cfg.max_threads,
                 "timeouts_s": {
