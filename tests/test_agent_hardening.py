@@ -614,3 +614,94 @@ def test_a_body_trickled_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
         while list((agent.root / "tmp").iterdir()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert list((agent.root / "tmp").iterdir()) == []  # the partial upload is gone
+
+
+def test_runtime_options_are_checked_before_queueing(agent: AgentProcess, client: httpx.Client) -> None:
+    """Item 3: every option against RuntimeOptions' types; they used to fail at run time."""
+    data = relu_model(12.0)
+    upload(client, data)
+    cores = sorted(psutil.Process(agent.pid).cpu_affinity())
+    bad: list[tuple[dict[str, Any], str]] = [
+           ({"graph_optimization": "bogus"}, "graph_optimization must be one of"),
+           ({"affinity": [99999]}, "options.affinity"), ({"affinity": [cores[0], cores[0]]}, "distinct"),
+           ({"affinity": []}, "options.affinity"), ({"affinity": ["0"]}, "options.affinity"),
+           ({"affinity": 0}, "options.affinity"), ({"precision": "fp64"}, "precision must be one of"),
+           ({"execution_mode": True}, "execution_mode"), ({"cudnn_conv_algo_search": "FAST"}, "cudnn"),
+           ({"threads": 10**6}, "threads must be")]  # fmt: skip
+    for options, needle in bad:
+        body = job(sha(data))
+        body["options"] = {**body["options"], **options}
+        resp = client.post("/v1/jobs", json=body)
+        assert resp.status_code == 400, (options, resp.status_code, resp.text)
+        assert needle in resp.json()["detail"], resp.text
+        print(f"\n[options] {options}: {resp.json()['detail']}", end="")
+    print()
+    body = job(sha(data))
+    body["options"] = {"threads": 1, "affinity": [cores[-1]], "graph_optimization": "basic"}
+    view = wait_job(client, client.post("/v1/jobs", json=body).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    assert view["measurement"]["runtime"]["affinity"] == [cores[-1]]
+    assert alive(client)["limits"]["runtime"]["affinity"] == cores
+
+
+# the second agent: default limits, its own TMPDIR, HOME and XDG cache (items 3 to 6)
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    base = tmp_path_factory.mktemp("isolated")
+    for d in ("tmp", "home", "xdg"):
+        (base / d).mkdir()
+    # the old, predictable lock path, with a link planted by "another user"
+    (base / "tmp" / "autotune-device-cpu.lock").symlink_to(base / "victim")
+    env = {"TMPDIR": str(base / "tmp"), "HOME": str(base / "home"), "XDG_CACHE_HOME": str(base / "xdg"),
+           "AUTOTUNE_AGENT_TEST_HOOKS": "1"}  # fmt: skip
+    proc = AgentProcess(token=TOKEN, root=base / "root", env=env)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("AUTOTUNE_LOCK_DIR", raising=False)  # the default lock directory, not a configured one
+        proc.launch()
+    with proc:
+        yield proc
+
+
+@pytest.fixture
+def iclient(isolated: AgentProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=isolated.url, headers=AUTH, timeout=120) as c:
+        yield c
+
+
+def test_oversized_options_are_refused_with_little_memory(
+    isolated: AgentProcess, iclient: httpx.Client
+) -> None:
+    """Item 3: a 20-million-entry affinity list (40 MB body) is refused before it is parsed."""
+    data = relu_model(13.0)
+    upload(iclient, data)
+    proc = psutil.Process(isolated.pid)
+    before = proc.memory_info().rss
+    peak, stop = [before], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak.append(proc.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    body = (b'{"model_sha256": "' + sha(data).encode() + b'", "backend": "ort-cpu", '
+            b'"options": {"threads": 1, "affinity": [' + b",".join([b"0"] * 20_000_000) + b"]}}")  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        resp = iclient.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        took = time.monotonic() - t0
+        time.sleep(0.3)  # what the agent does right after answering counts too
+    finally:
+        stop.set()
+        sampler.join()
+    t0 = time.monotonic()
+    alive(iclient)
+    info_s = time.monotonic() - t0
+    print(f"\n[options bomb] {len(body) / 2**20:.0f} MB body: {resp.status_code} in {took:.1f} s "
+          f"({resp.text[:200]}); agent RSS {before / 2**20:.0f} MB before, peak "
+          f"{max(peak) / 2**20:.0f} MB; /v1/info then {info_s * 1e3:.0f} ms")  # fmt: skip
+    assert resp.status_code == 400 and "JSON values" in resp.json()["detail"], resp.text[:300]
+    assert max(peak) < 150 * 2**20
