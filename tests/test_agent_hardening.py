@@ -705,3 +705,119 @@ def test_oversized_options_are_refused_with_little_memory(
           f"{max(peak) / 2**20:.0f} MB; /v1/info then {info_s * 1e3:.0f} ms")  # fmt: skip
     assert resp.status_code == 400 and "JSON values" in resp.json()["detail"], resp.text[:300]
     assert max(peak) < 150 * 2**20
+
+
+def test_default_job_memory_is_a_share_of_available_memory(iclient: httpx.Client) -> None:
+    """Item 4: not the machine's total RAM."""
+    budget = alive(iclient)["limits"]["job_memory_bytes"]
+    assert 0 < budget <= 0.75 * psutil.virtual_memory().total, budget
+
+
+def _bomb_nodes(prefix: str, out: str) -> list[onnx.NodeProto]:
+    """A 38 GiB ConstantOfShape, summed to a scalar and added to x."""
+    shape = helper.make_tensor(prefix + "s", TensorProto.INT64, [2], [100_000, 100_000])
+    one = helper.make_tensor(prefix + "v", TensorProto.FLOAT, [1], [1.0])
+    return [helper.make_node("Constant", [], [prefix + "shape"], value=shape),
+            helper.make_node("ConstantOfShape", [prefix + "shape"], [prefix + "big"], value=one),
+            helper.make_node("ReduceSum", [prefix + "big"], [prefix + "r"], keepdims=0),
+            helper.make_node("Add", ["x", prefix + "r"], [out])]  # fmt: skip
+
+
+def _if(then: onnx.GraphProto, cond: bool = False) -> list[onnx.NodeProto]:
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z2"])], "other", [],
+                              [helper.make_tensor_value_info("z2", TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    flag = helper.make_tensor("c", TensorProto.BOOL, [], [cond])
+    return [helper.make_node("Constant", [], ["cond"], value=flag),
+            helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]  # fmt: skip
+
+
+def _nested_bombs() -> dict[str, bytes]:
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])
+    branch = helper.make_graph(_bomb_nodes("b", "z"), "branch", [], [z])
+    body = helper.make_graph(
+        [*_bomb_nodes("b", "z"), helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), z],
+    )  # fmt: skip
+    n = helper.make_tensor("n", TensorProto.INT64, [], [1])
+    t = helper.make_tensor("t", TensorProto.BOOL, [], [1])
+    loop = [helper.make_node("Constant", [], ["n"], value=n),
+            helper.make_node("Constant", [], ["t"], value=t),
+            helper.make_node("Loop", ["n", "t"], ["zs"], body=body),
+            helper.make_node("ReduceSum", ["zs", "axis0"], ["y"], keepdims=0)]  # fmt: skip
+    axis0 = numpy_helper.from_array(np.array([0], np.int64), "axis0")
+    bomb_fn = helper.make_function(
+        "local", "Bomb", ["x"], ["y"], _bomb_nodes("b", "y"), [helper.make_opsetid("", 17)]
+    )
+    shape_f = helper.make_tensor("sf", TensorProto.FLOAT, [2], [100_000.0, 100_000.0])
+    cast = [helper.make_node("Constant", [], ["shape_f"], value=shape_f),
+            helper.make_node("Cast", ["shape_f"], ["shape"], to=TensorProto.INT64),
+            *_bomb_nodes("b", "y")[1:]]  # fmt: skip
+    cast[2].input[0] = "shape"  # the ConstantOfShape reads the cast shape
+    sparse_graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0), helper.make_node("Add", ["x", "r"], ["y"])],
+        "g", [X], [Y],
+    )  # fmt: skip
+    sparse = helper.make_sparse_tensor(  # one value; 30000 x 30000 floats (3.4 GiB) once dense
+        numpy_helper.from_array(np.ones(1, np.float32), "c"),
+        numpy_helper.from_array(np.zeros(1, np.int64), "ci"),
+        [30_000, 30_000],
+    )  # fmt: skip
+    sparse_graph.sparse_initializer.append(sparse)
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [X], [Y])
+
+    def training(graph: onnx.GraphProto) -> bytes:
+        model = onnx.load_from_string(model_bytes(relu))
+        model.training_info.add().initialization.CopyFrom(graph)
+        return model.SerializeToString()
+
+    w2 = helper.make_tensor_value_info("w2", TensorProto.FLOAT, [1, 4])
+    external = _external(numpy_helper.from_array(np.ones((1, 4), np.float32), "w"), "/etc/passwd")
+    return {
+        "If branch": model_bytes(helper.make_graph(_if(branch), "g", [X], [Y])),
+        "Loop body": model_bytes(helper.make_graph(loop, "g", [X], [Y], [axis0])),
+        "local function": model_bytes(
+            helper.make_graph([helper.make_node("Bomb", ["x"], ["y"], domain="local")], "g", [X], [Y]),
+            [bomb_fn],
+            extra_opsets=[helper.make_opsetid("local", 1)],
+        ),
+        "through Cast": model_bytes(helper.make_graph(cast, "g", [X], [Y])),
+        "sparse initializer": model_bytes(sparse_graph),
+        "external data in training_info": training(
+            helper.make_graph([helper.make_node("Identity", ["w"], ["w2"])], "init", [], [w2], [external])
+        ),
+        "custom op in training_info": training(
+            helper.make_graph([helper.make_node("Evil", [], ["w2"], domain="com.attacker")], "init", [], [w2])
+        ),
+    }  # fmt: skip
+
+
+def test_nested_memory_bombs_are_refused_at_upload(client: httpx.Client) -> None:
+    """Item 4: every graph, function and training_info is walked; sparse tensors count dense."""
+    reasons = {"external data": "external data", "custom op": "custom domain"}
+    for what, data in _nested_bombs().items():
+        resp = upload(client, data)
+        answer = resp.json()
+        assert resp.status_code == 400 and answer["error"] == "invalid_model", (what, len(data), answer)
+        detail = answer["detail"]
+        needle = next((v for k, v in reasons.items() if what.startswith(k)), "over the agent's memory budget")
+        assert needle in detail, (what, detail)
+        assert client.head(f"/v1/models/{sha(data)}").status_code == 404
+        print(f"\n[nested bomb] {what} ({len(data)} bytes): {detail}", end="")
+    print()
+    # the same shapes, small, are fine: an If whose branch makes a 2 x 4 tensor from a Cast shape
+    shape_f = helper.make_tensor("sf", TensorProto.FLOAT, [2], [1.0, 4.0])
+    one = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    small = helper.make_graph(
+        [helper.make_node("Constant", [], ["shape_f"], value=shape_f),
+         helper.make_node("Cast", ["shape_f"], ["shape"], to=TensorProto.INT64),
+         helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=one),
+         helper.make_node("Add", ["x", "ones"], ["z"])],
+        "branch", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    good = model_bytes(helper.make_graph(_if(small, cond=True), "g", [X], [Y]))
+    assert upload(client, good).status_code == 201
+    view = wait_job(client, client.post("/v1/jobs", json=job(sha(good))).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    alive(client)

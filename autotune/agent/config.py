@@ -18,6 +18,13 @@ from autotune.agent.job import test_hooks_enabled
 #: connections without the token the agent keeps under it
 LIMIT_CONCURRENCY = 1024
 MAX_UNAUTHENTICATED = LIMIT_CONCURRENCY // 2
+#: share of the available memory a job may use by default
+JOB_MEMORY_SHARE = 0.75
+
+
+def default_job_memory() -> int:
+    """A share of the memory available now: not total RAM, which others' use already takes from."""
+    return int(psutil.virtual_memory().available * JOB_MEMORY_SHARE)
 
 
 def is_loopback(host: str) -> bool:
@@ -50,8 +57,9 @@ class AgentConfig:
     #: free disk space every upload must leave (507 below it)
     min_free_bytes: int = 256 * 2**20
     #: address space a job may add to its process (RLIMIT_AS, CPU backends), and the largest
-    #: static tensor a model may declare (0: no limit). Default: the machine's memory.
-    job_memory_bytes: int = field(default_factory=lambda: psutil.virtual_memory().total)
+    #: tensor a model may declare or imply (0: no limit). Default: a share of the memory
+    #: available when the agent starts
+    job_memory_bytes: int = field(default_factory=default_job_memory)
     backends: tuple[str, ...] | None = None  # allow-list; None: every backend usable here
     startup_timeout_s: float = 120.0
     prepare_timeout_s: float = 60.0

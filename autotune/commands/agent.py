@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--job-memory-mb", type=float, default=None,
         help="address space a job may add to its process (RLIMIT_AS, CPU backends), and the largest "
-        "static tensor a model may declare (default: the machine's memory; 0: no limit)",
+        "tensor a model may declare or imply, in any subgraph or function (default: 3/4 of the "
+        "memory available when the agent starts; 0: no limit)",
     )  # fmt: skip
     p.add_argument(
         "--min-free-mb", type=float, default=256, help="free disk space uploads must leave (default: 256)"
