@@ -5,11 +5,14 @@ process on loopback. Every test checks the agent still serves afterwards.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
+import os
 import re
 import resource
 import select
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -711,6 +714,57 @@ def test_default_job_memory_is_a_share_of_available_memory(iclient: httpx.Client
     """Item 4: not the machine's total RAM."""
     budget = alive(iclient)["limits"]["job_memory_bytes"]
     assert 0 < budget <= 0.75 * psutil.virtual_memory().total, budget
+
+
+def test_device_lock_is_private_not_followed_and_times_out(
+    isolated: AgentProcess, iclient: httpx.Client
+) -> None:
+    """Item 5: the lock is in a private per-user directory, opened without following links,
+    and a job waiting for it ends with that reason."""
+    base = isolated.root.parent
+    data = relu_model(14.0)
+    upload(iclient, data)
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data))).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    assert not (base / "victim").exists(), "the agent followed a link planted at the shared lock path"
+    private = base / "tmp" / f"autotune-{os.getuid()}"
+    st = os.lstat(private)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
+    lock = private / "device-cpu.lock"
+    # a link planted in the directory itself is not followed either
+    lock.unlink()
+    lock.symlink_to(base / "victim2")
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data), np.full((1, 4), 2, np.float32)))
+                    .json()["job_id"])  # fmt: skip
+    assert view["status"] not in ("ok", "unstable") and not (base / "victim2").exists(), view
+    lock.unlink()
+    # held by another process: the job ends as timeout saying so, after half its measure timeout
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        body = job(sha(data), np.full((1, 4), 3, np.float32), timeouts={"measure_s": 6})
+        t0 = time.monotonic()
+        view = wait_job(iclient, iclient.post("/v1/jobs", json=body).json()["job_id"])
+        took = time.monotonic() - t0
+    why = view["error"] or (view["measurement"] or {}).get("error") or ""
+    assert view["status"] == "timeout" and "busy" in why, view
+    print(f"\n[device lock] {private} mode {stat.S_IMODE(st.st_mode):o}; held elsewhere: "
+          f"{view['status']} after {took:.1f} s: {why}")  # fmt: skip
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data), np.full((1, 4), 4, np.float32)))
+                    .json()["job_id"])  # fmt: skip
+    assert view["status"] in ("ok", "unstable"), view
+
+
+def test_job_processes_write_under_the_work_directory(isolated: AgentProcess, iclient: httpx.Client) -> None:
+    """Item 6: onnxruntime's ~/.cache/Microsoft/DeveloperTools lands in the agent's work dir."""
+    data = relu_model(15.0)
+    upload(iclient, data)
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data))).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    base, work = isolated.root.parent, (isolated.root / "work").resolve()
+    assert not (base / "home" / ".cache").exists() and not (base / "xdg" / "Microsoft").exists()
+    assert (work / ".cache" / "Microsoft" / "DeveloperTools").is_dir()
+    for child in psutil.Process(isolated.pid).children(recursive=True):
+        assert child.environ()["HOME"] == str(work), child.cmdline()
 
 
 def _bomb_nodes(prefix: str, out: str) -> list[onnx.NodeProto]:

@@ -76,6 +76,9 @@ class AgentConfig:
     max_unauthenticated_connections: int = 256
     #: a request body must bring guard.MIN_BODY_BYTES per this many seconds, or end
     body_timeout_s: float = 10.0
+    #: how long a job waits for the device lock held by another process before it ends as
+    #: ``timeout`` (at most half the job's measure timeout)
+    lock_timeout_s: float = 60.0
     #: TLS: PEM certificate chain and key (``--tls-cert/--tls-key`` or ``--self-signed``)
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -281,5 +281,8 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         "measure": req.timeouts.measure_s,
     }
     timeouts = {k: min(cap, asked[k] or cap) for k, cap in caps.items()}
+    # waiting for a device another process measures on ends with its own reason, well before
+    # the measure phase's timeout would
+    spec["lock_timeout_s"] = min(agent.cfg.lock_timeout_s, timeouts["measure"] / 2)
     held = sum(len(t.data) for t in [*req.inputs, *(req.reference_inputs or [])])
     return key, spec, timeouts, held

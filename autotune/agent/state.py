@@ -188,6 +188,7 @@ class Agent:
                 "max_connections_per_client": self.cfg.max_connections_per_client,
                 "max_unauthenticated_connections": self.cfg.max_unauthenticated_connections,
                 "body_timeout_s": self.cfg.body_timeout_s,
+                "lock_timeout_s": self.cfg.lock_timeout_s,
                 "protocol": protocol_bounds(self.cfg),
                 "runtime": runtime_bounds(self.cfg),
                 "max_threads": self.cfg.max_threads,

@@ -89,6 +89,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--body-timeout", type=float, default=10,
         help="a request body must bring 64 KiB per this many seconds, or end (default: 10)",
     )  # fmt: skip
+    p.add_argument(
+        "--lock-timeout", type=float, default=60,
+        help="seconds a job waits for the device while another process measures on it, then "
+        "ends as timeout (default: 60; at most half the measure timeout)",
+    )  # fmt: skip
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM): serve https")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for --tls-cert")
     p.add_argument(
@@ -144,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         "max_queued_input_mb",
         "header_timeout",
         "body_timeout",
+        "lock_timeout",
     )
     for name in positive:
         if not getattr(args, name) > 0:
@@ -189,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         max_connections_per_client=args.max_connections_per_client,
         max_unauthenticated_connections=args.max_unauthenticated_connections,
         body_timeout_s=args.body_timeout,
+        lock_timeout_s=args.lock_timeout,
         tls_cert=tls_cert.expanduser() if tls_cert else None,
         tls_key=tls_key.expanduser() if tls_key else None,
         allowed_hosts=tuple(args.allowed_host),
