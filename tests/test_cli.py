@@ -177,3 +177,44 @@ def test_onnx_model_gets_bits_and_runtime_knobs_only(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "width and sparsity need a torch model" in out.stdout
     assert "fidelity" in out.stdout
+
+
+TINY = ["--model", "tiny_tasks:conv_task", "--budget", "50ms", "--trials", "1", "--quick"]
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str], needle: str) -> str:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("study", ["ABSOLUTE", "../escape", "a/b", ".."])
+def test_a_study_name_is_not_a_path(tmp_path: Path, study: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    if study == "ABSOLUTE":
+        study = str(tmp_path / "target")  # was written as a whole run directory (exit 0)
+    out = autotune(*TINY, "--study", study, cwd=work)
+    line = _one_line_error(out, "--study")
+    print(f"\n[study name] {study}: {line}")
+    assert not (tmp_path / "target").exists() and not (tmp_path / "escape").exists()
+    assert not (work / "runs").exists()
+
+
+def test_out_and_budget_mistakes_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a regular file")
+    cases = [
+        (["--out", "file/runs"], "--out file/runs: cannot write"),  # was NotADirectoryError
+        (["--budget", "1e309ms"], "not a finite number"),  # was "must be greater than zero"
+        (["--budget", "1e-320ms"], "too small"),  # was accepted, naming the study ...e-318us
+    ]
+    if Path("/sys").is_dir():  # sysfs takes no new directories (read-only in most containers)
+        cases.append((["--out", "/sys/autotune-test-out"], "cannot write the run directory"))
+    for extra, needle in cases:
+        args = [*TINY, *extra] if extra[0] == "--out" else [*TINY[:2], *TINY[4:], *extra]
+        line = _one_line_error(autotune(*args, cwd=tmp_path), needle)
+        print(f"\n[cli] {' '.join(extra)}: {line}", end="")
+    print()
+    assert not (tmp_path / "runs").exists()
