@@ -559,7 +559,7 @@ def test_the_owner_is_answered_past_tokenless_and_idle_floods(tmp_path: Path) ->
         for s in socks:
             s.close()
         assert resp.status_code == 200, resp.text
-        # the bound; it took well under 0.1 s on a 2-core VM, so 2 s does not flake
+        # the bound, with room: 0.2-0.3 s on a 2-core VM under a load of 9
         assert answered < 2.0, answered
         limits = resp.json()["limits"]
         print(f"\n[floods] 32 tokenless connections closed {closed_after:.2f} s after their 401s; with "
