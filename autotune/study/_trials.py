@@ -50,17 +50,23 @@ def counted(study: optuna.Study) -> int:
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace, greedy: list[dict[str, Any]]) -> None:
-    done = set()
+    """Queue the baselines and greedy candidates not done, queued or running yet. One that failed
+    because of an interrupt or a killed worker (no reason recorded) is queued again."""
+    optuna.storages.fail_stale_trials(study)  # a killed worker's trials, once their heartbeat stops
+    done, taken = set(), []
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.from_attrs(t.user_attrs)
-        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) or (
-            t.state == TrialState.FAIL and record.failed_by_candidate
-        ):
+        if t.state == TrialState.FAIL and not record.failed_by_candidate:
+            continue  # interrupted, or its worker was killed: it has no answer
+        taken.append(t.system_attrs.get("fixed_params", t.params))
+        if t.state != TrialState.PRUNED:
             done.add(record.baseline)
     named = list(space.baselines().items()) + [(f"greedy{i + 1}", p) for i, p in enumerate(greedy)]
     for name, params in named:
-        if name not in done:
-            study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs(), skip_if_exists=True)
+        # not Optuna's skip_if_exists: it matches the interrupted trial itself, which never re-ran
+        if name not in done and params not in taken:
+            study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs())
+            taken.append(params)
 
 
 class StudyPredictor:

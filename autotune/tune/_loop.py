@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -103,6 +104,17 @@ def _save_traceback(run_dir: Path, number: int, exc: BaseException) -> str:
     return rel.as_posix()
 
 
+def _make_run_dir(run_dir: Path, out_dir: str | Path) -> None:
+    """Create the run directory and check it takes files: one line, not a traceback, when
+    ``--out`` is on a read-only filesystem or under a regular file."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as exc:
+        why = exc.strerror or error_line(exc)
+        raise UserError(f"--out {out_dir}: cannot write the run directory {run_dir}: {why}") from None
+
+
 def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     # Ctrl-C lands in our code, never inside Optuna's storage writes (a held SQLite lock, a traceback)
     with _quiet_optuna(), interrupts_outside_optuna():
@@ -111,11 +123,11 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
 
 def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     profile = load_profile(cfg.device)
-    device = device_for_profile(profile, agent=cfg.agent)
     preset = load_preset(cfg.space)
     study_name = cfg.study_name or f"{task.name}-{profile.name}-{cfg.budget_spec.slug}"
     run_dir = Path(cfg.out_dir) / study_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir, cfg.out_dir)
+    device = device_for_profile(profile, agent=cfg.agent)
 
     storage_url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
     storage = _storage(storage_url)
