@@ -139,12 +139,19 @@ class Runner:
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
         from autotune import __version__
-        from autotune.devices import BACKENDS, Measurement, Protocol, Reference, RuntimeOptions
-        from autotune.devices._lock import TIMEOUT_ENV, DeviceBusy
+        from autotune.devices import (
+            BACKENDS,
+            LOCK_TIMEOUT_ENV,
+            DeviceBusy,
+            Measurement,
+            Protocol,
+            Reference,
+            RuntimeOptions,
+        )
 
         backend = spec["backend"]
         if spec.get("lock_timeout_s") is not None:  # read by device_lock
-            os.environ[TIMEOUT_ENV] = str(float(spec["lock_timeout_s"]))
+            os.environ[LOCK_TIMEOUT_ENV] = str(float(spec["lock_timeout_s"]))
         test = spec.get("test")
         _run_hook(test, "prepare")
         inputs = decode_inputs(spec.get("inputs", []))

@@ -28,6 +28,8 @@ from autotune.devices._base import (
     Status,
 )
 from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._lock import TIMEOUT_ENV as LOCK_TIMEOUT_ENV
+from autotune.devices._lock import DeviceBusy
 from autotune.devices._paired import median_ci
 
 if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run time)
@@ -119,8 +121,10 @@ def device_for_profile(profile: DeviceProfile, agent: str | None = None) -> Devi
 
 __all__ = [
     "BACKENDS",
+    "LOCK_TIMEOUT_ENV",
     "Capabilities",
     "Device",
+    "DeviceBusy",
     "Measurement",
     "OrtCpuDevice",
     "OrtCudaDevice",
