@@ -1,5 +1,5 @@
-"""Typed records all the way: a measurement's flags are typed fields, and keep the stored and
-wire shapes of the previous version."""
+"""Typed records all the way: the study's attribute keys live in one module, a measurement's
+flags are typed fields, and both keep the stored and wire shapes of the previous version."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from pathlib import Path
 import autotune
 from autotune.knobs import deployment
 from autotune.records import LatencyStats, LoadShares, Measurement, RuntimeOptions
+from autotune.study import Baseline, TrialRecord
 from autotune.wire import json_safe, measurement_from_wire
 
 PKG = Path(autotune.__file__).parent
+#: the one module that reads and writes Optuna study and trial attributes
+RECORDS = PKG / "study" / "_records.py"
 #: Measurement's fields in the previous version (commit caaee44): its readers keep only these
 OLD_FIELDS = {
     *("status", "backend", "n", "median_ms", "mean_ms", "min_ms", "p90_ms", "p99_ms", "iqr_ms", "cv"),
@@ -79,6 +82,27 @@ OLD_STORED = {
 
 def _parsed() -> dict[Path, ast.Module]:
     return {p: ast.parse(p.read_text()) for p in PKG.rglob("*.py") if "_vendor" not in p.parts}
+
+
+def _names(node: ast.AST) -> str | None:
+    """The attribute or keyword a node names (``t.user_attrs``, ``enqueue_trial(user_attrs=...)``)."""
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.arg if isinstance(node, ast.keyword) else None
+
+
+def test_only_the_records_module_touches_study_attributes() -> None:
+    keys = {"user_attrs", "set_user_attr", "system_attrs", "set_system_attr"}
+    found = [
+        f"{path.relative_to(PKG.parent)}: {_names(node)}"
+        for path, tree in _parsed().items()
+        if path != RECORDS
+        for node in ast.walk(tree)
+        if _names(node) in keys
+    ]
+    assert not found, "study attributes are read and written in autotune/study/_records.py only:\n" + (
+        "\n".join(found)
+    )
 
 
 def _reads_extra(node: ast.AST) -> bool:
@@ -158,3 +182,21 @@ def test_the_agent_wire_format_is_compatible_both_ways() -> None:
     assert wire["extra"]["drift_flag"] is True and wire["extra"]["host_busy"] == 0.42
     assert wire["extra"]["paired"] is True and wire["extra"]["host_load"]["foreign_cpu"] == 0.4
     assert measurement_from_wire(wire).host_busy == 0.42
+
+
+def test_baselines_are_typed_and_stored_as_their_names() -> None:
+    for baseline in (Baseline.uniform("w0.5+int8"), Baseline.greedy(2), Baseline.final(12)):
+        record = TrialRecord.of_baseline(baseline)
+        back = TrialRecord.from_attrs(json.loads(json.dumps(record.to_attrs())))
+        assert back.enqueued == baseline and back.baseline == baseline.name
+    assert TrialRecord.of_baseline(Baseline.final(12)).to_attrs() == {
+        "baseline": "final-kd#12",
+        "final_of": 12,
+    }
+    assert TrialRecord.of_baseline(Baseline.greedy(2)).to_attrs() == {"baseline": "greedy2"}
+    assert TrialRecord.from_attrs({"baseline": "floor"}).enqueued == Baseline("floor", "uniform")
+    assert TrialRecord.from_attrs({}).enqueued is None
+    # the predictor's figures are trial records too
+    skipped = TrialRecord(predicted={"ratio": 0.9}, predicted_ratio=None).to_attrs()
+    assert skipped == {"predicted": {"ratio": 0.9}}
+    assert TrialRecord.from_attrs({"predicted_ratio": 0.51}).predicted_ratio == 0.51
