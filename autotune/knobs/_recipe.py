@@ -156,7 +156,9 @@ def from_params(params: dict[str, Any], choices: dict[str, list[KnobValue]]) -> 
     return RuntimeOptions(**runtime), Recipe(**recipe)
 
 
-def deployment(runtime: RuntimeOptions, measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deployment(
+    runtime: RuntimeOptions, measured: dict[str, Any], provider_options: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The session options a deployment must use: those the winner was measured with.
 
     ``measured``: the measurement's runtime record. Raises ValueError when it differs from
@@ -173,8 +175,8 @@ def deployment(runtime: RuntimeOptions, measured: dict[str, Any], extra: dict[st
         "execution_mode": so.execution_mode.name,
         "graph_optimization_level": so.graph_optimization_level.name,
     }
-    if "provider_options" in extra:  # GPU execution providers: as measured
-        out["provider_options"] = extra["provider_options"]
+    if provider_options is not None:  # GPU execution providers: as measured
+        out["provider_options"] = provider_options
     return out
 
 
@@ -223,7 +225,7 @@ def export_fields(candidate: Candidate, m: Measurement, artifact: Path, number: 
     from autotune.errors import UserError
 
     try:
-        options = deployment(candidate.runtime, m.runtime, m.extra)
+        options = deployment(candidate.runtime, m.runtime, m.provider_options)
     except ValueError as exc:
         raise UserError(f"trial {number}: {exc}") from None
     out = {"session_options": options, "quantization_recipe": asdict(candidate.recipe)}

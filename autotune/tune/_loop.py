@@ -36,9 +36,6 @@ from autotune.space import Candidate, DeviceProfile, SearchSpace, build_space, l
 from autotune.study import (
     DB_NAME,
     FAILURES_DIR,
-    PREDICTED_KEY,
-    PREDICTION_KEY,
-    Reference,
     RunMeta,
     SearchConfig,
     StudyPredictor,
@@ -51,6 +48,7 @@ from autotune.study import (
     infeasible_message,
     make_sampler,
     measure_reference,
+    save_confirmed,
     sensitivity_for_report,
     sensitivity_guidance,
 )
@@ -161,10 +159,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         )
         # the unmodified model first, whatever the preset says: it defines "Δ vs FP32" and "50%"
         old = RunMeta.from_study(study)
-        if old is not None and old.reference:
-            reference = Reference.from_dict(old.reference)
-        else:
-            reference = measure_reference(task, space, builder, measurer, inputs)
+        stored = old.reference_record if old is not None else None
+        reference = stored or measure_reference(task, space, builder, measurer, inputs)
         budget_ms = cfg.budget_spec.resolve(reference.latency_ms)
         limit = cfg.budget_spec.limit(budget_ms)  # a relative budget is decided on the ratio alone
         floor = None if cfg.floor is None else cfg.floor.floor(reference.accuracy)
@@ -195,17 +191,18 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = space.sample(trial)
-        record = TrialRecord(candidate=candidate)
+        record = TrialRecord.from_trial(trial)  # an enqueued trial starts with its baseline's
+        record.candidate = candidate
         record.save(trial)
         try:
-            artifact = (final_builder if "final_of" in trial.user_attrs else builder).build(candidate)
+            artifact = (final_builder if record.final_of is not None else builder).build(candidate)
             timings = record.timings = artifact.timings
             record.artifact_path = str(artifact.path.relative_to(run_dir))
             record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
             if predictor is not None and (
                 predicted := predictor.skip(trial, artifact.path, candidate.runtime)
             ):
-                trial.set_user_attr(PREDICTED_KEY, predicted)  # built, not measured: predicted
+                record.predicted = predicted  # built, not measured: predicted
                 raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
             t0 = time.perf_counter()
             m = measurer.measure(artifact.path, inputs, candidate.runtime)
@@ -223,6 +220,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
                 raise CandidateError("evaluate", error_line(exc)) from exc
             finally:
                 timings["evaluate"] = time.perf_counter() - t0
+            if predictor is not None:  # what it had predicted; its error is tracked in predictor.stats
+                record.predicted_ratio = predictor.observe(artifact.path, candidate.runtime, m.ratio)
         except CandidateError as exc:
             record.fail_stage, record.fail_reason = exc.stage, str(exc)
             record.traceback = _save_traceback(run_dir, trial.number, exc)
@@ -230,8 +229,6 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         finally:
             record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
-        if predictor is not None and (guess := predictor.observe(artifact.path, candidate.runtime, m.ratio)):
-            trial.set_user_attr(PREDICTION_KEY, guess)  # its error is tracked in predictor.stats
         trial.set_constraint("latency_budget", limit.excess(latency_ms, m.ratio))
         if floor is not None:
             trial.set_constraint("accuracy_floor", floor - accuracy)
@@ -283,7 +280,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         trial_stats = dict(measurer.stats)
         found = ParetoSet(study, run_dir, storage=storage_url)
         confirmed = confirm.run_round(found, measurer, inputs, limit, cfg.protocol)
-        study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
+        save_confirmed(study, confirmed)
         trial_stats["confirmed"] = len(confirmed)
     except KeyboardInterrupt:
         meta.stopped = "interrupted"
