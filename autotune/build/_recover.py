@@ -3,7 +3,8 @@
 * BatchNorm statistics re-estimated on unlabeled inputs after width or sparsity changed the
   activations (cheap: forward passes only). Always on for pruned candidates.
 * Knowledge distillation from the unmodified model (soft targets, no labels), a bounded number
-  of steps, with ``--recover kd``.
+  of steps, with ``--recover kd``: the package's one distillation loop,
+  :func:`autotune.task.knowledge_distill`.
 
 Data: ``Task.recovery_data``, defaulting to the calibration batches. A task's own ``finetune``
 takes precedence over distillation; BatchNorm re-estimation still runs before it.
@@ -11,19 +12,17 @@ takes precedence over distillation; BatchNorm re-estimation still runs before it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autotune.errors import UserError
-from autotune.inputs import call_model, first_output
-from autotune.task import Task
+from autotune.inputs import call_model
+from autotune.task import Task, knowledge_distill
 
 if TYPE_CHECKING:
     from autotune.inputs import ModelInputs
@@ -78,10 +77,6 @@ def _rebuild(like: ModelInputs, tensors: Sequence[torch.Tensor]) -> ModelInputs:
     return dict(zip(like, tensors, strict=True)) if isinstance(like, dict) else tuple(tensors)
 
 
-def _first(out: object) -> torch.Tensor:
-    return first_output(out)  # type: ignore[no-any-return]
-
-
 def recalibrate_bn(model: nn.Module, batches: Sequence[ModelInputs]) -> bool:
     """Re-estimate every BatchNorm's running mean/var on ``batches`` (exact average, not EMA)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -109,41 +104,21 @@ def distill(
     recovery: Recovery,
     seed: int = 0,
 ) -> None:
-    """``recovery.steps`` Adam steps of soft-target distillation (KL at temperature T), in place."""
-    if recovery.steps == 0 or not batches:
+    """``recovery.steps`` steps of soft-target distillation on ``batches``, in place."""
+    if not batches:
         return
     columns = [_tensors(b) for b in batches]
-    pool = [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))]
-    n = len(pool[0])
-
-    def rows(idx: torch.Tensor | slice) -> ModelInputs:
-        return _rebuild(batches[0], [t[idx] for t in pool])
-
-    teacher.eval()
-    with torch.no_grad():
-        targets = torch.cat([_first(call_model(teacher, rows(slice(i, i + 64)))) for i in range(0, n, 64)])
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=recovery.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / recovery.steps))
+    pool = _rebuild(batches[0], [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))])
+    knowledge_distill(
+        student,
+        teacher,
+        pool,
+        steps=recovery.steps,
+        lr=recovery.lr,
+        temperature=recovery.temperature,
+        batch_size=KD_BATCH,
+        seed=seed,
     )
-    temp = recovery.temperature
-    student.train()
-    try:
-        for _ in range(recovery.steps):
-            idx = torch.randint(0, n, (min(KD_BATCH, n),), generator=gen)
-            out = _first(call_model(student, rows(idx)))
-            loss = F.kl_div(
-                F.log_softmax(out / temp, dim=-1),
-                F.softmax(targets[idx] / temp, dim=-1),
-                reduction="batchmean",
-            ) * (temp * temp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    finally:
-        student.eval()
 
 
 def recover(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
