@@ -10,6 +10,10 @@ from autotune.budget import ACCEPTED_ANY
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # the choices and their help come from the registries the search itself reads
+    from autotune.build import RECOVERIES
+    from autotune.study import SAMPLERS
+
     p.add_argument(
         "--budget", required=True, help="latency budget on the device: " + ACCEPTED_ANY.replace("%", "%%")
     )
@@ -62,12 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="search on when the feasibility probe finds the budget out of reach",
     )
-    p.add_argument("--sampler", default="auto", help="auto, tpe, nsga2, gp or random (default: auto)")
-    p.add_argument(
-        "--recover",
-        default="bn",
-        help="recovery of pruned candidates: bn (BatchNorm statistics, default), kd (+ distillation), none",
-    )
+    p.add_argument("--sampler", **SAMPLERS.cli("Optuna sampler", "auto"))
+    p.add_argument("--recover", **RECOVERIES.cli("recovery of pruned candidates", "bn"))
     p.add_argument(
         "--recover-steps", type=int, default=100, help="distillation steps with --recover kd (default: 100)"
     )
