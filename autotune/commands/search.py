@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from autotune.budget import ACCEPTED_ANY
@@ -56,7 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick", action="store_true", help="short measurement protocol (smoke tests; numbers are noisier)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar on a terminal, no line per trial on stdout when it is not one",
+    )
     p.add_argument(
         "--max-drop",
         help="accuracy floor: points below the unmodified model (1.0), or a share of its score (1%%)",
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         protocol=Protocol.quick() if args.quick else Protocol(),
         agent=args.agent,
         remeasure=args.remeasure,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,  # the bar or a line per trial: tune/_progress.py decides
         report=args.report,
         max_drop=args.max_drop,
         keep_going=args.keep_going,

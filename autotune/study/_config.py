@@ -31,7 +31,8 @@ class SearchConfig:
         protocol: the measurement protocol.
         agent: URL of a remote agent, overriding the device profile's ``agents``.
         remeasure: ignore cached measurements.
-        progress: show a progress bar.
+        progress: show progress: a bar when stderr is a terminal, and one line per finished
+            trial on stdout when stdout is not that terminal (a log file, a pipe, CI).
         report: where to write the HTML report (default ``reports/<study>.html``; False: none).
         max_drop: accuracy floor: points below the unmodified model (``1.0``) or relative (``"1%"``).
         keep_going: search on when the feasibility probe finds the budget out of reach.

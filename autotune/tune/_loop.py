@@ -53,7 +53,7 @@ from autotune.study import (
     sensitivity_guidance,
 )
 from autotune.task import Task, evaluate_artifact
-from autotune.tune._progress import ProgressBar
+from autotune.tune._progress import Progress
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in the study package, re-exported
 
@@ -240,7 +240,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             study.stop()
 
     deadline = None if cfg.timeout_s is None else started + cfg.timeout_s
-    bar = ProgressBar(cfg.trials - counted(study), budget_ms, floor, cfg.progress)
+    bar = Progress(cfg.trials - counted(study), run_dir, cfg.progress)  # a bar, or a line per trial
     meta.stopped = None
     trial_stats: dict[str, Any] = {}
     try:
