@@ -3,8 +3,10 @@
 candidate -> torch-side knobs (width, sparsity) and recovery on a copy of the torch model ->
 ONNX export -> ONNX-side knobs (bit-width, as the candidate's recipe says) ->
 ``artifacts/<sha256>.onnx``. Every stage is timed; a stage that fails
-raises :class:`CandidateError` naming it. When recovery ran, the same candidate without recovery
-is built too (into a scratch folder), so its accuracy before recovery can be recorded.
+raises :class:`CandidateError` naming it, and one that runs out of the search's memory budget
+raises it with stage ``memory`` (autotune/_memory.py). When recovery ran, the same candidate
+without recovery is built too (into a scratch folder), so its accuracy before recovery can be
+recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from autotune._memory import memory_failure
 from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import error_line, sha256_file
 from autotune.build._recover import Recovery, recover
@@ -90,6 +93,8 @@ class ArtifactBuilder:
             except Exception as exc:
                 if _interrupted(exc):
                     raise KeyboardInterrupt from exc
+                if (out_of_memory := memory_failure(name, exc)) is not None:
+                    raise out_of_memory from exc
                 msg = error_line(exc)
                 raise CandidateError(name, msg) from exc
             finally:

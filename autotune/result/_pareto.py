@@ -44,6 +44,7 @@ class TrialResult:
     timings: dict[str, float] = field(default_factory=dict)
     recovery: dict[str, Any] | None = None  # what ran, and the accuracy before it
     confirmed: dict[str, Any] | None = None  # the confirmation round's figures, when confirmed
+    peak_memory_bytes: int | None = None  # the search process's peak during the trial
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
@@ -65,6 +66,7 @@ class TrialResult:
             baseline=record.baseline,
             timings=record.timings,
             recovery=record.recovery,
+            peak_memory_bytes=record.peak_memory_bytes,
         )
 
     @property
@@ -111,6 +113,7 @@ class TrialResult:
             "baseline": self.baseline,
             "config": self.candidate.to_dict(),
             "fingerprint": m.fingerprint,
+            "peak_memory_bytes": self.peak_memory_bytes,
         }
         info.update(export_fields(self.candidate, m, self.artifact_path, self.number))
         path.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str))

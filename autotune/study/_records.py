@@ -83,6 +83,18 @@ class RunMeta:
         study.set_user_attr(META_KEY, self.to_attrs())
 
 
+#: TrialRecord fields stored as they are, under their own name
+_PLAIN_KEYS = (
+    "baseline",
+    "fail_stage",
+    "fail_reason",
+    "traceback",
+    "sensitivity",
+    "recovery",
+    "peak_memory_bytes",
+)
+
+
 @dataclass
 class TrialRecord:
     """What autotune stores with one trial; every field is optional, set as the trial goes."""
@@ -100,6 +112,8 @@ class TrialRecord:
     sensitivity: dict[str, Any] | None = None
     #: recovery that ran ("bn", "kd", "finetune") and the accuracy of the same candidate before it
     recovery: dict[str, Any] | None = None
+    #: the search process's peak resident memory during the trial (build, measure, evaluate)
+    peak_memory_bytes: int | None = None
 
     @property
     def failed_by_candidate(self) -> bool:
@@ -120,7 +134,7 @@ class TrialRecord:
             attrs["measurement"] = self.measurement.to_dict(max_samples=MAX_STORED_SAMPLES)
         if self.timings:
             attrs["timings"] = dict(self.timings)
-        for key in ("baseline", "fail_stage", "fail_reason", "traceback", "sensitivity", "recovery"):
+        for key in _PLAIN_KEYS:
             if getattr(self, key) is not None:
                 attrs[key] = getattr(self, key)
         return attrs
@@ -141,6 +155,7 @@ class TrialRecord:
             traceback=attrs.get("traceback"),
             sensitivity=attrs.get("sensitivity"),
             recovery=attrs.get("recovery"),
+            peak_memory_bytes=attrs.get("peak_memory_bytes"),
         )
 
     def save(self, trial: optuna.Trial) -> None:
