@@ -6,7 +6,9 @@ ONNX export -> ONNX-side knobs (bit-width, as the candidate's recipe says) ->
 raises :class:`CandidateError` naming it, and one that runs out of the search's memory budget
 raises it with stage ``memory`` (autotune/_memory.py). When recovery ran, the same candidate
 without recovery is built too (into a scratch folder), so its accuracy before recovery can be
-recorded.
+recorded. With ``inspect``, the builder reads onnxruntime's optimised graph of the artifact and
+records the precision each layer really runs in (it may differ from the candidate's choice:
+autotune/devices/_ort_graph.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from autotune._memory import memory_failure
 from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import error_line, sha256_file
 from autotune.build._recover import Recovery, recover
+from autotune.devices import runs_in
 from autotune.errors import CandidateError
 from autotune.knobs import LAYER_KNOBS, BuildContext, KnobValue, OnnxKnob, TorchKnob, changes_weights
 from autotune.space import Candidate, SearchSpace
@@ -57,6 +60,8 @@ class Artifact:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     recovery: list[str] = field(default_factory=list)  # what recovery ran: bn, kd, finetune
     unrecovered: Path | None = None  # the same candidate built without recovery (scratch file)
+    #: layer -> the precision onnxruntime's CPU provider runs it in (builds with ``inspect``)
+    precision: dict[str, str] | None = None
 
 
 class ArtifactBuilder:
@@ -69,8 +74,10 @@ class ArtifactBuilder:
         artifact_dir: Path,
         recovery: Recovery | None = None,
         keep_unrecovered: bool = True,
+        inspect: bool = False,
     ) -> None:
         self.task = task
+        self.inspect = inspect
         self.space = space
         self.recovery = recovery or Recovery()
         self.keep_unrecovered = keep_unrecovered
@@ -123,6 +130,11 @@ class ArtifactBuilder:
             final = Path(tmp) / "final.onnx"
             with stage("quantize"):
                 self._quantize(candidate, fp32, final)
+            precision = None
+            if self.inspect:
+                with stage("inspect"):
+                    nodes = {layer.name: layer.onnx_node for layer in self.space.layers}
+                    precision = runs_in(final, nodes, candidate.runtime)
             digest = sha256_file(final)
             target = self.artifact_dir / f"{digest}.onnx"
             if not target.exists():
@@ -136,6 +148,7 @@ class ArtifactBuilder:
             timings=timings,
             recovery=ran,
             unrecovered=unrecovered,
+            precision=precision,
         )
 
     def _context(self, candidate: Candidate) -> BuildContext:

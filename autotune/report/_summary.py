@@ -36,7 +36,7 @@ def table(result: ParetoSet) -> str:
         lines.append(
             f"{t.number:>4}{mark}  {t.accuracy:>9.2f}  {delta:>9}  {t.latency_ms:>9.3f}  "
             f"{_p90(t):>8.3f}  {t.measurement.cv:>5.1%}  {t.size_bytes / 1024:>9.1f}  "
-            f"{t.candidate.describe()}{tag}{flag}"
+            f"{t.describe()}{tag}{flag}"
         )
     return "\n".join(lines)
 
@@ -114,6 +114,19 @@ def memory_line(result: ParetoSet) -> str | None:
     return "; ".join(parts)
 
 
+def precision_line(result: ParetoSet) -> str | None:
+    """Trials in which onnxruntime runs a layer in another precision than the candidate chose."""
+    changed = {t.number: t.precision_changes for t in result.trials if t.precision_changes}
+    if not changed:
+        return None
+    kinds = sorted({f"{c}->{r}" for diff in changed.values() for c, r in diff.values()})
+    return (
+        f"precision as run: onnxruntime's optimiser runs some layers in another precision than chosen "
+        f"({', '.join(kinds)}) in trials {sorted(changed)}; the configurations above show what runs "
+        "(the export JSON has both)"
+    )
+
+
 def summary(result: ParetoSet) -> str:
     """What ``autotune`` prints at the end of a search."""
     n_fail = len(result.failures)
@@ -132,7 +145,7 @@ def summary(result: ParetoSet) -> str:
         )
     lines.extend(_verdict(result))
     lines.append(table(result))
-    for line in (predictor_line(result), memory_line(result)):
+    for line in (precision_line(result), predictor_line(result), memory_line(result)):
         if line is not None:
             lines.append(line)
     stats = result.meta.measurer

@@ -194,7 +194,7 @@ def verdict(view: View) -> str:
         f"IQR/median {iqr_rel:.1%}, CV {m.cv:.1%}, n={m.n} samples of {m.runs_per_sample} run(s) each "
         f"on {device}; {tail}; {trust}.</p>"
         f"<p><b>Get it:</b> <code>{esc(export_command(r, c))}</code></p>"
-        f"<p class='muted'>Configuration: {esc(c.candidate.describe())}</p>"
+        f"<p class='muted'>Configuration: {esc(c.describe())}</p>"
         "</section>"
     )
 
@@ -230,7 +230,7 @@ def facts(view: View) -> str:
         ("wall time", _fmt_s(meta.wall_s)),
         (
             "chosen candidate",
-            f"trial {view.chosen.number}: {view.chosen.candidate.describe()}"
+            f"trial {view.chosen.number}: {view.chosen.describe()}"
             if view.chosen
             else "none (no trial met the budget)",
         ),
@@ -280,7 +280,7 @@ def candidates_table(view: View) -> str:
             f'<td class="num">{m.p99_ms:.3f}</td><td class="num">{m.cv:.1%}</td><td>{trust}</td>'
             f'<td class="num">{t.size_bytes / 1024:.1f}</td>'
             f'<td class="num">{_mib(t.peak_memory_bytes)}</td>'
-            f"<td>{esc(t.candidate.describe())}</td>"
+            f"<td>{esc(t.describe())}</td>"
             f"<td><code>{esc(export_command(r, t))}</code></td></tr>"
         )
     head = (
@@ -289,7 +289,7 @@ def candidates_table(view: View) -> str:
         '<th class="num">before recovery</th>'
         '<th class="num">median ms</th><th class="num">p90 ms</th><th class="num">p99 ms</th>'
         '<th class="num">CV</th><th>latency</th><th class="num">size KiB</th>'
-        '<th class="num">peak memory MiB</th><th>configuration</th>'
+        '<th class="num">peak memory MiB</th><th>configuration (as onnxruntime runs it)</th>'
         "<th>export</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"

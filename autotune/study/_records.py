@@ -92,6 +92,7 @@ _PLAIN_KEYS = (
     "sensitivity",
     "recovery",
     "peak_memory_bytes",
+    "precision",
 )
 
 
@@ -114,6 +115,9 @@ class TrialRecord:
     recovery: dict[str, Any] | None = None
     #: the search process's peak resident memory during the trial (build, measure, evaluate)
     peak_memory_bytes: int | None = None
+    #: layer -> the precision onnxruntime's CPU provider runs it in ("int8", "fp32", ...), read
+    #: off its optimised graph (devices/_ort_graph.py); None where not inspected
+    precision: dict[str, str] | None = None
 
     @property
     def failed_by_candidate(self) -> bool:
@@ -156,6 +160,7 @@ class TrialRecord:
             sensitivity=attrs.get("sensitivity"),
             recovery=attrs.get("recovery"),
             peak_memory_bytes=attrs.get("peak_memory_bytes"),
+            precision=attrs.get("precision"),
         )
 
     def save(self, trial: optuna.Trial) -> None:

@@ -133,9 +133,11 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
         load_if_exists=True,
     )
     recovery = Recovery(mode=cfg.recover, steps=cfg.recover_steps)
-    builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery)
+    # what each layer really runs in is read off onnxruntime's CPU optimiser: for CPU searches only
+    inspect = profile.backend == "ort-cpu"
+    builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery, inspect=inspect)
     final = Recovery(mode="kd", steps=cfg.recover_final_steps)
-    final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final)
+    final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final, inspect=inspect)
     inputs = _trial_inputs(task)
     started = time.time()
     try:
@@ -235,6 +237,7 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
         timings = record.timings = artifact.timings
         record.artifact_path = str(artifact.path.relative_to(run_dir))
         record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
+        record.precision = artifact.precision
         if predictor is not None and (predicted := predictor.skip(trial, artifact.path, candidate.runtime)):
             trial.set_user_attr(PREDICTED_KEY, predicted)  # built, not measured: predicted
             raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
