@@ -40,7 +40,8 @@ _ALLOCATION_FAILED = (
     "failed to allocate memory",  # onnxruntime's arena
     "unable to allocate",  # numpy, through a wrapper that re-raised it
     "bad_alloc",  # C++ new, in a message
-    "cannot allocate memory",  # ENOMEM in a message (mmap, fork)
+    "cannot allocate memory",  # ENOMEM in a message (mmap, fork, onnxruntime's pthread_create)
+    "can't start new thread",  # Python's threading: no room left for the thread's stack
 )
 _CUDA = re.compile(r"\bcuda\b", re.IGNORECASE)  # GPU memory is not the search process's budget
 _UNITS = {

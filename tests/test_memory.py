@@ -69,7 +69,10 @@ def test_out_of_memory_errors_are_recognised_whatever_raised_them() -> None:
     )
     wrapped = ValueError("export failed")
     wrapped.__cause__ = torch_oom
-    for exc in (MemoryError(), torch_oom, ort_oom, wrapped, OSError(12, "Cannot allocate memory")):
+    no_thread = RuntimeError(
+        "onnxruntime PosixThread: pthread_create failed, error code: 12 error msg: Cannot allocate memory"
+    )
+    for exc in (MemoryError(), torch_oom, ort_oom, wrapped, OSError(12, "Cannot allocate memory"), no_thread):
         assert is_memory_error(exc)
     for exc in (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), ValueError("shape mismatch")):
         assert not is_memory_error(exc)
