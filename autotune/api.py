@@ -41,7 +41,7 @@ def search(
             ``device``, ``trials``, ``space``, ``storage``, ``study_name``, ``out_dir``, ``seed``,
             ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``,
             ``max_drop``, ``keep_going``, ``sampler``, ``recover``, ``recover_steps``,
-            ``recover_final_steps``, ``sensitivity``, ``timeout``, ``predictor``.
+            ``recover_final_steps``, ``sensitivity``, ``timeout``, ``predictor``, ``max_memory``.
 
     Returns:
         The :class:`ParetoSet`: ``.pareto``, ``.best``, ``.report()``, ``.best.export()``.

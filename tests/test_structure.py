@@ -27,6 +27,7 @@ STAGES: list[tuple[str, ...]] = [
         "autotune._yaml",
         "autotune._tempdir",
         "autotune._interrupt",
+        "autotune._memory",
     ),
     ("autotune.task",),
     ("autotune.devices",),

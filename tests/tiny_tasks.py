@@ -118,5 +118,18 @@ def flaky_task() -> Task:
     return task
 
 
+def hungry_task() -> Task:
+    """Recovery of a pruned candidate asks for 16 GiB (never touched: under a small --max-memory
+    the allocation itself fails, so no test uses that memory); unpruned candidates build."""
+    task = conv_task()
+
+    def finetune(student: nn.Module, teacher: nn.Module) -> None:
+        torch.empty(16 << 30, dtype=torch.uint8)
+
+    task.finetune = finetune
+    task.name = "tiny-hungry"
+    return task
+
+
 def not_a_task() -> int:
     return 3

@@ -3,8 +3,12 @@
 candidate -> torch-side knobs (width, sparsity) and recovery on a copy of the torch model ->
 ONNX export -> ONNX-side knobs (bit-width, as the candidate's recipe says) ->
 ``artifacts/<sha256>.onnx``. Every stage is timed; a stage that fails
-raises :class:`CandidateError` naming it. When recovery ran, the same candidate without recovery
-is built too (into a scratch folder), so its accuracy before recovery can be recorded.
+raises :class:`CandidateError` naming it, and one that runs out of the search's memory budget
+raises it with stage ``memory`` (autotune/_memory.py). When recovery ran, the same candidate
+without recovery is built too (into a scratch folder), so its accuracy before recovery can be
+recorded. With ``inspect``, the builder reads onnxruntime's optimised graph of the artifact and
+records the precision each layer really runs in (it may differ from the candidate's choice:
+autotune/devices/_ort_graph.py).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from autotune._memory import memory_failure
 from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import error_line, sha256_file
 from autotune.build._recover import Recovery, recover
+from autotune.devices import runs_in
 from autotune.errors import CandidateError
 from autotune.knobs import LAYER_KNOBS, BuildContext, KnobValue, OnnxKnob, TorchKnob, changes_weights
 from autotune.space import Candidate, SearchSpace
@@ -54,6 +60,8 @@ class Artifact:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     recovery: list[str] = field(default_factory=list)  # what recovery ran: bn, kd, finetune
     unrecovered: Path | None = None  # the same candidate built without recovery (scratch file)
+    #: layer -> the precision onnxruntime's CPU provider runs it in (builds with ``inspect``)
+    precision: dict[str, str] | None = None
 
 
 class ArtifactBuilder:
@@ -66,8 +74,10 @@ class ArtifactBuilder:
         artifact_dir: Path,
         recovery: Recovery | None = None,
         keep_unrecovered: bool = True,
+        inspect: bool = False,
     ) -> None:
         self.task = task
+        self.inspect = inspect
         self.space = space
         self.recovery = recovery or Recovery()
         self.keep_unrecovered = keep_unrecovered
@@ -90,6 +100,8 @@ class ArtifactBuilder:
             except Exception as exc:
                 if _interrupted(exc):
                     raise KeyboardInterrupt from exc
+                if (out_of_memory := memory_failure(name, exc)) is not None:
+                    raise out_of_memory from exc
                 msg = error_line(exc)
                 raise CandidateError(name, msg) from exc
             finally:
@@ -118,6 +130,11 @@ class ArtifactBuilder:
             final = Path(tmp) / "final.onnx"
             with stage("quantize"):
                 self._quantize(candidate, fp32, final)
+            precision = None
+            if self.inspect:
+                with stage("inspect"):
+                    nodes = {layer.name: layer.onnx_node for layer in self.space.layers}
+                    precision = runs_in(final, nodes, candidate.runtime)
             digest = sha256_file(final)
             target = self.artifact_dir / f"{digest}.onnx"
             if not target.exists():
@@ -131,6 +148,7 @@ class ArtifactBuilder:
             timings=timings,
             recovery=ran,
             unrecovered=unrecovered,
+            precision=precision,
         )
 
     def _context(self, candidate: Candidate) -> BuildContext:

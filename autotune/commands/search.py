@@ -96,6 +96,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the budget by a safe margin are skipped, recorded as pruned with the predicted figure)",
     )
 
+    p.add_argument(
+        "--max-memory",
+        help="the most memory the search may hold: a size (8GiB, 512MiB) or a share of the memory "
+        "available at the start (50%%); a candidate that needs more fails with stage 'memory' and the "
+        "search goes on (default: 80%%)",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     # check the cheap arguments before loading torch or the model, so bad input fails fast
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         sensitivity=args.sensitivity,
         timeout=args.timeout,
         predictor=not args.no_predictor,
+        max_memory=args.max_memory,
     )
     from autotune.commands._task import load_task
     from autotune.devices import device_for_profile

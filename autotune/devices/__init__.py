@@ -34,6 +34,7 @@ from autotune.devices._paired import median_ci
 
 if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run time)
     from autotune.devices._ort import session_options
+    from autotune.devices._ort_graph import INT8_KERNELS, optimized_graph, quantized_kernels, runs_in
     from autotune.devices.ort_cpu import OrtCpuDevice
     from autotune.devices.ort_gpu import OrtCudaDevice, OrtTensorrtDevice
     from autotune.devices.tensorrt_engine import TensorrtDevice
@@ -89,6 +90,10 @@ BACKENDS: Mapping[str, type[Device]] = _Backends()
 _CLASSES = {spec.split(":")[1]: name for name, spec in _REGISTRY.items() if name != "remote"}
 
 
+#: what autotune.devices._ort_graph offers, resolved lazily by ``__getattr__``
+_ORT_GRAPH = ("INT8_KERNELS", "optimized_graph", "quantized_kernels", "runs_in")
+
+
 def __getattr__(name: str) -> Any:
     if name in _CLASSES:
         return BACKENDS[_CLASSES[name]]
@@ -96,6 +101,10 @@ def __getattr__(name: str) -> Any:
         from autotune.devices._ort import session_options
 
         return session_options
+    if name in _ORT_GRAPH:  # the graph onnxruntime's CPU provider runs; loads onnx
+        from autotune.devices import _ort_graph
+
+        return getattr(_ort_graph, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -121,6 +130,7 @@ def device_for_profile(profile: DeviceProfile, agent: str | None = None) -> Devi
 
 __all__ = [
     "BACKENDS",
+    "INT8_KERNELS",
     "LOCK_TIMEOUT_ENV",
     "Capabilities",
     "Device",
@@ -138,5 +148,8 @@ __all__ = [
     "device_for_profile",
     "host_fingerprint",
     "median_ci",
+    "optimized_graph",
+    "quantized_kernels",
+    "runs_in",
     "session_options",
 ]

@@ -30,6 +30,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from autotune._memory import headroom
 from autotune.inputs import InputSpec, feeds, graph_inputs
 from autotune.knobs._recipe import FUSIONS_KEY, Recipe, calibration_cache, publish
 from autotune.task import weighted_nodes
@@ -80,13 +81,62 @@ def _feeds(specs: list[InputSpec], batch: CalibrationBatch) -> dict[str, np.ndar
 
 class _Batches(CalibrationDataReader):
     """The calibration batches as feeds of the graph's inputs, each in the input's own dtype
-    (int64 token ids stay integers; only float inputs get float data)."""
+    (int64 token ids stay integers; only float inputs get float data).
 
-    def __init__(self, specs: list[InputSpec], batches: Sequence[CalibrationBatch]) -> None:
-        self._iter: Iterator[dict[str, np.ndarray]] = iter([_feeds(specs, b) for b in batches])
+    A batch of more than ``rows`` samples is fed in slices (views, no copies) along a dynamic
+    batch axis. ``len`` and ``set_range`` let ``quantize_static`` collect one feed at a time
+    (``CalibStridedMinMax``): every calibrator then keeps one feed's activations, never all of
+    them (the histogram calibrators hold every output of every feed until they histogram them).
+    """
+
+    def __init__(
+        self, specs: list[InputSpec], batches: Sequence[CalibrationBatch], rows: int | None = None
+    ) -> None:
+        dynamic = all(s.batch_dynamic for s in specs)
+        self._all = [part for b in batches for part in _split(_feeds(specs, b), rows if dynamic else None)]
+        self._iter: Iterator[dict[str, np.ndarray]] = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._iter = iter(self._all[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._iter, None)
+
+
+def _split(feed: dict[str, np.ndarray], rows: int | None) -> list[dict[str, np.ndarray]]:
+    """``feed`` in slices of at most ``rows`` samples when every input has the same leading size."""
+    sizes = {a.shape[0] if a.ndim else None for a in feed.values()}
+    n = next(iter(sizes)) if len(sizes) == 1 else None
+    if rows is None or n is None or n <= rows:
+        return [feed]
+    return [{k: a[i : i + rows] for k, a in feed.items()} for i in range(0, n, rows)]
+
+
+#: of the memory left under the search's budget, the share one calibration feed's activations
+#: may take: the histogram calibrators copy a tensor two or three times while binning it
+CALIBRATION_SHARE = 0.25
+
+
+def calibration_rows(model: onnx.ModelProto) -> int | None:
+    """Samples per calibration feed that fit the search's memory budget, from the bytes one sample
+    needs for every activation the shape-inferred graph holds (None: no budget, no slicing)."""
+    left = headroom()
+    if left is None:
+        return None
+    per_sample = 0
+    for vi in [*model.graph.value_info, *model.graph.output]:
+        t = vi.type.tensor_type
+        if not t.HasField("shape") or t.elem_type not in _ITEMSIZE:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        per_sample += int(np.prod(dims or [1])) * _ITEMSIZE[t.elem_type]
+    return max(1, int(left * CALIBRATION_SHARE) // max(per_sample, 1))
+
+
+_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
 
 
 def quantize_model(
@@ -240,14 +290,18 @@ def _int8(
         # fused contrib ops (Attention, SkipLayerNormalization) need ORT's symbolic shape inference
         symbolic = recipe.optimizer == "transformer"
         quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=not symbolic)
-    specs = graph_inputs(onnx.load(str(prepared), load_external_data=False))
+    prepared_model = onnx.load(str(prepared), load_external_data=False)
+    specs, rows = graph_inputs(prepared_model), calibration_rows(prepared_model)
+    del prepared_model
     cache = calibration_cache(prepared, recipe.calibration, calibration)
     scratch = cache.with_suffix(f".tmp{os.getpid()}")
     out = tmp / "int8.onnx"
     # the histogram calibrators print their progress: keep the CLI's output clean
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            _quantize_static(prepared, out, specs, excluded, calibration, recipe, cache, scratch)
+            _quantize_static(
+                prepared, out, _Batches(specs, calibration, rows), excluded, recipe, cache, scratch
+            )
     finally:
         publish(scratch, cache)
     return out
@@ -256,9 +310,8 @@ def _int8(
 def _quantize_static(
     prepared: Path,
     out: Path,
-    specs: list[InputSpec],
+    batches: _Batches,
     excluded: list[str],
-    calibration: Sequence[CalibrationBatch],
     recipe: Recipe,
     cache: Path,
     scratch: Path,
@@ -266,7 +319,7 @@ def _quantize_static(
     quantize_static(
         str(prepared),
         str(out),
-        _Batches(specs, calibration),
+        batches,
         quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
@@ -274,6 +327,8 @@ def _quantize_static(
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
         calibrate_method=_METHODS[recipe.calibration],
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        # one feed collected at a time (see _Batches); MinMax merges ranges exactly, the
+        # histogram calibrators merge their histograms feed by feed
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibStridedMinMax": 1},
         calibration_cache_path=cache if cache.is_file() else scratch,
     )

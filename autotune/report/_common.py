@@ -80,12 +80,15 @@ def layer_label(cfg: dict[str, KnobValue]) -> str:
 
 def config_lines(t: TrialResult, limit: int = HOVER_LAYERS) -> list[str]:
     """Changed layers, one per line, e.g. ``stem: w0.5 int8``; then the runtime."""
-    items = [(name, cfg) for name, cfg in t.candidate.layers.items() if cfg]
+    items = [(name, cfg) for name, cfg in t.as_run.layers.items() if cfg]  # as onnxruntime runs it
     lines = [f"{name}: {layer_label(cfg)}" for name, cfg in items[:limit]]
     if len(items) > limit:
         lines.append(f"... and {len(items) - limit} more layers")
     if not items:
         lines.append("all layers unchanged (fp32)")
+    lines.extend(
+        f"{name}: runs {runs}, chosen {chosen}" for name, (chosen, runs) in t.precision_changes.items()
+    )
     lines.append(f"threads {t.candidate.runtime.threads}")
     return lines
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from autotune._memory import format_bytes
 from autotune.measure import HOST_BUSY_SHARE
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def table(result: ParetoSet) -> str:
         lines.append(
             f"{t.number:>4}{mark}  {t.accuracy:>9.2f}  {delta:>9}  {t.latency_ms:>9.3f}  "
             f"{_p90(t):>8.3f}  {t.measurement.cv:>5.1%}  {t.size_bytes / 1024:>9.1f}  "
-            f"{t.candidate.describe()}{tag}{flag}"
+            f"{t.describe()}{tag}{flag}"
         )
     return "\n".join(lines)
 
@@ -94,6 +95,38 @@ def predictor_line(result: ParetoSet) -> str | None:
     )
 
 
+def memory_line(result: ParetoSet) -> str | None:
+    """The memory budget, the largest peak of a trial, and the candidates that needed more."""
+    budget = result.meta.search.get("max_memory")
+    peaks = [(t.peak_memory_bytes, t.number) for t in result.trials if t.peak_memory_bytes]
+    over = [f.number for f in result.failures if f.stage == "memory"]
+    if not budget and not peaks:
+        return None
+    parts = []
+    if budget:
+        enforced = "" if budget.get("enforced") else " (recorded, not enforced on this platform)"
+        parts.append(f"memory budget {budget['label']}{enforced}")
+    if peaks:
+        peak, number = max(peaks)
+        parts.append(f"largest trial peak {format_bytes(peak)} (trial {number})")
+    if over:
+        parts.append(f"{len(over)} candidate(s) needed more and failed: trials {over}")
+    return "; ".join(parts)
+
+
+def precision_line(result: ParetoSet) -> str | None:
+    """Trials in which onnxruntime runs a layer in another precision than the candidate chose."""
+    changed = {t.number: t.precision_changes for t in result.trials if t.precision_changes}
+    if not changed:
+        return None
+    kinds = sorted({f"{c}->{r}" for diff in changed.values() for c, r in diff.values()})
+    return (
+        f"precision as run: onnxruntime's optimiser runs some layers in another precision than chosen "
+        f"({', '.join(kinds)}) in trials {sorted(changed)}; the configurations above show what runs "
+        "(the export JSON has both)"
+    )
+
+
 def summary(result: ParetoSet) -> str:
     """What ``autotune`` prints at the end of a search."""
     n_fail = len(result.failures)
@@ -112,8 +145,9 @@ def summary(result: ParetoSet) -> str:
         )
     lines.extend(_verdict(result))
     lines.append(table(result))
-    if (line := predictor_line(result)) is not None:
-        lines.append(line)
+    for line in (precision_line(result), predictor_line(result), memory_line(result)):
+        if line is not None:
+            lines.append(line)
     stats = result.meta.measurer
     if stats:
         lines.append("measurements this run: " + ", ".join(f"{k} {v}" for k, v in stats.items()))

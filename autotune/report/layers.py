@@ -53,7 +53,8 @@ def config_figure(view: View) -> go.Figure | None:
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.04 + 0.02 * len(rows) / 10,
-        subplot_titles=[f"{k}" for k in knobs],
+        # bits as onnxruntime runs them; * marks a layer that runs another precision than chosen
+        subplot_titles=[f"{k} (as run; * = not as chosen)" if k == "bits" else k for k in knobs],
     )
     for i, knob in enumerate(knobs, start=1):
         z: list[list[float | None]] = []
@@ -66,9 +67,10 @@ def config_figure(view: View) -> go.Figure | None:
                     zr.append(None)
                     tr.append("")
                     continue
-                v = t.candidate.value(layer, knob)
+                v = t.as_run.value(layer, knob)  # what runs: onnxruntime may fuse a float layer
                 zr.append(aggressiveness(knob, v))
-                tr.append(value_label(knob, v))
+                changed = knob == "bits" and layer in t.precision_changes
+                tr.append(value_label(knob, v) + ("*" if changed else ""))
             z.append(zr)
             text.append(tr)
         fig.add_trace(

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from autotune._util import first_line
 from autotune.report._common import View, esc, latency_flags
-from autotune.report._summary import predictor_line
+from autotune.report._summary import memory_line, predictor_line
 from autotune.study import DB_NAME, TrialRecord
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def verdict(view: View) -> str:
         f"IQR/median {iqr_rel:.1%}, CV {m.cv:.1%}, n={m.n} samples of {m.runs_per_sample} run(s) each "
         f"on {device}; {tail}; {trust}.</p>"
         f"<p><b>Get it:</b> <code>{esc(export_command(r, c))}</code></p>"
-        f"<p class='muted'>Configuration: {esc(c.candidate.describe())}</p>"
+        f"<p class='muted'>Configuration: {esc(c.describe())}</p>"
         "</section>"
     )
 
@@ -230,12 +230,13 @@ def facts(view: View) -> str:
         ("wall time", _fmt_s(meta.wall_s)),
         (
             "chosen candidate",
-            f"trial {view.chosen.number}: {view.chosen.candidate.describe()}"
+            f"trial {view.chosen.number}: {view.chosen.describe()}"
             if view.chosen
             else "none (no trial met the budget)",
         ),
         ("measurement protocol", proto_text),
         ("latency predictor", predictor_line(r) or "not recorded"),
+        ("memory", memory_line(r) or "not recorded"),
         ("study", f"{r.study.study_name} ({run_reference(r)})"),
         ("created", meta.created),
         ("autotune", f"{meta.version}; command: {meta.command}"),
@@ -246,6 +247,10 @@ def facts(view: View) -> str:
         "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else ""
     )
     return f'<dl class="facts">{body}</dl>{notes_html}'
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / 2**20:.0f}" if n else ""
 
 
 def candidates_table(view: View) -> str:
@@ -274,7 +279,8 @@ def candidates_table(view: View) -> str:
             f'<td class="num">{m.median_ms:.3f}</td><td class="num">{m.p90_ms:.3f}</td>'
             f'<td class="num">{m.p99_ms:.3f}</td><td class="num">{m.cv:.1%}</td><td>{trust}</td>'
             f'<td class="num">{t.size_bytes / 1024:.1f}</td>'
-            f"<td>{esc(t.candidate.describe())}</td>"
+            f'<td class="num">{_mib(t.peak_memory_bytes)}</td>'
+            f"<td>{esc(t.describe())}</td>"
             f"<td><code>{esc(export_command(r, t))}</code></td></tr>"
         )
     head = (
@@ -282,7 +288,8 @@ def candidates_table(view: View) -> str:
         f'<th class="num">{esc(view.metric)}</th><th class="num">\u0394 vs fp32</th>'
         '<th class="num">before recovery</th>'
         '<th class="num">median ms</th><th class="num">p90 ms</th><th class="num">p99 ms</th>'
-        '<th class="num">CV</th><th>latency</th><th class="num">size KiB</th><th>configuration</th>'
+        '<th class="num">CV</th><th>latency</th><th class="num">size KiB</th>'
+        '<th class="num">peak memory MiB</th><th>configuration (as onnxruntime runs it)</th>'
         "<th>export</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"

@@ -23,6 +23,7 @@ from autotune.knobs import export_fields
 from autotune.measure import confirm
 from autotune.records import Measurement
 from autotune.report import summary_table, summary_text
+from autotune.result import _precision
 from autotune.space import Candidate
 from autotune.study import DB_NAME, RunMeta, TrialRecord, load_confirmed, skipped
 
@@ -44,6 +45,9 @@ class TrialResult:
     timings: dict[str, float] = field(default_factory=dict)
     recovery: dict[str, Any] | None = None  # what ran, and the accuracy before it
     confirmed: dict[str, Any] | None = None  # the confirmation round's figures, when confirmed
+    peak_memory_bytes: int | None = None  # the search process's peak during the trial
+    #: layer -> the precision onnxruntime runs it in (CPU searches); None: not inspected
+    precision: dict[str, str] | None = None
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
@@ -65,7 +69,23 @@ class TrialResult:
             baseline=record.baseline,
             timings=record.timings,
             recovery=record.recovery,
+            peak_memory_bytes=record.peak_memory_bytes,
+            precision=record.precision,
         )
+
+    @property
+    def precision_changes(self) -> dict[str, tuple[str, str]]:
+        """``layer -> (chosen, runs)`` where onnxruntime runs another precision than chosen."""
+        return _precision.changes(self.candidate, self.precision)
+
+    @property
+    def as_run(self) -> Candidate:
+        """The candidate with each layer's bit-width as onnxruntime runs it."""
+        return _precision.as_run(self.candidate, self.precision)
+
+    def describe(self) -> str:
+        """The configuration as it runs (what the summary and the report show)."""
+        return _precision.describe(self.candidate, self.precision)
 
     @property
     def ratio(self) -> float | None:
@@ -112,6 +132,14 @@ class TrialResult:
             "config": self.candidate.to_dict(),
             "fingerprint": m.fingerprint,
         }
+        if self.peak_memory_bytes is not None:  # recorded since the memory budget (older studies lack it)
+            info["peak_memory_bytes"] = self.peak_memory_bytes
+        if self.precision is not None:
+            info["precision"] = {
+                "runs": self.precision,  # every searched layer, as onnxruntime's CPU provider runs it
+                "changed": {k: {"chosen": c, "runs": r} for k, (c, r) in self.precision_changes.items()},
+                "config_as_run": self.as_run.to_dict(),
+            }
         info.update(export_fields(self.candidate, m, self.artifact_path, self.number))
         path.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str))
         return path

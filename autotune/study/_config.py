@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autotune._memory import MemorySpec, parse_max_memory
 from autotune.budget import Budget, MaxDrop, parse_budget_spec, parse_duration, parse_max_drop
 from autotune.errors import UserError
 from autotune.records import Protocol
@@ -48,6 +49,10 @@ class SearchConfig:
         predictor: skip sampled candidates the online latency predictor puts beyond the budget
             by its safe margin (recorded as pruned, with the predicted figure); False measures
             every candidate (``--no-predictor``).
+        max_memory: the most memory the search process may hold (``"8GiB"``, ``"50%"`` of the
+            memory available at the start, or bytes; default ``"80%"``): a candidate whose build
+            or evaluation needs more fails (stage ``memory``) and the search goes on
+            (docs/memory.md).
     """
 
     budget: str | float
@@ -73,9 +78,11 @@ class SearchConfig:
     sensitivity: bool = False
     timeout: str | float | None = None
     predictor: bool = True
+    max_memory: str | float | None = None
     budget_spec: Budget = field(init=False)  # absolute, or relative to the unmodified model
     floor: MaxDrop | None = field(init=False)
     timeout_s: float | None = field(init=False)
+    memory_spec: MemorySpec = field(init=False)
 
     def __post_init__(self) -> None:
         # the registries, not lists kept here: a registered name is accepted as the CLI accepts it
@@ -85,6 +92,7 @@ class SearchConfig:
         self.budget_spec = parse_budget_spec(self.budget)
         self.floor = None if self.max_drop is None else parse_max_drop(self.max_drop)
         self.timeout_s = None if self.timeout is None else parse_duration(self.timeout)
+        self.memory_spec = parse_max_memory(self.max_memory)
         SAMPLERS.check(self.sampler)
         RECOVERIES.check(self.recover)
         for name in ("recover_steps", "recover_final_steps"):

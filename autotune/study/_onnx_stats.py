@@ -10,20 +10,18 @@ elements the small nodes between them (QuantizeLinear, Transpose, layout reorder
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from autotune.devices import optimized_graph, quantized_kernels
 from autotune.records import RuntimeOptions
 
+__all__ = ["KernelWork", "LayerStats", "kernel_work", "layer_stats", "optimized_graph"]
+
 OPS = ("Conv", "Gemm", "MatMul")
-#: kernels that run a weighted node in int8 once onnxruntime has fused its Q/DQ pairs
-INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits")
 #: small nodes between the layers, by family: each costs in proportion to the tensor it reads
 SMALL_OPS = {
     "QuantizeLinear": "qdq",
@@ -99,24 +97,6 @@ def _layer_stats(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[s
     return stats
 
 
-def optimized_graph(onnx_path: Path, runtime: RuntimeOptions | None = None) -> onnx.GraphProto:
-    """The graph onnxruntime's CPU provider runs, after its optimiser (fusions, layouts), with
-    the session options the candidate is measured with."""
-    import onnxruntime as ort
-
-    from autotune.devices import session_options
-
-    options = session_options(runtime or RuntimeOptions())
-    fd, out = tempfile.mkstemp(suffix=".onnx", prefix="autotune-optimized-")
-    os.close(fd)
-    try:
-        options.optimized_model_filepath = out
-        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        return onnx.load(out, load_external_data=False).graph
-    finally:
-        os.unlink(out)
-
-
 @dataclass
 class KernelWork:
     """The work one artifact asks of onnxruntime."""
@@ -127,9 +107,6 @@ class KernelWork:
     total_nodes: float = 0.0
 
 
-_SUFFIX = re.compile(r"(_token_\d+|_quant)+$")
-
-
 def kernel_work(
     onnx_path: Path, inputs: dict[str, np.ndarray] | None = None, runtime: RuntimeOptions | None = None
 ) -> KernelWork:
@@ -137,7 +114,7 @@ def kernel_work(
     and the elements the optimised graph's small nodes read, by family."""
     graph = optimized_graph(onnx_path, runtime)
     model, shapes = _inferred(onnx_path, inputs)
-    int8 = {_SUFFIX.sub("", n.name) for n in graph.node if n.op_type in INT8_KERNELS}
+    int8 = set(quantized_kernels(graph))  # int8, and int4 MatMulNBits (int8 compute)
     plain = {n.name for n in graph.node if n.op_type in OPS and n.domain in ("", "ai.onnx")}
     work = KernelWork()
     for name, s in _layer_stats(model, shapes).items():

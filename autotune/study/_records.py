@@ -165,7 +165,17 @@ class RunMeta:
 
 
 #: TrialRecord fields stored as they are, under their own name
-_PLAIN_KEYS = ("baseline", "fail_stage", "fail_reason", "traceback", "sensitivity", "recovery", "final_of")
+_PLAIN_KEYS = (
+    "baseline",
+    "fail_stage",
+    "fail_reason",
+    "traceback",
+    "sensitivity",
+    "recovery",
+    "final_of",
+    "peak_memory_bytes",
+    "precision",
+)
 
 
 @dataclass
@@ -190,6 +200,11 @@ class TrialRecord:
     #: the budget ratio, the margin and how many candidates it was trained on
     predicted: dict[str, Any] | None = None
     predicted_ratio: float | None = None  # measured anyway: what the predictor had said
+    #: the search process's peak resident memory during the trial (build, measure, evaluate)
+    peak_memory_bytes: int | None = None
+    #: layer -> the precision onnxruntime's CPU provider runs it in ("int8", "fp32", ...), read
+    #: off its optimised graph (devices/_ort_graph.py); None where not inspected
+    precision: dict[str, str] | None = None
 
     @property
     def failed_by_candidate(self) -> bool:
@@ -249,6 +264,8 @@ class TrialRecord:
             final_of=None if final_of is None else int(final_of),
             predicted=attrs.get(PREDICTED_KEY),
             predicted_ratio=attrs.get(PREDICTION_KEY),
+            peak_memory_bytes=attrs.get("peak_memory_bytes"),
+            precision=attrs.get("precision"),
         )
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import sys
 import tempfile
 import time
@@ -24,13 +25,15 @@ from optuna.trial import TrialState
 
 from autotune import __version__
 from autotune._interrupt import interrupts_outside_optuna
+from autotune._memory import MemoryBudget, PeakMeter, memory_failure, memory_limit, resolve
 from autotune._util import error_line
 from autotune.budget import format_ms
-from autotune.build import FINAL_RECOVERY, ArtifactBuilder, Recovery
+from autotune.build import FINAL_RECOVERY, Artifact, ArtifactBuilder, Recovery
 from autotune.devices import Device, device_for_profile
 from autotune.devices import Reference as TimingReference
 from autotune.errors import CandidateError, UserError
 from autotune.measure import Measurer, confirm
+from autotune.records import Measurement
 from autotune.result import ParetoSet
 from autotune.space import Candidate, DeviceProfile, SearchSpace, build_space, load_preset, load_profile
 from autotune.study import (
@@ -114,12 +117,13 @@ def _make_run_dir(run_dir: Path, out_dir: str | Path) -> None:
 
 
 def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
-    # Ctrl-C lands in our code, never inside Optuna's storage writes (a held SQLite lock, a traceback)
-    with _quiet_optuna(), interrupts_outside_optuna():
-        return _search(task, cfg)
+    # Ctrl-C lands in our code, never inside Optuna's storage writes (a held SQLite lock, a traceback);
+    # the memory budget holds for the whole search, the unmodified model's build included
+    with _quiet_optuna(), interrupts_outside_optuna(), memory_limit(resolve(cfg.memory_spec)) as memory:
+        return _search(task, cfg, memory)
 
 
-def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
+def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
     profile = load_profile(cfg.device)
     preset = load_preset(cfg.space)
     study_name = cfg.study_name or f"{task.name}-{profile.name}-{cfg.budget_spec.slug}"
@@ -139,9 +143,11 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         load_if_exists=True,
     )
     recovery = Recovery(mode=cfg.recover, steps=cfg.recover_steps)
-    builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery)
+    # what each layer really runs in is read off onnxruntime's CPU optimiser: for CPU searches only
+    inspect = profile.backend == "ort-cpu"
+    builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery, inspect=inspect)
     final = Recovery(mode=FINAL_RECOVERY, steps=cfg.recover_final_steps)
-    final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final)
+    final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final, inspect=inspect)
     inputs = _trial_inputs(task)
     started = time.time()
     try:
@@ -160,7 +166,15 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         # the unmodified model first, whatever the preset says: it defines "Δ vs FP32" and "50%"
         old = RunMeta.from_study(study)
         stored = old.reference_record if old is not None else None
-        reference = stored or measure_reference(task, space, builder, measurer, inputs)
+        if stored is not None:
+            reference = stored
+        else:
+            try:
+                reference = measure_reference(task, space, builder, measurer, inputs)
+            except Exception as exc:  # over the memory budget already: no candidate can fit
+                if (failure := memory_failure("scoring the unmodified model", exc)) is None:
+                    raise
+                raise UserError(f"the unmodified model (the reference): {failure}") from None
         budget_ms = cfg.budget_spec.resolve(reference.latency_ms)
         limit = cfg.budget_spec.limit(budget_ms)  # a relative budget is decided on the ratio alone
         floor = None if cfg.floor is None else cfg.floor.floor(reference.accuracy)
@@ -174,6 +188,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         meta.max_drop = None if cfg.floor is None else cfg.floor.label
         meta.search = {"sampler": cfg.sampler, "recovery": recovery.to_dict(), "sensitivity": cfg.sensitivity}
         meta.search["greedy"] = len(greedy)  # enqueued unless identical to a baseline
+        meta.search["max_memory"] = memory.to_dict()
         predictor = None  # skips sampled candidates predicted beyond the budget (study/_trials.py)
         if cfg.predictor:
             predictor = StudyPredictor(space, unmodified.path, inputs, limit, reference.latency_ms, run_dir)
@@ -189,50 +204,72 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         device.close()
         raise
 
+    out_of_memory = False  # the last trial failed for memory: collect its leftovers first
+
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        nonlocal out_of_memory
+        if out_of_memory:
+            gc.collect()  # tensors held in reference cycles with the failure's traceback
+            out_of_memory = False
         candidate = space.sample(trial)
         record = TrialRecord.from_trial(trial)  # an enqueued trial starts with its baseline's
         record.candidate = candidate
         record.save(trial)
+        peak = PeakMeter()
         try:
-            artifact = (final_builder if record.final_of is not None else builder).build(candidate)
-            timings = record.timings = artifact.timings
-            record.artifact_path = str(artifact.path.relative_to(run_dir))
-            record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
-            if predictor is not None and (
-                predicted := predictor.skip(trial, artifact.path, candidate.runtime)
-            ):
-                record.predicted = predicted  # built, not measured: predicted
-                raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
-            t0 = time.perf_counter()
-            m = measurer.measure(artifact.path, inputs, candidate.runtime)
-            timings["measure"] = time.perf_counter() - t0
-            record.measurement = m
-            if not m.usable:
-                raise CandidateError("measure", f"{m.status}: {m.error}")
-            t0 = time.perf_counter()
-            try:
-                accuracy = evaluate_artifact(task, artifact.path)
-                if artifact.unrecovered is not None:  # only when recovery ran
-                    before = evaluate_artifact(task, artifact.unrecovered)
-                    record.recovery = {"ran": artifact.recovery, "accuracy_before": before}
-            except Exception as exc:
-                raise CandidateError("evaluate", error_line(exc)) from exc
-            finally:
-                timings["evaluate"] = time.perf_counter() - t0
-            if predictor is not None:  # what it had predicted; its error is tracked in predictor.stats
-                record.predicted_ratio = predictor.observe(artifact.path, candidate.runtime, m.ratio)
-        except CandidateError as exc:
-            record.fail_stage, record.fail_reason = exc.stage, str(exc)
+            with peak:
+                artifact, m, accuracy = _trial(trial, candidate, record)
+        except Exception as exc:
+            # the builder names the stage a memory failure happened in; elsewhere it is the trial's
+            failure = exc if isinstance(exc, CandidateError) else memory_failure("the trial", exc)
+            if failure is None:
+                raise
+            out_of_memory = failure.stage == "memory"
+            record.fail_stage, record.fail_reason = failure.stage, str(failure)
             record.traceback = _save_traceback(run_dir, trial.number, exc)
-            raise
+            if failure is exc:
+                raise
+            raise failure from exc
         finally:
+            record.peak_memory_bytes = peak.bytes
             record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
         trial.set_constraint("latency_budget", limit.excess(latency_ms, m.ratio))
         if floor is not None:
             trial.set_constraint("accuracy_floor", floor - accuracy)
         return accuracy, latency_ms, float(artifact.size_bytes)
+
+    def _trial(
+        trial: optuna.Trial, candidate: Candidate, record: TrialRecord
+    ) -> tuple[Artifact, Measurement, float]:
+        """Build, measure and score one candidate, filling ``record`` as it goes."""
+        artifact = (final_builder if record.final_of is not None else builder).build(candidate)
+        timings = record.timings = artifact.timings
+        record.artifact_path = str(artifact.path.relative_to(run_dir))
+        record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
+        record.precision = artifact.precision
+        if predictor is not None and (predicted := predictor.skip(trial, artifact.path, candidate.runtime)):
+            record.predicted = predicted  # built, not measured: predicted
+            raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
+        t0 = time.perf_counter()
+        m = measurer.measure(artifact.path, inputs, candidate.runtime)
+        timings["measure"] = time.perf_counter() - t0
+        record.measurement = m
+        if not m.usable:
+            raise CandidateError("measure", f"{m.status}: {m.error}")
+        t0 = time.perf_counter()
+        try:
+            accuracy = evaluate_artifact(task, artifact.path)
+            if artifact.unrecovered is not None:  # only when recovery ran
+                before = evaluate_artifact(task, artifact.unrecovered)
+                record.recovery = {"ran": artifact.recovery, "accuracy_before": before}
+        except Exception as exc:
+            raise memory_failure("evaluate", exc) or CandidateError("evaluate", error_line(exc)) from exc
+        finally:
+            timings["evaluate"] = time.perf_counter() - t0
+        if predictor is not None:  # what it had predicted; its error is tracked in predictor.stats
+            record.predicted_ratio = predictor.observe(artifact.path, candidate.runtime, m.ratio)
+        return artifact, m, accuracy
 
     def stop_at_target(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         # other workers on the same storage count too: stop once the study as a whole is done
