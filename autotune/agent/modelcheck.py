@@ -65,27 +65,30 @@ def _node_lists(model: Any) -> Iterator[Any]:
         yield function.node
 
 
+def _attributes(model: Any) -> Iterator[Any]:
+    """The attributes of every node, in every graph and function."""
+    for nodes in _node_lists(model):
+        for node in nodes:
+            yield from node.attribute
+
+
 def _sparse_tensors(model: Any) -> Iterator[Any]:
     for graph in _graphs(model):
         yield from graph.sparse_initializer
-    for nodes in _node_lists(model):
-        for node in nodes:
-            for attr in node.attribute:
-                if attr.HasField("sparse_tensor"):
-                    yield attr.sparse_tensor
-                yield from attr.sparse_tensors
+    for attr in _attributes(model):
+        if attr.HasField("sparse_tensor"):
+            yield attr.sparse_tensor
+        yield from attr.sparse_tensors
 
 
 def _dense_tensors(model: Any) -> Iterator[Any]:
     """Every dense TensorProto: initializers, attribute values, the parts of sparse tensors."""
     for graph in _graphs(model):
         yield from graph.initializer
-    for nodes in _node_lists(model):
-        for node in nodes:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
+    for attr in _attributes(model):
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
     for sparse in _sparse_tensors(model):
         yield sparse.values
         yield sparse.indices

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from pathlib import Path
 
 from autotune.errors import UserError
 from autotune.task import Task
+
+
+def add_task_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
+    """``--model`` and ``--data``: the same for every verb that loads a task."""
+    p.add_argument(
+        "--model",
+        help="'package.module:function' returning an autotune.Task, or a .onnx file "
+        "(default: the built-in digits demo)",
+    )
+    p.add_argument(
+        "--data",
+        help="with --model FILE.onnx: an .npz with one array per model input (named as the input) "
+        f"and optional integer 'labels'{data_help}",
+    )
 
 
 def load_task(spec: str | None, data: str | None = None) -> Task:

@@ -11,6 +11,7 @@ from autotune.budget import ACCEPTED_ANY
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # the choices and their help come from the registries the search itself reads
     from autotune.build import RECOVERIES
+    from autotune.commands._task import add_task_arguments
     from autotune.study import SAMPLERS
 
     p.add_argument(
@@ -21,16 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="cpu",
         help="device profile name or profile .yaml (default: cpu; see 'autotune devices')",
     )
-    p.add_argument(
-        "--model",
-        help="'package.module:function' returning an autotune.Task, or a .onnx file "
-        "(default: the built-in digits demo)",
-    )
-    p.add_argument(
-        "--data",
-        help="with --model FILE.onnx: an .npz with one array per model input (named as the input) "
-        "and optional integer 'labels': scores accuracy and calibrates on these inputs",
-    )
+    add_task_arguments(p, ": scores accuracy and calibrates on these inputs")
     p.add_argument("--space", help="search space preset name or .yaml (default: search_spaces/default.yaml)")
     p.add_argument(
         "--trials",

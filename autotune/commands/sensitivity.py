@@ -10,17 +10,9 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from autotune.build import RECOVERIES  # the same choices as the search's
+    from autotune.commands._task import add_task_arguments
 
-    p.add_argument(
-        "--model",
-        help="'package.module:function' returning an autotune.Task, or a .onnx file "
-        "(default: the built-in digits demo)",
-    )
-    p.add_argument(
-        "--data",
-        help="with --model FILE.onnx: an .npz with one array per model input (named as the input) "
-        "and optional integer 'labels', as for 'autotune search'",
-    )
+    add_task_arguments(p, ", as for 'autotune search'")
     p.add_argument("--device", default="cpu", help="device profile name or .yaml (default: cpu)")
     p.add_argument("--space", help="search space preset name or .yaml (default: default)")
     p.add_argument(

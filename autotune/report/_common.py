@@ -22,6 +22,8 @@ DRIFT_THRESHOLD = 1.15
 HOVER_LAYERS = 16
 
 GREY = "#b8bcc4"
+#: how a candidate over the budget is drawn: a grey cross
+OVER_BUDGET = {"symbol": "x-thin-open", "line": {"width": 2, "color": GREY}}
 PARETO = "#1f5fbf"
 CHOSEN = "#e8590c"
 BASELINE = "#212529"

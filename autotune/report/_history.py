@@ -18,7 +18,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from autotune.report._common import CHOSEN, GREY, PARETO, View, base_layout
+from autotune.report._common import CHOSEN, GREY, OVER_BUDGET, PARETO, View, base_layout
 
 
 @dataclass
@@ -56,32 +56,24 @@ def progress_figure(view: View) -> go.Figure:
     trials = sorted(r.trials, key=lambda t: t.number)
     titles = (f"best {view.metric} under the budget so far", "hypervolume (fraction of reference box)")
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, subplot_titles=titles)
-    feas = [t for t in trials if t.feasible]
-    over = [t for t in trials if not t.feasible]
-    fig.add_trace(
-        go.Scatter(
-            name="trial under budget",
-            x=[t.number for t in feas],
-            y=[t.accuracy for t in feas],
-            mode="markers",
-            marker={"color": "#74a9e8", "size": 6},
-            hovertemplate="trial %{x}: %{y:.2f}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            name="trial over budget",
-            x=[t.number for t in over],
-            y=[t.accuracy for t in over],
-            mode="markers",
-            marker={"color": GREY, "size": 6, "symbol": "x-thin-open", "line": {"width": 2, "color": GREY}},
-            hovertemplate="trial %{x}: %{y:.2f} (over budget)<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
+    over_marker = {"color": GREY, "size": 6, **OVER_BUDGET}
+    for name, marker, suffix, feasible in (
+        ("trial under budget", {"color": "#74a9e8", "size": 6}, "", True),
+        ("trial over budget", over_marker, " (over budget)", False),
+    ):
+        shown = [t for t in trials if t.feasible == feasible]
+        fig.add_trace(
+            go.Scatter(
+                name=name,
+                x=[t.number for t in shown],
+                y=[t.accuracy for t in shown],
+                mode="markers",
+                marker=marker,
+                hovertemplate=f"trial %{{x}}: %{{y:.2f}}{suffix}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     best: list[float] = []
     so_far = -math.inf
     for t in trials:

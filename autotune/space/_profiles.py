@@ -38,20 +38,25 @@ class DeviceProfile:
 _KEYS = ("name", "backend", "description", "knobs", "runtime", "recipe", "notes", "agents", "options")
 
 
+def named_yaml(name_or_path: str, folder: str, flag: str, kind: str, other: str) -> Path:
+    """A ``--device`` / ``--space`` value: a name in the packaged ``folder``, or a .yaml path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = data_dir(folder) / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in data_dir(folder).glob("*.yaml")))
+        raise UserError(f"{flag} {name_or_path!r}: unknown {kind}; choose one of {names}, or give {other}")
+    return path
+
+
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in data_dir("device_profiles").glob("*.yaml"))
 
 
 def load_profile(name_or_path: str) -> DeviceProfile:
     """``--device``: a profile name (device_profiles/NAME.yaml) or a path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = data_dir("device_profiles") / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise UserError(
-                f"--device {name_or_path!r}: unknown device; choose one of "
-                f"{', '.join(available_profiles())}, or give a profile .yaml path"
-            )
+    path = named_yaml(name_or_path, "device_profiles", "--device", "device", "a profile .yaml path")
     data = load_mapping(path)
     check_keys(data, _KEYS, str(path))
     for key in ("backend",):

@@ -36,7 +36,7 @@ from autotune.knobs import (
     study_section,
     value_label,
 )
-from autotune.space._profiles import DeviceProfile, data_dir
+from autotune.space._profiles import DeviceProfile, data_dir, named_yaml
 from autotune.task import Task, export_onnx, layer_nodes, output_nodes, weighted_nodes
 
 
@@ -103,14 +103,7 @@ def available_presets() -> list[str]:
 def load_preset(name_or_path: str | None) -> Preset:
     if name_or_path is None:
         name_or_path = "default"
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = data_dir("search_spaces") / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise UserError(
-                f"--space {name_or_path!r}: unknown preset; choose one of "
-                f"{', '.join(available_presets())}, or give a .yaml path"
-            )
+    path = named_yaml(name_or_path, "search_spaces", "--space", "preset", "a .yaml path")
     data = load_mapping(path)
     check_keys(data, ("knobs", "layers", "runtime", "recipe"), str(path))
 
