@@ -68,9 +68,18 @@ def logger_level(name: str, level: int) -> Iterator[None]:
 
 
 class _Batches(CalibrationDataReader):
-    def __init__(self, names: list[str], batches: Sequence[tuple[np.ndarray, ...]]) -> None:
+    """Calibration batches fed in each graph input's own dtype (int64 token ids stay integers)."""
+
+    def __init__(self, inputs: list[onnx.ValueInfoProto], batches: Sequence[tuple[np.ndarray, ...]]) -> None:
+        names = [i.name for i in inputs]
+        dtypes = [onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in inputs]
         self._iter: Iterator[dict[str, np.ndarray]] = iter(
-            [dict(zip(names, (np.asarray(a, dtype=np.float32) for a in b), strict=True)) for b in batches]
+            [
+                dict(
+                    zip(names, (np.asarray(a, dtype=t) for a, t in zip(b, dtypes, strict=True)), strict=True)
+                )
+                for b in batches
+            ]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -224,14 +233,14 @@ def _int8(
         # fused contrib ops (Attention, SkipLayerNormalization) need ORT's symbolic shape inference
         symbolic = recipe.optimizer == "transformer"
         quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=not symbolic)
-    names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
+    inputs = list(onnx.load(str(prepared), load_external_data=False).graph.input)
     cache = calibration_cache(prepared, recipe.calibration, calibration)
     scratch = cache.with_suffix(f".tmp{os.getpid()}")
     out = tmp / "int8.onnx"
     # the histogram calibrators print their progress: keep the CLI's output clean
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            _quantize_static(prepared, out, names, excluded, calibration, recipe, cache, scratch)
+            _quantize_static(prepared, out, inputs, excluded, calibration, recipe, cache, scratch)
     finally:
         publish(scratch, cache)
     return out
@@ -240,7 +249,7 @@ def _int8(
 def _quantize_static(
     prepared: Path,
     out: Path,
-    names: list[str],
+    inputs: list[onnx.ValueInfoProto],
     excluded: list[str],
     calibration: Sequence[tuple[np.ndarray, ...]],
     recipe: Recipe,
@@ -250,7 +259,7 @@ def _quantize_static(
     quantize_static(
         str(prepared),
         str(out),
-        _Batches(names, calibration),
+        _Batches(inputs, calibration),
         quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
