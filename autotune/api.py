@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from autotune.result import ParetoSet
 from autotune.study import SearchConfig
-from autotune.task import Evaluate, Finetune, Task
+from autotune.task import Batch, Evaluate, Finetune, Task
 from autotune.tune import run_search
 
 
 def search(
     model: torch.nn.Module | Task,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor] | None = None,
     *,
     evaluate: Evaluate | None = None,
-    calibration: Sequence[tuple[np.ndarray, ...]] | None = None,
+    calibration: Sequence[Batch] | None = None,
     finetune: Finetune | None = None,
     name: str = "model",
     **options: Any,
@@ -28,10 +27,14 @@ def search(
 
     Args:
         model: a torch module (or a ready :class:`Task`, then the data arguments are ignored).
-        example_inputs: one batch at deployment batch size; latency is measured on it.
+        example_inputs: one batch at deployment batch size; latency is measured on it: a
+            tensor, a tuple of tensors (positional arguments) or a dict of tensors (keyword
+            arguments, e.g. ``{"input_ids": ids, "attention_mask": mask}`` for a Hugging Face
+            model), of any dtype (int64 token ids are measured as int64).
         evaluate: ``evaluate(runner) -> float``, higher is better; ``runner`` runs the exact
             ONNX artifact whose latency was measured.
-        calibration: batches for int8 calibration (default: the example inputs).
+        calibration: batches for int8 calibration, tuples of arrays or dicts by input name
+            (default: the example inputs).
         finetune: ``finetune(student, teacher)`` recovery training after pruning.
         name: the task's name in study names and reports.
         **options: the fields of :class:`~autotune.tune._loop.SearchConfig`: ``budget`` (required),
@@ -51,9 +54,9 @@ def search(
             raise TypeError("search() needs example_inputs and evaluate with a torch model")
         task = Task(
             source=model,
-            example_inputs=example_inputs if isinstance(example_inputs, tuple) else (example_inputs,),
+            example_inputs=example_inputs,  # type: ignore[arg-type]  # Task normalises it
             evaluate=evaluate,
-            calibration=list(calibration or []),
+            calibration=list(calibration or []),  # type: ignore[arg-type]  # dicts: Task orders them
             finetune=finetune,
             name=name,
         )

@@ -19,6 +19,10 @@ _PATTERN = re.compile(rf"^\s*{_NUMBER}\s*(s|ms|us|µs)\s*$")
 _RELATIVE = re.compile(rf"^\s*{_NUMBER}\s*(%|x)\s*$")
 ACCEPTED = "a positive number with a unit: 10ms, 10 ms, 0.01s, 500us"
 ACCEPTED_ANY = f"{ACCEPTED}, or a share of the unmodified model's latency: 50%, 0.5x"
+#: the smallest budgets: below a microsecond (or a thousandth of the model) nothing is measured,
+#: and the number would only name the study (1e-320ms was "9.99989e-318us")
+MIN_MS = 1e-3
+MIN_FRACTION = 1e-3
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,7 @@ def parse_budget_spec(text: str | float) -> Budget:
         match = _RELATIVE.match(text)
         if match:
             value = float(match.group(1)) / (100.0 if match.group(2) == "%" else 1.0)
-            if not math.isfinite(value) or value <= 0:
-                raise UserError(f"--budget {text!r}: must be greater than zero; expected {ACCEPTED_ANY}")
+            _check_range(text, value, MIN_FRACTION, f"{MIN_FRACTION * 100:g}%", ACCEPTED_ANY)
             return Budget(fraction=value)
     return Budget(ms=parse_budget(text, ACCEPTED_ANY))
 
@@ -118,9 +121,17 @@ def parse_budget(text: str | float, accepted: str = ACCEPTED) -> float:
         if not match:
             raise UserError(f"--budget {text!r}: not a latency; expected {accepted}")
         value = float(match.group(1)) * _UNITS_MS[match.group(2)]
-    if not math.isfinite(value) or value <= 0:
-        raise UserError(f"--budget {text!r}: must be greater than zero; expected {accepted}")
+    _check_range(text, value, MIN_MS, "1us", accepted)
     return value
+
+
+def _check_range(text: str | float, value: float, least: float, least_label: str, accepted: str) -> None:
+    if math.isnan(value) or math.isinf(value):
+        raise UserError(f"--budget {text!r}: not a finite number; expected {accepted}")
+    if value <= 0:
+        raise UserError(f"--budget {text!r}: must be greater than zero; expected {accepted}")
+    if value < least:
+        raise UserError(f"--budget {text!r}: too small to measure, the least is {least_label}")
 
 
 def format_ms(ms: float) -> str:

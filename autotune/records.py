@@ -7,7 +7,8 @@ Results are typed records with a status, never sentinel numbers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -99,9 +100,88 @@ class Protocol:
         )
 
 
+def _float(v: Any) -> float:
+    """A stored float; JSON null (a NaN sent over the wire, :func:`autotune.wire.json_safe`) -> NaN."""
+    return math.nan if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Order statistics of per-run latencies (ms), as ``devices.summarize`` computes them."""
+
+    median_ms: float = math.nan
+    mean_ms: float = math.nan
+    min_ms: float = math.nan
+    p90_ms: float = math.nan
+    p99_ms: float = math.nan
+    iqr_ms: float = math.nan
+    cv: float = math.nan
+    n: int | None = None  # None where the samples are counted elsewhere (a paired reference's)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.n is None:
+            del d["n"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
+        floats = {f.name for f in fields(cls) if f.name != "n"}
+        n = d.get("n")
+        return cls(**{k: _float(v) for k, v in d.items() if k in floats}, n=None if n is None else int(n))
+
+
+@dataclass(frozen=True)
+class LoadShares:
+    """What else ran on the host while measuring, as shares of all logical cores."""
+
+    foreign_cpu: float = 0.0  # CPU time of other processes
+    steal: float = 0.0  # time the hypervisor gave to other VMs
+    own_cpu: float = 0.0  # this process's CPU time per wall second
+    wall_s: float = 0.0
+
+    @property
+    def busy(self) -> float:
+        """The share taken from the measurement: other processes plus steal."""
+        return self.foreign_cpu + self.steal
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoadShares:
+        return cls(**{k: float(v) for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None})
+
+
+#: the typed fields of a Measurement stored inside ``extra``, under the keys earlier versions wrote
+#: there (field name -> key): stored studies, cached measurements and agents of either version
+#: read each other (the field holds its default: the key is left out, as before)
+_IN_EXTRA: dict[str, str] = {
+    "drift_flag": "drift_flag",
+    "host_busy": "host_busy",
+    "host_load": "host_load",
+    "unstable_reason": "unstable_reason",
+    "interleaved": "paired",
+    "warmup_s": "warmup_s",
+    "warmup_runs": "warmup_runs",
+    "cpu_share_attempts": "cpu_share_attempts",
+    "reference_stats": "reference_stats",
+    "provider_options": "provider_options",
+    "gpu_compute": "gpu_compute",
+    "host_io_ms": "host_io_ms",
+    "h2d_ms": "h2d_ms",
+    "d2h_ms": "d2h_ms",
+    "cuda_graph": "cuda_graph",
+}
+
+
 @dataclass
 class Measurement:
-    """Latency statistics of one artifact on one device (milliseconds per run)."""
+    """Latency statistics of one artifact on one device (milliseconds per run).
+
+    What a later stage reads back (flags, the figures the reports print) are typed fields;
+    ``extra`` holds the backend's other diagnostics, stored and shown but never decided on.
+    """
 
     status: Status
     backend: str
@@ -125,13 +205,31 @@ class Measurement:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     drift_ratio: float | None = None  # canary latency now / canary latency at start
     cached: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # backend specific (e.g. GPU compute time)
+    extra: dict[str, Any] = field(default_factory=dict)  # backend diagnostics, for people to read
     # paired timing (docs/measurement.md): the candidate interleaved with a reference artifact in
     # one session; the statistics above are the candidate's, n counts pairs
     ratio: float | None = None  # median of per-pair candidate / reference
     ratio_ci: list[float] | None = None  # [low, high] 95% interval of that median
     reference_sha256: str | None = None
     reference_median_ms: float | None = None
+    # -- read back by later stages; stored in ``extra`` (see _IN_EXTRA) -------------------------
+    drift_flag: bool = False  # the drift canary moved beyond the measurer's threshold
+    host_busy: float | None = None  # share of the CPUs other work took, set above HOST_BUSY_SHARE
+    host_load: LoadShares | None = None  # what else ran while measuring (CPU backends)
+    unstable_reason: str | None = None  # why the status is "unstable"
+    #: ratio timing: True candidate and reference interleaved in one session, False measured
+    #: apart (a backend without paired timing), None unpaired (stored as ``paired``)
+    interleaved: bool | None = None
+    warmup_s: float | None = None
+    warmup_runs: int | None = None
+    cpu_share_attempts: list[float] | None = None  # share of a core the timing thread got, per try
+    reference_stats: LatencyStats | None = None  # the paired reference's statistics in its window
+    provider_options: dict[str, str] | None = None  # GPU execution provider options, as measured
+    gpu_compute: LatencyStats | None = None  # GPU compute time of the steady-state runs (TensorRT)
+    host_io_ms: float | None = None  # GPU backends: latency with the host copies ...
+    h2d_ms: float | None = None  # ... and its parts (TensorRT)
+    d2h_ms: float | None = None
+    cuda_graph: str | None = None  # torch-cuda: "captured", "disabled", or why not
 
     @property
     def usable(self) -> bool:
@@ -139,16 +237,30 @@ class Measurement:
         return self.status in USABLE_STATUSES and self.n > 0
 
     def to_dict(self, max_samples: int | None = None) -> dict[str, Any]:
+        """The stored and wire form: the typed fields of _IN_EXTRA go inside ``extra``."""
         d = asdict(self)
         if max_samples is not None and len(self.samples_ms) > max_samples:
             # keep the distribution's shape: evenly spaced order statistics
             idx = np.linspace(0, len(self.samples_ms) - 1, max_samples).round().astype(int)
             d["samples_ms"] = [float(v) for v in np.sort(self.samples_ms)[idx]]
+        for name, key in _IN_EXTRA.items():
+            stored, value = d.pop(name), getattr(self, name)
+            if value != _DEFAULTS[name]:
+                d["extra"][key] = value.to_dict() if isinstance(value, (LatencyStats, LoadShares)) else stored
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """The inverse of :meth:`to_dict`, for measurements of this version and earlier ones."""
+        kwargs = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        extra = dict(kwargs.get("extra") or {})
+        for name, key in _IN_EXTRA.items():
+            if key in extra:
+                kwargs[name] = extra.pop(key)
+            if name in kwargs:
+                kwargs[name] = _typed(name, kwargs[name])
+        kwargs["extra"] = extra
+        return cls(**kwargs)
 
     @property
     def paired(self) -> bool:
@@ -174,3 +286,19 @@ class Measurement:
                 f"of the reference ({self.reference_median_ms:.3f} ms)"
             )
         return text
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Measurement) if f.name in _IN_EXTRA}
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A stored value (JSON) as its typed field holds it."""
+    if value is None:
+        return _DEFAULTS[name]
+    if name == "host_load" and isinstance(value, dict):
+        return LoadShares.from_dict(value)
+    if name in ("reference_stats", "gpu_compute") and isinstance(value, dict):
+        return LatencyStats.from_dict(value)
+    if name == "cpu_share_attempts":
+        return [float(v) for v in value]
+    return value

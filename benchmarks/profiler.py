@@ -112,7 +112,7 @@ def fresh_sessions(path: Path, inputs: dict[str, np.ndarray], repeats: int) -> d
         walls.append(time.perf_counter() - t0)
         medians.append(m.median_ms)
         statuses.append(m.status)
-        loads.append(m.extra["host_load"]["foreign_cpu"])
+        loads.append(m.host_load.foreign_cpu if m.host_load else float("nan"))
     return {
         "medians": medians,
         "spread": max(medians) / min(medians) - 1,
@@ -152,7 +152,7 @@ m = OrtCpuDevice().measure_paired(Path(sys.argv[1]), x, ref, RuntimeOptions(), P
 print(json.dumps({"status": m.status, "ratio": m.ratio, "ci": m.ratio_ci, "median_ms": m.median_ms,
                   "reference_median_ms": m.reference_median_ms, "pairs": m.extra["pairs"],
                   "clean": m.extra["clean_pairs"], "quiet": m.extra["quiet_pairs"], "s": m.steady_s,
-                  "foreign_cpu": m.extra["host_load"]["foreign_cpu"]}))
+                  "foreign_cpu": m.host_load.foreign_cpu if m.host_load else None}))
 """
 
 #: a CPU hog: busy on every core for ``on`` s, idle for ``off`` s, until ``seconds`` have passed

@@ -17,7 +17,7 @@ import torch
 import torch.library
 from torch import nn
 
-from autotune.knobs._attention import first_tensor
+from autotune.inputs import first_output
 from autotune.task._task import Runner, Task
 
 _register_fake = torch.library.register_fake
@@ -85,7 +85,7 @@ def agreement(model: nn.Module, inputs: torch.Tensor, name: str) -> Task:
     """Scored by agreement with the FP32 model's predictions (the model may return a ModelOutput)."""
     model.eval()
     with torch.no_grad():
-        reference = first_tensor(model(inputs)).argmax(-1).numpy()
+        reference = first_output(model(inputs)).argmax(-1).numpy()
 
     def evaluate(runner: Runner) -> float:
         return float(np.mean(runner(inputs).argmax(-1) == reference) * 100)

@@ -5,10 +5,14 @@ process on loopback. Every test checks the agent still serves afterwards.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
+import os
 import re
+import resource
 import select
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -472,3 +476,402 @@ def test_tls_self_signed_pinned(tmp_path: Path) -> None:
         # plain http to the TLS port is not served
         with pytest.raises(httpx.HTTPError):
             httpx.get(agent.url.replace("https://", "http://") + "/v1/info", headers=AUTH, timeout=10)
+
+
+# --------------------------------------------------------------------------- issue 25: second audit
+
+
+def _raise_open_files(need: int) -> None:
+    """Let this process (and the agent it starts) open ``need`` files, or skip saying why."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} open files; the hard limit (ulimit -Hn) is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the peer closed ``sock`` (poll: these tests hold descriptors past select's 1024)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+    if not poller.poll(0):
+        return False
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # a socket with a timeout would wait in recv
+    try:
+        while chunk := sock.recv(65536):
+            del chunk  # an answer first (a 401, say), then the end
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return True
+
+
+def _wait_closed(socks: list[socket.socket], limit: float) -> float | None:
+    """Seconds until the agent closed every socket, None if some are still open after ``limit``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if all(_closed(s) for s in socks):
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    return None
+
+
+def _loopback_connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.settimeout(10)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def test_the_owner_is_answered_past_tokenless_and_idle_floods(tmp_path: Path) -> None:
+    """Items 1 and 2: a refused connection is closed; the per-address and global caps shed the
+    oldest idle connection without the token, not the owner's new one."""
+    _raise_open_files(4096)  # 1,312 sockets here and as many in the agent
+    with AgentProcess(token=TOKEN, root=tmp_path / "root") as agent:  # default caps: 32, 256
+        port = agent.port
+        tokenless = [_loopback_connect(port) for _ in range(32)]  # the owner's address
+        for s in tokenless:
+            s.sendall(b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive by default
+        for s in tokenless:
+            assert s.recv(12) == b"HTTP/1.1 401"
+        # the agent closes a connection after its 401 (it used to keep it for 30 s, per request)
+        closed_after = _wait_closed(tokenless, 5.0)
+        assert closed_after is not None, "tokenless connections kept open after their 401"
+        for s in tokenless:
+            s.close()
+        # the client reconnects at once: 32 idle tokenless connections from the owner's address
+        socks = [_loopback_connect(port) for _ in range(32)]
+        # and 1,280 idle sockets from 40 other loopback addresses
+        for a in range(2, 42):
+            socks += [_loopback_connect(port, f"127.0.0.{a}") for _ in range(32)]
+        t0 = time.monotonic()
+        with httpx.Client(base_url=agent.url, headers=AUTH, timeout=10) as owner:
+            resp = owner.get("/v1/info")
+        answered = time.monotonic() - t0
+        proc = psutil.Process(agent.pid)
+        held = sum(1 for c in proc.net_connections("tcp") if c.raddr and c.laddr.port == port)
+        for s in socks:
+            s.close()
+        assert resp.status_code == 200, resp.text
+        # the issue's bound, with room: 0.2-0.3 s on a 2-core VM under a load of 9
+        assert answered < 2.0, answered
+        limits = resp.json()["limits"]
+        print(f"\n[floods] 32 tokenless connections closed {closed_after:.2f} s after their 401s; with "
+              f"32 + 1,280 idle sockets open, an authenticated GET /v1/info answered in "
+              f"{answered * 1e3:.0f} ms; "
+              f"the agent held {held} connections (caps: {limits['max_connections_per_client']} per "
+              f"address, {limits['max_unauthenticated_connections']} without the token)")  # fmt: skip
+        assert held <= limits["max_unauthenticated_connections"] + 1
+
+
+def test_a_tls_handshake_that_never_finishes_is_closed(tmp_path: Path) -> None:
+    """Item 2: the handshake is bounded by the header timeout (asyncio's default was 60 s)."""
+    args = ["--self-signed", "--header-timeout", "2"]
+    with AgentProcess(token=TOKEN, root=tmp_path / "tls", args=args) as agent:
+        s = _loopback_connect(agent.port)
+        s.sendall(b"\x16\x03\x01")  # the start of a TLS record, never finished
+        took = _wait_closed([s], 20.0)
+        s.close()
+        assert took is not None, "a stalled TLS handshake kept its socket for over 20 s"
+        print(f"\n[tls handshake] closed after {took:.1f} s (header timeout 2 s)")
+        m = tmp_path / "m.onnx"
+        m.write_bytes(relu_model(11.0))
+        pin = re.search(r"((?:[0-9A-F]{2}:){31}[0-9A-F]{2})", " ".join(agent.output))
+        assert pin is not None
+        device = RemoteDevice([agent.url], token=TOKEN, fingerprint=pin.group(1))
+        device.connect()  # a real client still gets through
+        device.close()
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
+    """Item 2: an authenticated body at 1 byte/s is closed by the body-progress timeout."""
+    with (
+        AgentProcess(token=TOKEN, root=tmp_path / "root", args=["--body-timeout", "2"]) as agent,
+        httpx.Client(base_url=agent.url, headers=AUTH, timeout=30) as client,
+    ):
+        s = _loopback_connect(agent.port)
+        head = (f"PUT /v1/models/{'a' * 64} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n")  # fmt: skip
+        s.sendall(head.encode())
+        t0, sent = time.monotonic(), 0
+        while time.monotonic() - t0 < 20 and not _closed(s):
+            try:
+                s.sendall(b"x")
+            except OSError:
+                break
+            sent += 1
+            time.sleep(1.0)
+        took = time.monotonic() - t0
+        closed = _closed(s) or took < 20
+        s.close()
+        assert closed, "a body sent at 1 byte/s was still open after 20 s"
+        print(f"\n[slow body] closed after {took:.1f} s and {sent} bytes (body timeout 2 s)")
+        alive(client)
+        deadline = time.monotonic() + 10
+        while list((agent.root / "tmp").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list((agent.root / "tmp").iterdir()) == []  # the partial upload is gone
+
+
+def test_runtime_options_are_checked_before_queueing(agent: AgentProcess, client: httpx.Client) -> None:
+    """Item 3: every option against RuntimeOptions' types; they used to fail at run time."""
+    data = relu_model(12.0)
+    upload(client, data)
+    cores = sorted(psutil.Process(agent.pid).cpu_affinity())
+    bad: list[tuple[dict[str, Any], str]] = [
+           ({"graph_optimization": "bogus"}, "graph_optimization must be one of"),
+           ({"affinity": [99999]}, "options.affinity"), ({"affinity": [cores[0], cores[0]]}, "distinct"),
+           ({"affinity": []}, "options.affinity"), ({"affinity": ["0"]}, "options.affinity"),
+           ({"affinity": 0}, "options.affinity"), ({"precision": "fp64"}, "precision must be one of"),
+           ({"execution_mode": True}, "execution_mode"), ({"cudnn_conv_algo_search": "FAST"}, "cudnn"),
+           ({"threads": 10**6}, "threads must be")]  # fmt: skip
+    for options, needle in bad:
+        body = job(sha(data))
+        body["options"] = {**body["options"], **options}
+        resp = client.post("/v1/jobs", json=body)
+        assert resp.status_code == 400, (options, resp.status_code, resp.text)
+        assert needle in resp.json()["detail"], resp.text
+        print(f"\n[options] {options}: {resp.json()['detail']}", end="")
+    print()
+    body = job(sha(data))
+    body["options"] = {"threads": 1, "affinity": [cores[-1]], "graph_optimization": "basic"}
+    view = wait_job(client, client.post("/v1/jobs", json=body).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    assert view["measurement"]["runtime"]["affinity"] == [cores[-1]]
+    assert alive(client)["limits"]["runtime"]["affinity"] == cores
+
+
+# the second agent: default limits, its own TMPDIR, HOME and XDG cache (items 3 to 6)
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    base = tmp_path_factory.mktemp("isolated")
+    for d in ("tmp", "home", "xdg"):
+        (base / d).mkdir()
+    # the old, predictable lock path, with a link planted by "another user"
+    (base / "tmp" / "autotune-device-cpu.lock").symlink_to(base / "victim")
+    env = {"TMPDIR": str(base / "tmp"), "HOME": str(base / "home"), "XDG_CACHE_HOME": str(base / "xdg"),
+           "AUTOTUNE_AGENT_TEST_HOOKS": "1"}  # fmt: skip
+    proc = AgentProcess(token=TOKEN, root=base / "root", env=env)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("AUTOTUNE_LOCK_DIR", raising=False)  # the default lock directory, not a configured one
+        proc.launch()
+    with proc:
+        yield proc
+
+
+@pytest.fixture
+def iclient(isolated: AgentProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=isolated.url, headers=AUTH, timeout=120) as c:
+        yield c
+
+
+def test_oversized_options_are_refused_with_little_memory(
+    isolated: AgentProcess, iclient: httpx.Client
+) -> None:
+    """Item 3: a 20-million-entry affinity list (40 MB body) is refused before it is parsed."""
+    data = relu_model(13.0)
+    upload(iclient, data)
+    proc = psutil.Process(isolated.pid)
+    before = proc.memory_info().rss
+    peak, stop = [before], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak.append(proc.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    body = (b'{"model_sha256": "' + sha(data).encode() + b'", "backend": "ort-cpu", '
+            b'"options": {"threads": 1, "affinity": [' + b",".join([b"0"] * 20_000_000) + b"]}}")  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        resp = iclient.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        took = time.monotonic() - t0
+        time.sleep(0.3)  # what the agent does right after answering counts too
+    finally:
+        stop.set()
+        sampler.join()
+    t0 = time.monotonic()
+    alive(iclient)
+    info_s = time.monotonic() - t0
+    print(f"\n[options bomb] {len(body) / 2**20:.0f} MB body: {resp.status_code} in {took:.1f} s "
+          f"({resp.text[:200]}); agent RSS {before / 2**20:.0f} MB before, peak "
+          f"{max(peak) / 2**20:.0f} MB; /v1/info then {info_s * 1e3:.0f} ms")  # fmt: skip
+    assert resp.status_code == 400 and "JSON values" in resp.json()["detail"], resp.text[:300]
+    assert max(peak) < 150 * 2**20
+
+
+def test_default_job_memory_is_a_share_of_available_memory(iclient: httpx.Client) -> None:
+    """Item 4: not the machine's total RAM."""
+    budget = alive(iclient)["limits"]["job_memory_bytes"]
+    assert 0 < budget <= 0.75 * psutil.virtual_memory().total, budget
+
+
+def test_device_lock_is_private_not_followed_and_times_out(
+    isolated: AgentProcess, iclient: httpx.Client
+) -> None:
+    """Item 5: the lock is in a private per-user directory, opened without following links,
+    and a job waiting for it ends with that reason."""
+    base = isolated.root.parent
+    data = relu_model(14.0)
+    upload(iclient, data)
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data))).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    assert not (base / "victim").exists(), "the agent followed a link planted at the shared lock path"
+    private = base / "tmp" / f"autotune-{os.getuid()}"
+    st = os.lstat(private)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
+    lock = private / "device-cpu.lock"
+    # a link planted in the directory itself is not followed either
+    lock.unlink()
+    lock.symlink_to(base / "victim2")
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data), np.full((1, 4), 2, np.float32)))
+                    .json()["job_id"])  # fmt: skip
+    assert view["status"] not in ("ok", "unstable") and not (base / "victim2").exists(), view
+    lock.unlink()
+    # held by another process: the job ends as timeout saying so, after half its measure timeout
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        body = job(sha(data), np.full((1, 4), 3, np.float32), timeouts={"measure_s": 6})
+        t0 = time.monotonic()
+        view = wait_job(iclient, iclient.post("/v1/jobs", json=body).json()["job_id"])
+        took = time.monotonic() - t0
+    why = view["error"] or (view["measurement"] or {}).get("error") or ""
+    assert view["status"] == "timeout" and "busy" in why, view
+    print(f"\n[device lock] {private} mode {stat.S_IMODE(st.st_mode):o}; held elsewhere: "
+          f"{view['status']} after {took:.1f} s: {why}")  # fmt: skip
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data), np.full((1, 4), 4, np.float32)))
+                    .json()["job_id"])  # fmt: skip
+    assert view["status"] in ("ok", "unstable"), view
+
+
+def test_job_processes_write_under_the_work_directory(isolated: AgentProcess, iclient: httpx.Client) -> None:
+    """Item 6: onnxruntime's ~/.cache/Microsoft/DeveloperTools lands in the agent's work dir."""
+    data = relu_model(15.0)
+    upload(iclient, data)
+    view = wait_job(iclient, iclient.post("/v1/jobs", json=job(sha(data))).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    base, work = isolated.root.parent, (isolated.root / "work").resolve()
+    assert not (base / "home" / ".cache").exists() and not (base / "xdg" / "Microsoft").exists()
+    assert (work / ".cache" / "Microsoft" / "DeveloperTools").is_dir()
+    for child in psutil.Process(isolated.pid).children(recursive=True):
+        assert child.environ()["HOME"] == str(work), child.cmdline()
+
+
+def _bomb_nodes(prefix: str, out: str) -> list[onnx.NodeProto]:
+    """A 38 GiB ConstantOfShape, summed to a scalar and added to x."""
+    shape = helper.make_tensor(prefix + "s", TensorProto.INT64, [2], [100_000, 100_000])
+    one = helper.make_tensor(prefix + "v", TensorProto.FLOAT, [1], [1.0])
+    return [helper.make_node("Constant", [], [prefix + "shape"], value=shape),
+            helper.make_node("ConstantOfShape", [prefix + "shape"], [prefix + "big"], value=one),
+            helper.make_node("ReduceSum", [prefix + "big"], [prefix + "r"], keepdims=0),
+            helper.make_node("Add", ["x", prefix + "r"], [out])]  # fmt: skip
+
+
+def _if(then: onnx.GraphProto, cond: bool = False) -> list[onnx.NodeProto]:
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z2"])], "other", [],
+                              [helper.make_tensor_value_info("z2", TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    flag = helper.make_tensor("c", TensorProto.BOOL, [], [cond])
+    return [helper.make_node("Constant", [], ["cond"], value=flag),
+            helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]  # fmt: skip
+
+
+def _nested_bombs() -> dict[str, bytes]:
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])
+    branch = helper.make_graph(_bomb_nodes("b", "z"), "branch", [], [z])
+    body = helper.make_graph(
+        [*_bomb_nodes("b", "z"), helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), z],
+    )  # fmt: skip
+    n = helper.make_tensor("n", TensorProto.INT64, [], [1])
+    t = helper.make_tensor("t", TensorProto.BOOL, [], [1])
+    loop = [helper.make_node("Constant", [], ["n"], value=n),
+            helper.make_node("Constant", [], ["t"], value=t),
+            helper.make_node("Loop", ["n", "t"], ["zs"], body=body),
+            helper.make_node("ReduceSum", ["zs", "axis0"], ["y"], keepdims=0)]  # fmt: skip
+    axis0 = numpy_helper.from_array(np.array([0], np.int64), "axis0")
+    bomb_fn = helper.make_function(
+        "local", "Bomb", ["x"], ["y"], _bomb_nodes("b", "y"), [helper.make_opsetid("", 17)]
+    )
+    shape_f = helper.make_tensor("sf", TensorProto.FLOAT, [2], [100_000.0, 100_000.0])
+    cast = [helper.make_node("Constant", [], ["shape_f"], value=shape_f),
+            helper.make_node("Cast", ["shape_f"], ["shape"], to=TensorProto.INT64),
+            *_bomb_nodes("b", "y")[1:]]  # fmt: skip
+    cast[2].input[0] = "shape"  # the ConstantOfShape reads the cast shape
+    sparse_graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0), helper.make_node("Add", ["x", "r"], ["y"])],
+        "g", [X], [Y],
+    )  # fmt: skip
+    sparse = helper.make_sparse_tensor(  # one value; 30000 x 30000 floats (3.4 GiB) once dense
+        numpy_helper.from_array(np.ones(1, np.float32), "c"),
+        numpy_helper.from_array(np.zeros(1, np.int64), "ci"),
+        [30_000, 30_000],
+    )  # fmt: skip
+    sparse_graph.sparse_initializer.append(sparse)
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [X], [Y])
+
+    def training(graph: onnx.GraphProto) -> bytes:
+        model = onnx.load_from_string(model_bytes(relu))
+        model.training_info.add().initialization.CopyFrom(graph)
+        return model.SerializeToString()
+
+    w2 = helper.make_tensor_value_info("w2", TensorProto.FLOAT, [1, 4])
+    external = _external(numpy_helper.from_array(np.ones((1, 4), np.float32), "w"), "/etc/passwd")
+    return {
+        "If branch": model_bytes(helper.make_graph(_if(branch), "g", [X], [Y])),
+        "Loop body": model_bytes(helper.make_graph(loop, "g", [X], [Y], [axis0])),
+        "local function": model_bytes(
+            helper.make_graph([helper.make_node("Bomb", ["x"], ["y"], domain="local")], "g", [X], [Y]),
+            [bomb_fn],
+            extra_opsets=[helper.make_opsetid("local", 1)],
+        ),
+        "through Cast": model_bytes(helper.make_graph(cast, "g", [X], [Y])),
+        "sparse initializer": model_bytes(sparse_graph),
+        "external data in training_info": training(
+            helper.make_graph([helper.make_node("Identity", ["w"], ["w2"])], "init", [], [w2], [external])
+        ),
+        "custom op in training_info": training(
+            helper.make_graph([helper.make_node("Evil", [], ["w2"], domain="com.attacker")], "init", [], [w2])
+        ),
+    }  # fmt: skip
+
+
+def test_nested_memory_bombs_are_refused_at_upload(client: httpx.Client) -> None:
+    """Item 4: every graph, function and training_info is walked; sparse tensors count dense."""
+    reasons = {"external data": "external data", "custom op": "custom domain"}
+    for what, data in _nested_bombs().items():
+        resp = upload(client, data)
+        answer = resp.json()
+        assert resp.status_code == 400 and answer["error"] == "invalid_model", (what, len(data), answer)
+        detail = answer["detail"]
+        needle = next((v for k, v in reasons.items() if what.startswith(k)), "over the agent's memory budget")
+        assert needle in detail, (what, detail)
+        assert client.head(f"/v1/models/{sha(data)}").status_code == 404
+        print(f"\n[nested bomb] {what} ({len(data)} bytes): {detail}", end="")
+    print()
+    # the same shapes, small, are fine: an If whose branch makes a 2 x 4 tensor from a Cast shape
+    shape_f = helper.make_tensor("sf", TensorProto.FLOAT, [2], [1.0, 4.0])
+    one = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    small = helper.make_graph(
+        [helper.make_node("Constant", [], ["shape_f"], value=shape_f),
+         helper.make_node("Cast", ["shape_f"], ["shape"], to=TensorProto.INT64),
+         helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=one),
+         helper.make_node("Add", ["x", "ones"], ["z"])],
+        "branch", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    good = model_bytes(helper.make_graph(_if(small, cond=True), "g", [X], [Y]))
+    assert upload(client, good).status_code == 201
+    view = wait_job(client, client.post("/v1/jobs", json=job(sha(good))).json()["job_id"])
+    assert view["status"] in ("ok", "unstable"), view
+    alive(client)

@@ -1,5 +1,6 @@
 """The command line as a user meets it: help, bad input, Ctrl-C and resume (real processes)."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -177,3 +178,95 @@ def test_onnx_model_gets_bits_and_runtime_knobs_only(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "width, heads and sparsity need a torch model" in out.stdout
     assert "fidelity" in out.stdout
+
+
+TINY = ["--model", "tiny_tasks:conv_task", "--budget", "50ms", "--trials", "1", "--quick"]
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str], needle: str) -> str:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("study", ["ABSOLUTE", "../escape", "a/b", ".."])
+def test_a_study_name_is_not_a_path(tmp_path: Path, study: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    if study == "ABSOLUTE":
+        study = str(tmp_path / "target")  # was written as a whole run directory (exit 0)
+    out = autotune(*TINY, "--study", study, cwd=work)
+    line = _one_line_error(out, "--study")
+    print(f"\n[study name] {study}: {line}")
+    assert not (tmp_path / "target").exists() and not (tmp_path / "escape").exists()
+    assert not (work / "runs").exists()
+
+
+def test_out_and_budget_mistakes_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a regular file")
+    cases = [
+        (["--out", "file/runs"], "--out file/runs: cannot write"),  # was NotADirectoryError
+        (["--budget", "1e309ms"], "not a finite number"),  # was "must be greater than zero"
+        (["--budget", "1e-320ms"], "too small"),  # was accepted, naming the study ...e-318us
+    ]
+    if Path("/sys").is_dir():  # sysfs takes no new directories (read-only in most containers)
+        cases.append((["--out", "/sys/autotune-test-out"], "cannot write the run directory"))
+    for extra, needle in cases:
+        args = [*TINY, *extra] if extra[0] == "--out" else [*TINY[:2], *TINY[4:], *extra]
+        line = _one_line_error(autotune(*args, cwd=tmp_path), needle)
+        print(f"\n[cli] {' '.join(extra)}: {line}", end="")
+    print()
+    assert not (tmp_path / "runs").exists()
+
+
+def _baselines(db: Path) -> dict[str, list[tuple[str, bool]]]:
+    """Baseline name -> [(state, a failure reason was recorded)] of its trials."""
+    query = (
+        "select t.state, a.value_json, exists(select 1 from trial_user_attributes r "
+        "where r.trial_id = t.trial_id and r.key = 'fail_reason') from trials t join "
+        "trial_user_attributes a on a.trial_id = t.trial_id and a.key = 'baseline'"
+    )
+    found: dict[str, list[tuple[str, bool]]] = {}
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            rows = con.execute(query).fetchall()
+    except sqlite3.OperationalError:  # not created yet, or busy: ask again
+        return {}
+    for state, name, reason in rows:
+        found.setdefault(json.loads(name), []).append((state, bool(reason)))
+    return found
+
+
+def test_an_interrupted_baseline_is_queued_again(tmp_path: Path) -> None:
+    args = ["--model", "tiny_tasks:slow_conv_task", "--budget", "50ms", "--trials", "10", "--quick"]
+    args += ["--study", "ib"]
+    db = tmp_path / "runs" / "ib" / "study.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "TINY_TASK_EVAL_DELAY": "0.7"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 180
+    running = None
+    while running is None and time.time() < deadline and proc.poll() is None:
+        found = _baselines(db)
+        running = next((n for n, ts in found.items() if n == "w0.75" and ("RUNNING", False) in ts), None)
+        time.sleep(0.05)
+    assert running is not None, f"w0.75 never ran: {_baselines(db)}"
+    proc.send_signal(signal.SIGINT)  # during the w0.75 baseline
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    interrupted = [n for n, ts in _baselines(db).items() if ts and all(s == "FAIL" and not r for s, r in ts)]
+    assert interrupted, _baselines(db)  # w0.75, or the next one if the interrupt came late
+
+    out = autotune(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    after = _baselines(db)
+    for name in interrupted:
+        assert any(s == "COMPLETE" or r for s, r in after[name]), (name, after[name])
+    print(f"\n[resume] interrupted baseline(s) {interrupted} ran again: {[after[n] for n in interrupted]}")

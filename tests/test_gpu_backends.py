@@ -199,11 +199,11 @@ def test_gpu_backend_measures_with_the_protocol(backend: str, tmp_path: Path) ->
     assert m.load_ms > 0 and m.first_run_ms > 0
     assert m.fingerprint["gpu"] and m.fingerprint["compute_capability"]
     if backend == "tensorrt":
-        assert m.extra["gpu_compute"]["median_ms"] > 0 and m.extra["host_io_ms"] > 0
+        assert m.gpu_compute is not None and m.gpu_compute.median_ms > 0 and (m.host_io_ms or 0) > 0
         again = device.measure(path, {"input": x.numpy()}, RuntimeOptions(), QUICK)
         assert again.extra["engine_cache"] == "hit"
     if backend == "torch-cuda":
-        assert m.extra["cuda_graph"] == "captured", m.extra["cuda_graph"]
+        assert m.cuda_graph == "captured", m.cuda_graph
     if backend.startswith("ort-"):
         assert m.extra["providers"][0] == cls.provider  # type: ignore[attr-defined]
     canary = device.measure(write_canary(tmp_path), canary_inputs(), RuntimeOptions(), QUICK)
@@ -250,7 +250,7 @@ def test_torch_gpu_search_measures_fp16_candidates_paired(tmp_path: Path) -> Non
     fp16 = result.baselines["fp16"]
     m = fp16.measurement
     assert m.usable and m.paired and m.fingerprint["backend"] == "torch-cuda", m.error
-    assert m.extra["cuda_graph"] == "captured" and m.extra["cudnn_benchmark"] is False
+    assert m.cuda_graph == "captured" and m.extra["cudnn_benchmark"] is False
     assert m.ratio_ci[0] <= m.ratio <= m.ratio_ci[1]
     halves = [i for i in onnx.load(str(fp16.artifact_path)).graph.initializer if i.data_type == 10]
     assert halves  # the measured artifact really holds fp16 weights

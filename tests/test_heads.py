@@ -21,8 +21,9 @@ from torch import nn
 import autotune
 from autotune.build import ArtifactBuilder
 from autotune.devices import Protocol
+from autotune.inputs import first_output
 from autotune.knobs import Recipe
-from autotune.knobs._attention import attention_units, first_tensor
+from autotune.knobs._attention import attention_units
 from autotune.knobs._heads import prune_heads
 from autotune.knobs._recipe import fusions
 from autotune.knobs._width import prune_width, width_groups
@@ -106,8 +107,8 @@ def test_heads_are_pruned_whole_and_the_head_attributes_follow(
         )
     # exactly what the original computes with the removed heads' outputs zeroed
     with torch.no_grad():
-        want = first_tensor(masked_heads(model, pruned)(inputs))
-        got = first_tensor(pruned(inputs))
+        want = first_output(masked_heads(model, pruned)(inputs))
+        got = first_output(pruned(inputs))
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
@@ -126,7 +127,7 @@ def test_width_never_narrows_queries_keys_or_values() -> None:
     prune_width(model, (x,), {"blocks.0.attn.qkv": 0.5, "blocks.0.mlp.fc1": 0.5}, ignored=["head"])
     assert model.blocks[0].attn.qkv.out_features == 3 * 64
     assert model.blocks[0].mlp.fc1.out_features == 64
-    assert first_tensor(model(x)).shape == (1, 10)
+    assert first_output(model(x)).shape == (1, 10)
 
 
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))

@@ -124,7 +124,7 @@ def test_protocol_stops_only_when_both_thresholds_hold(
     m = run_protocol(fake_run(clock, iter(lambda: 2.0, None)), p, "fake", clock=clock)
     assert m.status == "ok" and m.runs_per_sample == 1
     assert m.n == expected_n and len(m.samples_ms) == expected_n
-    assert m.extra["warmup_runs"] == 25  # 0.05 s of 2 ms runs beats the 5-run minimum
+    assert m.warmup_runs == 25  # 0.05 s of 2 ms runs beats the 5-run minimum
     assert m.median_ms == pytest.approx(2.0) and m.iqr_ms == pytest.approx(0.0)
     assert m.steady_s == pytest.approx(expected_n * 2e-3) and not m.extra["capped"]
 
@@ -171,9 +171,9 @@ def test_protocol_sees_preemption_through_the_threads_cpu_clock(cpu_ms: float, s
 
     m = run_protocol(run, Protocol(warmup_s=0.0, min_time_s=0.0), "fake", clock=wall, cpu_time=cpu)
     assert m.status == status and m.iqr_ms == pytest.approx(0.0)
-    assert m.extra["cpu_share_attempts"][0] == pytest.approx(cpu_ms / 2.0)
+    assert m.cpu_share_attempts is not None and m.cpu_share_attempts[0] == pytest.approx(cpu_ms / 2.0)
     if status == "unstable":
-        assert m.retries == 2 and "60% of a CPU core" in m.extra["unstable_reason"]
+        assert m.retries == 2 and "60% of a CPU core" in (m.unstable_reason or "")
 
 
 def test_protocol_caps_a_slow_model_at_max_time() -> None:
@@ -190,10 +190,14 @@ def test_ort_cpu_measurement_carries_phases_stats_and_fingerprint(model: Path) -
     assert m.n >= QUICK.min_samples and len(m.samples_ms) == m.n
     assert 0 < m.min_ms <= m.median_ms <= m.p90_ms <= m.p99_ms
     assert m.load_ms > 0 and m.first_run_ms > 0 and m.steady_s >= QUICK.min_time_s
-    assert m.extra["warmup_runs"] >= QUICK.warmup_runs
+    assert m.warmup_runs is not None and m.warmup_runs >= QUICK.warmup_runs
     fp = m.fingerprint
     assert fp["backend"] == "ort-cpu" and fp["onnxruntime"] and fp["cpu_model"] and fp["logical_cores"] >= 1
-    assert {"foreign_cpu", "own_cpu"} <= set(m.extra["host_load"]) and "load_avg_1m" in m.extra["host_state"]
+    assert (
+        m.host_load is not None
+        and {"foreign_cpu", "own_cpu"} <= set(m.host_load.to_dict())
+        and "load_avg_1m" in m.extra["host_state"]
+    )
     assert m.runtime["threads"] == 1
     # the record survives a JSON round trip (trial user attrs, cache, agent wire)
     again = Measurement.from_dict(json.loads(json.dumps(m.to_dict(max_samples=8))))
@@ -339,13 +343,14 @@ def test_cpu_burner_is_flagged_as_unstable_or_drift(tmp_path: Path, model: Path)
         ]
     finally:
         stop(burners)
-    flagged = [m for m in loaded if m.status == "unstable" or m.extra.get("drift_flag")]
+    flagged = [m for m in loaded if m.status == "unstable" or m.drift_flag]
     assert flagged, [(m.status, m.drift_ratio, m.iqr_ms / m.median_ms) for m in loaded]
-    assert all(m.extra["host_load"]["foreign_cpu"] > 0.3 for m in loaded)  # the load is on record
-    assert all(m.extra["host_busy"] >= m.extra["host_load"]["foreign_cpu"] for m in loaded)
+    loads = [m.host_load for m in loaded]  # the load is on record
+    assert all(load is not None and load.foreign_cpu > 0.3 for load in loads)
+    assert all(m.host_busy and m.host_load and m.host_busy >= m.host_load.foreign_cpu for m in loaded)
     stats = measurer.stats
     assert stats["unstable"] + stats["drift_flagged"] >= 1 and stats["max_drift"] >= 1.0
-    assert stats["host_busy"] == 3 + bool(before.extra.get("host_busy"))
+    assert stats["host_busy"] == 3 + bool(before.host_busy)
 
 
 def test_study_twice_measures_nothing_the_second_time(tmp_path: Path) -> None:
@@ -419,11 +424,9 @@ def test_drift_flags_show_in_trial_attributes_and_summary(
     flagged = [
         t.number
         for t in later
-        if t.measurement.status == "unstable"
-        or t.measurement.extra.get("drift_flag")
-        or t.measurement.extra.get("host_busy")
+        if t.measurement.status == "unstable" or t.measurement.drift_flag or t.measurement.host_busy
     ]
-    assert flagged, [(t.number, t.measurement.status, t.measurement.extra.get("host_load")) for t in later]
+    assert flagged, [(t.number, t.measurement.status, t.measurement.host_load) for t in later]
     trial = result.study.trials[flagged[0]]
     attrs = trial.user_attrs["measurement"]
     extra = attrs["extra"]

@@ -154,8 +154,8 @@ def test_search_skips_candidates_predicted_beyond_the_budget(
     baselines always are; --no-predictor measures everything."""
     import autotune
     from autotune.records import Protocol
+    from autotune.study import PREDICTED_KEY, PREDICTION_KEY
     from autotune.study import _predictor as predictor
-    from autotune.study._trials import PREDICTED_KEY, PREDICTION_KEY
 
     monkeypatch.setattr(predictor, "MIN_TRAIN", 6)
     kw = {"out_dir": tmp_path, "protocol": Protocol.quick(), "progress": False, "report": False}

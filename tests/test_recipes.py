@@ -267,7 +267,7 @@ def test_cuda_session_is_measured_with_the_searched_algo_search(model: tuple[Pat
         path, {"input": np.zeros((1, 3, 16, 16), np.float32)}, runtime, Protocol.quick()
     )
     assert m.usable, m.error
-    assert m.extra["provider_options"]["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert m.provider_options is not None and m.provider_options["cudnn_conv_algo_search"] == "HEURISTIC"
     assert m.runtime == runtime.to_dict()
 
 

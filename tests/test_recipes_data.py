@@ -39,7 +39,7 @@ def test_npz_with_labels_scores_accuracy_and_calibrates_on_its_inputs(
     assert task.evaluate(OrtRunner(path)) == pytest.approx(90.0)
     calibration = np.concatenate([b[0] for b in task.calibration])
     np.testing.assert_array_equal(calibration, x[:256])
-    assert tuple(task.example_inputs[0].shape) == (1, 16)
+    assert tuple(task.example_inputs["input"].shape) == (1, 16)
 
 
 def test_npz_errors_are_one_line(labelled: tuple[Path, Path, np.ndarray], tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_report_renders_in_headless_chromium(
 def test_borderline_candidates_are_marked_in_the_report_and_the_summary(
     result: ParetoSet, browser: object, tmp_path: Path
 ) -> None:
-    from autotune.measure.confirm import CONFIRMED_KEY
+    from autotune.study import CONFIRMED_KEY
 
     study, best = result.study, result.best
     assert best is not None and result.confirmed

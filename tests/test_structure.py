@@ -22,6 +22,7 @@ STAGES: list[tuple[str, ...]] = [
         "autotune.records",
         "autotune.wire",
         "autotune.budget",
+        "autotune.inputs",
         "autotune._util",
         "autotune._yaml",
         "autotune._tempdir",

@@ -14,6 +14,18 @@ import psutil
 from autotune._util import cache_root
 from autotune.agent.job import test_hooks_enabled
 
+#: uvicorn's ``limit_concurrency`` (connections before it answers 503), and the most
+#: connections without the token the agent keeps under it
+LIMIT_CONCURRENCY = 1024
+MAX_UNAUTHENTICATED = LIMIT_CONCURRENCY // 2
+#: share of the available memory a job may use by default
+JOB_MEMORY_SHARE = 0.75
+
+
+def default_job_memory() -> int:
+    """A share of the memory available now: not total RAM, which others' use already takes from."""
+    return int(psutil.virtual_memory().available * JOB_MEMORY_SHARE)
+
 
 def is_loopback(host: str) -> bool:
     """Whether every address ``host`` resolves to is a loopback address."""
@@ -45,8 +57,9 @@ class AgentConfig:
     #: free disk space every upload must leave (507 below it)
     min_free_bytes: int = 256 * 2**20
     #: address space a job may add to its process (RLIMIT_AS, CPU backends), and the largest
-    #: static tensor a model may declare (0: no limit). Default: the machine's memory.
-    job_memory_bytes: int = field(default_factory=lambda: psutil.virtual_memory().total)
+    #: tensor a model may declare or imply (0: no limit). Default: a share of the memory
+    #: available when the agent starts
+    job_memory_bytes: int = field(default_factory=default_job_memory)
     backends: tuple[str, ...] | None = None  # allow-list; None: every backend usable here
     startup_timeout_s: float = 120.0
     prepare_timeout_s: float = 60.0
@@ -58,6 +71,14 @@ class AgentConfig:
     #: a connection must send a complete request head within this (idle sockets are closed)
     header_timeout_s: float = 10.0
     max_connections_per_client: int = 32
+    #: connections that have not shown the token, all addresses together (the oldest idle one
+    #: is closed beyond it)
+    max_unauthenticated_connections: int = 256
+    #: a request body must bring guard.MIN_BODY_BYTES per this many seconds, or end
+    body_timeout_s: float = 10.0
+    #: how long a job waits for the device lock held by another process before it ends as
+    #: ``timeout`` (at most half the job's measure timeout)
+    lock_timeout_s: float = 60.0
     #: TLS: PEM certificate chain and key (``--tls-cert/--tls-key`` or ``--self-signed``)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -82,6 +103,12 @@ class AgentConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port}: not a TCP port")
+        if not 1 <= self.max_unauthenticated_connections <= MAX_UNAUTHENTICATED:
+            # uvicorn answers 503 to everyone beyond LIMIT_CONCURRENCY connections
+            raise ValueError(
+                f"--max-unauthenticated-connections {self.max_unauthenticated_connections}: "
+                f"must be in 1..{MAX_UNAUTHENTICATED}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
 

@@ -139,9 +139,19 @@ class Runner:
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
         from autotune import __version__
-        from autotune.devices import BACKENDS, Measurement, Protocol, Reference, RuntimeOptions
+        from autotune.devices import (
+            BACKENDS,
+            LOCK_TIMEOUT_ENV,
+            DeviceBusy,
+            Measurement,
+            Protocol,
+            Reference,
+            RuntimeOptions,
+        )
 
         backend = spec["backend"]
+        if spec.get("lock_timeout_s") is not None:  # read by device_lock
+            os.environ[LOCK_TIMEOUT_ENV] = str(float(spec["lock_timeout_s"]))
         test = spec.get("test")
         _run_hook(test, "prepare")
         inputs = decode_inputs(spec.get("inputs", []))
@@ -167,6 +177,8 @@ class Runner:
                     m = device.measure(Path(spec["model_path"]), inputs, runtime, protocol)
             except MemoryError:
                 m = Measurement(status="oom", backend=backend, error="MemoryError in the job process")
+            except DeviceBusy as exc:  # another process kept the device: say so, not "timeout"
+                m = Measurement(status="timeout", backend=backend, error=str(exc))
         if m.status in ("runtime_error", "build_error") and any(
             s in (m.error or "").lower() for s in _OOM_MARKERS
         ):

@@ -12,9 +12,12 @@ import binascii
 import hashlib
 import json
 import math
-from typing import TYPE_CHECKING, Any
+import os
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 from autotune.agent.schemas import AgentError, JobRequest, TensorIn
+from autotune.records import RuntimeOptions
 
 if TYPE_CHECKING:
     from autotune.agent.config import AgentConfig
@@ -77,6 +80,93 @@ def protocol_bounds(cfg: AgentConfig) -> dict[str, float]:
     }
 
 
+@cache
+def runtime_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every enumerated :class:`RuntimeOptions` field (its ``Literal``)."""
+    hints = get_type_hints(RuntimeOptions)
+    return {name: get_args(t) for name, t in hints.items() if get_origin(t) is Literal}
+
+
+def usable_cores() -> list[int]:
+    """The CPU cores a job may be pinned to: those this agent may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def runtime_bounds(cfg: AgentConfig) -> dict[str, Any]:
+    """What this agent accepts for each ``RuntimeOptions`` field (also in ``/v1/info``)."""
+    return {"threads": [1, cfg.max_threads], "affinity": usable_cores(), **runtime_choices()}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_options(agent: Agent, options: dict[str, Any]) -> None:
+    """Every runtime option against its type in :class:`RuntimeOptions`, before queueing: a value
+    the job process would only trip over (``KeyError``, ``sched_setaffinity``) is a 400 here."""
+    unknown = set(options) - agent.runtime_fields
+    if unknown:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"unknown runtime options {sorted(unknown)[:10]}; known: {sorted(agent.runtime_fields)}",
+        )
+    threads = options.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= agent.cfg.max_threads:
+        raise AgentError(
+            400,
+            "bad_request",
+            f"threads must be an integer in 1..{agent.cfg.max_threads}, got {_short(threads)}",
+        )
+    choices = runtime_choices()
+    for name, value in options.items():
+        if name == "threads":
+            continue
+        if name == "affinity":
+            _check_affinity(value)
+        elif name in choices:
+            if value not in choices[name] or isinstance(value, bool):
+                allowed = list(choices[name])
+                raise AgentError(
+                    400, "bad_request", f"options.{name} must be one of {allowed}, got {_short(value)}"
+                )
+        else:  # a field this agent does not know how to check: refused, not passed on unchecked
+            raise AgentError(400, "bad_request", f"options.{name} cannot be checked by this agent")
+
+
+def _check_affinity(value: Any) -> None:
+    if value is None:
+        return
+    cores = usable_cores()
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= len(cores)
+        or not all(isinstance(c, int) and not isinstance(c, bool) for c in value)
+        or len(set(value)) != len(value)
+        or not set(value) <= set(cores)
+    ):
+        raise AgentError(
+            400,
+            "bad_request",
+            f"options.affinity must be null or distinct CPU cores of this agent ({_ranges(cores)}), "
+            f"got {_short(value)}",
+        )
+
+
+def _ranges(cores: list[int]) -> str:
+    """``0-3,6``: a short form of a sorted core list."""
+    spans: list[list[int]] = []
+    for c in cores:
+        if spans and spans[-1][1] == c - 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def _checked_inputs(agent: Agent, tensors: list[TensorIn], total: int) -> tuple[list[Any], int]:
     """Each tensor's [name, dtype, shape, sha256] after checking it; the running byte total."""
     digests = []
@@ -122,33 +212,22 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
             raise AgentError(
                 409, "unknown_model", f"model {sha} is not uploaded; PUT /v1/models/{{sha256}} first"
             )
-    unknown = set(req.options) - agent.runtime_fields
-    if unknown:
-        raise AgentError(
-            400,
-            "bad_request",
-            f"unknown runtime options {sorted(unknown)}; known: {sorted(agent.runtime_fields)}",
-        )
+    _check_options(agent, req.options)
     unknown = set(req.protocol) - agent.protocol_fields
     if unknown:
         raise AgentError(
             400,
             "bad_request",
-            f"unknown protocol fields {sorted(unknown)}; known: {sorted(agent.protocol_fields)}",
-        )
-    threads = req.options.get("threads", 1)
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= agent.cfg.max_threads:
-        raise AgentError(
-            400,
-            "bad_request",
-            f"threads must be an integer in 1..{agent.cfg.max_threads}, got {threads!r}",
+            f"unknown protocol fields {sorted(unknown)[:10]}; known: {sorted(agent.protocol_fields)}",
         )
     bounds = protocol_bounds(agent.cfg)
     for k, v in req.protocol.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise AgentError(400, "bad_request", f"protocol.{k} must be a non-negative number, got {v!r}")
+            raise AgentError(
+                400, "bad_request", f"protocol.{k} must be a non-negative number, got {_short(v)}"
+            )
         if k in _INTEGER_FIELDS and not float(v).is_integer():
-            raise AgentError(400, "bad_request", f"protocol.{k} must be an integer, got {v!r}")
+            raise AgentError(400, "bad_request", f"protocol.{k} must be an integer, got {_short(v)}")
         if v > bounds.get(k, _DEFAULT_BOUND):
             raise AgentError(
                 400,
@@ -172,7 +251,7 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
     if req.reference_sha256 is not None:  # a paired job is another job (and coalesces as one)
         identity["reference"] = [req.reference_sha256, ref_digests]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    spec = {
+    spec: dict[str, Any] = {
         "model_path": str(agent.store.path(req.model_sha256)),
         "backend": req.backend,
         "options": req.options,
@@ -202,5 +281,8 @@ def prepare_job(agent: Agent, req: JobRequest) -> tuple[str, dict[str, Any], dic
         "measure": req.timeouts.measure_s,
     }
     timeouts = {k: min(cap, asked[k] or cap) for k, cap in caps.items()}
+    # waiting for a device another process measures on ends with its own reason, well before
+    # the measure phase's timeout would
+    spec["lock_timeout_s"] = min(agent.cfg.lock_timeout_s, timeouts["measure"] / 2)
     held = sum(len(t.data) for t in [*req.inputs, *(req.reference_inputs or [])])
     return key, spec, timeouts, held

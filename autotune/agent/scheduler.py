@@ -19,6 +19,8 @@ from autotune._util import error_line
 from autotune.agent.worker import PhaseTimeout, WorkerDied, WorkerProcess
 
 USABLE = ("ok", "unstable")
+#: a finished job keeps its record for clients to collect: a bounded one
+MAX_ERROR_CHARS = 2000
 
 
 class QueueFull(Exception):
@@ -248,7 +250,7 @@ class Scheduler:
     ) -> None:
         job.status = status
         job.measurement = measurement
-        job.error = error
+        job.error = error[:MAX_ERROR_CHARS] if error else error
         job.finished_at = time.time()
         job.spec = {}  # inputs can be large; a finished job keeps only its record
         if self._inflight.get(job.key) is job:

@@ -8,7 +8,7 @@ with codes ``unauthorized``, ``bad_request``, ``bad_hash``, ``invalid_model``, `
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 Scalar = bool | int | float | str | None
+#: a list option (CPU affinity): no longer than any machine's core count
+ShortList = Annotated[list[Scalar], Field(max_length=4096)]
 
 
 class _Strict(BaseModel):
@@ -53,8 +55,10 @@ class JobRequest(_Strict):
 
     model_sha256: str = Field(pattern=SHA256_RE.pattern)
     backend: str = Field(default="ort-cpu", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    options: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict, description="RuntimeOptions")
-    protocol: dict[str, Scalar] = Field(default_factory=dict, description="Protocol")
+    options: dict[str, Scalar | ShortList] = Field(
+        default_factory=dict, max_length=64, description="RuntimeOptions"
+    )
+    protocol: dict[str, Scalar] = Field(default_factory=dict, max_length=64, description="Protocol")
     inputs: list[TensorIn] = Field(default_factory=list, max_length=64)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     #: paired timing: an uploaded model timed interleaved with this one (latency as a ratio to it)
@@ -63,7 +67,7 @@ class JobRequest(_Strict):
     reference_inputs: list[TensorIn] | None = Field(default=None, max_length=64)
     #: test-only hooks (sleep / crash in the job subprocess); rejected unless the agent runs
     #: with AUTOTUNE_AGENT_TEST_HOOKS=1
-    test: dict[str, Scalar] | None = None
+    test: dict[str, Scalar] | None = Field(default=None, max_length=16)
 
 
 class JobCreated(_Strict):

@@ -17,13 +17,14 @@ Safety rules, and where they are enforced:
 
 from __future__ import annotations
 
+import asyncio.constants
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from autotune import __version__
-from autotune.agent.config import AgentConfig, bind
+from autotune.agent.config import LIMIT_CONCURRENCY, AgentConfig, bind
 from autotune.agent.guard import guarded_h11
 from autotune.agent.routes import create_app
 from autotune.agent.state import Agent
@@ -49,16 +50,29 @@ def serve(
         app = create_app(agent)
         agent.start()
         keep_alive = 30
+        guard = guarded_h11(
+            cfg.header_timeout_s,
+            cfg.max_connections_per_client,
+            keep_alive,
+            token=cfg.token,
+            max_untrusted=cfg.max_unauthenticated_connections,
+            body_timeout_s=cfg.body_timeout_s,
+        )
+        if cfg.tls_cert:
+            # a TLS handshake happens before the guard sees the connection: asyncio's default
+            # lets one that never finishes hold its socket 60 s; the head's deadline bounds it
+            asyncio.constants.SSL_HANDSHAKE_TIMEOUT = cfg.header_timeout_s
         config = uvicorn.Config(
             app,
-            http=guarded_h11(cfg.header_timeout_s, cfg.max_connections_per_client, keep_alive),
+            http=guard,
+            loop="asyncio",  # the handshake timeout above is asyncio's (uvloop has its own)
             log_level=cfg.log_level,
             access_log=cfg.access_log,
             lifespan="off",
             server_header=False,
             timeout_keep_alive=keep_alive,
             timeout_graceful_shutdown=3,
-            limit_concurrency=1024,
+            limit_concurrency=LIMIT_CONCURRENCY,
             h11_max_incomplete_event_size=64 * 1024,  # a request head, not a megabyte of headers
             ssl_certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
             ssl_keyfile=str(cfg.tls_key) if cfg.tls_key else None,

@@ -13,7 +13,7 @@ from typing import Any
 from autotune import __version__
 from autotune.agent.config import AgentConfig
 from autotune.agent.health import Tegrastats, health
-from autotune.agent.jobcheck import protocol_bounds
+from autotune.agent.jobcheck import protocol_bounds, runtime_bounds
 from autotune.agent.scheduler import Job, Scheduler
 from autotune.agent.schemas import BackendInfo, InfoResponse, JobView, QueueInfo
 from autotune.agent.store import ModelStore
@@ -186,7 +186,11 @@ class Agent:
                 "job_memory_bytes": self.cfg.job_memory_bytes,
                 "header_timeout_s": self.cfg.header_timeout_s,
                 "max_connections_per_client": self.cfg.max_connections_per_client,
+                "max_unauthenticated_connections": self.cfg.max_unauthenticated_connections,
+                "body_timeout_s": self.cfg.body_timeout_s,
+                "lock_timeout_s": self.cfg.lock_timeout_s,
                 "protocol": protocol_bounds(self.cfg),
+                "runtime": runtime_bounds(self.cfg),
                 "max_threads": self.cfg.max_threads,
                 "timeouts_s": {
                     "startup": self.cfg.startup_timeout_s,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import autotune
+from autotune._util import cache_root
 from autotune.agent.job import MEMORY_ENV
 from autotune.wire import TOKEN_ENV
 
@@ -59,12 +60,21 @@ def _describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def child_env(memory_bytes: int = 0) -> dict[str, str]:
+def child_env(memory_bytes: int = 0, home: Path | None = None) -> dict[str, str]:
     """The job's environment: the agent's, minus anything that would load extra code, and minus
-    the token (the job parses untrusted models: it has no use for it)."""
+    the token (the job parses untrusted models: it has no use for it).
+
+    ``home``: the job's HOME (its work directory), so what runtimes write there (onnxruntime's
+    ``~/.cache/Microsoft/DeveloperTools``) stays in the agent's root, not the user's home; the
+    XDG directories follow it, autotune's own cache (GPU engines) stays where the agent's is."""
     env = dict(os.environ)
     for key in ("PYTHONSTARTUP", "PYTHONINSPECT", "ORT_CUSTOM_OPS_LIB", TOKEN_ENV):
         env.pop(key, None)
+    if home is not None:
+        env.setdefault("AUTOTUNE_CACHE", str(cache_root()))
+        env["HOME"] = str(home)
+        for key in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+            env.pop(key, None)
     env[MEMORY_ENV] = str(max(0, int(memory_bytes)))
     # the job imports the same autotune as the agent (not another copy that its working
     # directory or an editable install would put first on sys.path)
@@ -129,7 +139,7 @@ class WorkerProcess:
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
                 cwd=self.workdir,
-                env=child_env(self.memory_bytes),
+                env=child_env(self.memory_bytes, home=self.workdir.resolve()),
                 start_new_session=True,  # its own process group: a kill takes its children too
                 close_fds=True,
             )

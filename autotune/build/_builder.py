@@ -136,7 +136,7 @@ class ArtifactBuilder:
     def _context(self, candidate: Candidate) -> BuildContext:
         return BuildContext(
             example_inputs=self.task.example_inputs,
-            calibration=self.task.calibration,
+            calibration=self.task.calibration_feeds(),
             nodes={layer.name: layer.onnx_node for layer in self.space.layers},
             ignored=self.space.ignored,
             recipe=candidate.recipe,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,7 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from autotune.errors import UserError
+from autotune.inputs import call_model, first_output
 from autotune.task import Task
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 MODES = ("bn", "kd", "none")
 MIN_BN_SAMPLES = 16  # fewer inputs than this give noisier statistics than the trained ones
@@ -47,25 +52,40 @@ class Recovery:
         return {"mode": self.mode, "steps": self.steps, "lr": self.lr, "temperature": self.temperature}
 
 
-def recovery_batches(task: Task) -> list[tuple[torch.Tensor, ...]]:
+def recovery_batches(task: Task) -> list[ModelInputs]:
+    """The recovery data as the model takes it: tensors by keyword for a task with dict example
+    inputs, else positionally. Float arrays become float32 (the model's weights); integer ones
+    (token ids, masks) keep their dtype."""
     data = task.recovery_data if task.recovery_data is not None else task.calibration
-    return [
-        tuple(
-            torch.as_tensor(np.asarray(a, dtype=np.float32))
-            for a in (b if isinstance(b, (tuple, list)) else (b,))
-        )
-        for b in data
-    ]
+    batches: list[ModelInputs] = []
+    for b in data:
+        arrays = [np.asarray(a) for a in (b if isinstance(b, (tuple, list)) else (b,))]
+        tensors = tuple(torch.as_tensor(a.astype(np.float32) if a.dtype.kind == "f" else a) for a in arrays)
+        batches.append(dict(zip(task.input_names, tensors, strict=True)) if task.keyword else tensors)
+    return batches
+
+
+def _tensors(batch: ModelInputs) -> list[torch.Tensor]:
+    return list(batch.values()) if isinstance(batch, dict) else list(batch)
+
+
+def _rows(batch: ModelInputs) -> int:
+    return len(_tensors(batch)[0])
+
+
+def _rebuild(like: ModelInputs, tensors: Sequence[torch.Tensor]) -> ModelInputs:
+    """``tensors`` in the form of ``like`` (by keyword or positional)."""
+    return dict(zip(like, tensors, strict=True)) if isinstance(like, dict) else tuple(tensors)
 
 
 def _first(out: object) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out  # type: ignore[return-value]
+    return first_output(out)  # type: ignore[no-any-return]
 
 
-def recalibrate_bn(model: nn.Module, batches: Sequence[tuple[torch.Tensor, ...]]) -> bool:
+def recalibrate_bn(model: nn.Module, batches: Sequence[ModelInputs]) -> bool:
     """Re-estimate every BatchNorm's running mean/var on ``batches`` (exact average, not EMA)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or sum(len(b[0]) for b in batches) < MIN_BN_SAMPLES:
+    if not norms or sum(_rows(b) for b in batches) < MIN_BN_SAMPLES:
         return False
     momenta = [m.momentum for m in norms]
     model.eval()
@@ -75,7 +95,7 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[tuple[torch.Tensor, ...]]
         m.train()
     with torch.no_grad():
         for batch in batches:
-            model(*batch)
+            call_model(model, batch)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.eval()
@@ -85,19 +105,23 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[tuple[torch.Tensor, ...]]
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    batches: Sequence[tuple[torch.Tensor, ...]],
+    batches: Sequence[ModelInputs],
     recovery: Recovery,
     seed: int = 0,
 ) -> None:
     """``recovery.steps`` Adam steps of soft-target distillation (KL at temperature T), in place."""
     if recovery.steps == 0 or not batches:
         return
-    pool = tuple(torch.cat([b[i] for b in batches]) for i in range(len(batches[0])))
+    columns = [_tensors(b) for b in batches]
+    pool = [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))]
+    n = len(pool[0])
+
+    def rows(idx: torch.Tensor | slice) -> ModelInputs:
+        return _rebuild(batches[0], [t[idx] for t in pool])
+
     teacher.eval()
     with torch.no_grad():
-        targets = torch.cat(
-            [_first(teacher(*(t[i : i + 64] for t in pool))) for i in range(0, len(pool[0]), 64)]
-        )
+        targets = torch.cat([_first(call_model(teacher, rows(slice(i, i + 64)))) for i in range(0, n, 64)])
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=recovery.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -107,8 +131,8 @@ def distill(
     student.train()
     try:
         for _ in range(recovery.steps):
-            idx = torch.randint(0, len(pool[0]), (min(KD_BATCH, len(pool[0])),), generator=gen)
-            out = _first(student(*(t[idx] for t in pool)))
+            idx = torch.randint(0, n, (min(KD_BATCH, n),), generator=gen)
+            out = _first(call_model(student, rows(idx)))
             loss = F.kl_div(
                 F.log_softmax(out / temp, dim=-1),
                 F.softmax(targets[idx] / temp, dim=-1),

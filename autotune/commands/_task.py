@@ -1,4 +1,4 @@
-"""Resolve ``--model`` into a Task: the CLI's job, so ``task.py`` depends on no task factory."""
+"""Resolve ``--model`` into a Task: the CLI's job, so the task package depends on no task factory."""
 
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--job-memory-mb", type=float, default=None,
         help="address space a job may add to its process (RLIMIT_AS, CPU backends), and the largest "
-        "static tensor a model may declare (default: the machine's memory; 0: no limit)",
+        "tensor a model may declare or imply, in any subgraph or function (default: 3/4 of the "
+        "memory available when the agent starts; 0: no limit)",
     )  # fmt: skip
     p.add_argument(
         "--min-free-mb", type=float, default=256, help="free disk space uploads must leave (default: 256)"
@@ -78,6 +79,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-connections-per-client", type=int, default=32,
         help="open connections from one client address (default: 32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-unauthenticated-connections", type=int, default=256,
+        help="open connections that have not shown the token, all addresses together; the oldest "
+        "idle one is closed beyond it (default: 256, at most 512)",
+    )  # fmt: skip
+    p.add_argument(
+        "--body-timeout", type=float, default=10,
+        help="a request body must bring 64 KiB per this many seconds, or end (default: 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lock-timeout", type=float, default=60,
+        help="seconds a job waits for the device while another process measures on it, then "
+        "ends as timeout (default: 60; at most half the measure timeout)",
     )  # fmt: skip
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM): serve https")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for --tls-cert")
@@ -133,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         "measure_timeout",
         "max_queued_input_mb",
         "header_timeout",
+        "body_timeout",
+        "lock_timeout",
     )
     for name in positive:
         if not getattr(args, name) > 0:
@@ -176,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         min_free_bytes=int(args.min_free_mb * 2**20),
         header_timeout_s=args.header_timeout,
         max_connections_per_client=args.max_connections_per_client,
+        max_unauthenticated_connections=args.max_unauthenticated_connections,
+        body_timeout_s=args.body_timeout,
+        lock_timeout_s=args.lock_timeout,
         tls_cert=tls_cert.expanduser() if tls_cert else None,
         tls_key=tls_key.expanduser() if tls_key else None,
         allowed_hosts=tuple(args.allowed_host),

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from autotune._util import error_line
+from autotune.records import Measurement
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,31 +76,28 @@ def _parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
 def make_inputs(model_path: Path, shapes: dict[str, tuple[int, ...]], batch: int) -> dict[str, np.ndarray]:
     """Random inputs matching the model's graph inputs (dynamic dims -> ``batch``)."""
     import onnx
-    from onnx import helper
 
     from autotune.errors import UserError
+    from autotune.inputs import graph_inputs, synthetic
 
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{model_path}: not an ONNX model ({error_line(exc, 200)})") from None
-    inits = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in inits]
-    unknown = set(shapes) - {i.name for i in graph_inputs}
+    specs = graph_inputs(model)
+    unknown = set(shapes) - {s.name for s in specs}
     if unknown:
         raise UserError(
-            f"--shape: the model has no input {sorted(unknown)} (inputs: {[i.name for i in graph_inputs]})"
+            f"--shape: the model has no input {sorted(unknown)} (inputs: {[s.name for s in specs]})"
         )
     rng = np.random.default_rng(0)
     inputs = {}
-    for vi in graph_inputs:
-        tt = vi.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        shape = shapes.get(vi.name) or tuple(d.dim_value if d.dim_value > 0 else batch for d in tt.shape.dim)
-        if dtype.kind == "f":
-            inputs[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            inputs[vi.name] = np.zeros(shape, dtype=dtype)
+    for spec in specs:
+        if spec.dtype.kind not in "biuf":
+            raise UserError(f"{model_path}: input {spec.name!r} is {spec}; only numeric inputs can be fed")
+        shape = shapes.get(spec.name) or spec.shape(batch, fill=batch)
+        # the input's dtype and range: ids below the embedding table they index, masks of ones
+        inputs[spec.name] = synthetic(spec, shape, rng, model)
     return inputs
 
 
@@ -154,9 +152,16 @@ def _ms(v: float) -> str:
     return f"{v:.4g} ms" if math.isfinite(v) else "n/a"
 
 
-def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: Any, sha: str) -> str:
+def format_report(
+    m: Measurement,
+    model: Path,
+    inputs: dict[str, np.ndarray],
+    profile: Any,
+    sha: str,
+    reference_name: str | None = None,
+) -> str:
     """trtexec-style text: phases, the performance summary, the stability verdict."""
-    fp, p, x = m.fingerprint, m.protocol, m.extra
+    fp, p = m.fingerprint, m.protocol
     shapes = ", ".join(f"{n} {a.dtype}[{'x'.join(map(str, a.shape))}]" for n, a in inputs.items())
     stack = ", ".join(
         f"{k} {fp[k]}" for k in ("onnxruntime", "tensorrt", "torch", "execution_provider") if k in fp
@@ -173,7 +178,7 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
             f"[I] Protocol: warm-up >= {p['warmup_s']} s and >= {p['warmup_runs']} runs; steady state >= "
             f"{p['min_samples']} samples and >= {p['min_time_s']} s (cap {p['max_time_s']} s); "
             f"unstable above IQR/median {p['unstable_iqr']:.0%}"
-            + (f" or below {p['min_cpu_share']:.0%} of a core" if x.get("cpu_share_attempts") else "")
+            + (f" or below {p['min_cpu_share']:.0%} of a core" if m.cpu_share_attempts else "")
             + f" after {p['max_retries']} retries"
         )
     if not m.usable:
@@ -181,7 +186,7 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
         return "\n".join(lines)
     lines.append(
         f"[I] Phases: load {_ms(m.load_ms)}, first run {_ms(m.first_run_ms)}, "
-        f"warm-up {x.get('warmup_s', 0):.2f} s ({x.get('warmup_runs', '?')} runs), "
+        f"warm-up {m.warmup_s or 0:.2f} s ({'?' if m.warmup_runs is None else m.warmup_runs} runs), "
         f"steady state {m.steady_s:.2f} s ({m.retries + 1} attempt(s))"
     )
     lines.append("=== Performance summary ===")
@@ -190,47 +195,43 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
         f"[I] Latency: min = {_ms(m.min_ms)}, max = {_ms(max(m.samples_ms))}, mean = {_ms(m.mean_ms)}, "
         f"median = {_ms(m.median_ms)}, percentile(90%) = {_ms(m.p90_ms)}, percentile(99%) = {_ms(m.p99_ms)}"
     )
-    if "gpu_compute" in x:
-        g = x["gpu_compute"]
+    if (g := m.gpu_compute) is not None:
         lines.append(
-            f"[I] GPU Compute Time: min = {_ms(g['min_ms'])}, mean = {_ms(g['mean_ms'])}, median = "
-            f"{_ms(g['median_ms'])}, percentile(90%) = {_ms(g['p90_ms'])}, "
-            f"percentile(99%) = {_ms(g['p99_ms'])}"
+            f"[I] GPU Compute Time: min = {_ms(g.min_ms)}, mean = {_ms(g.mean_ms)}, median = "
+            f"{_ms(g.median_ms)}, percentile(90%) = {_ms(g.p90_ms)}, percentile(99%) = {_ms(g.p99_ms)}"
         )
-    if "host_io_ms" in x:
-        parts = ", ".join(f"{k[:-3].upper()} {_ms(x[k])}" for k in ("h2d_ms", "d2h_ms") if k in x)
+    if m.host_io_ms is not None:
+        parts = ", ".join(f"{k} {_ms(v)}" for k, v in (("H2D", m.h2d_ms), ("D2H", m.d2h_ms)) if v is not None)
         lines.append(
-            f"[I] Host latency with copies: median = {_ms(x['host_io_ms'])}"
-            + (f" ({parts})" if parts else "")
+            f"[I] Host latency with copies: median = {_ms(m.host_io_ms)}" + (f" ({parts})" if parts else "")
         )
     if m.ratio is not None and m.ratio_ci:
-        ref = x.get("reference_stats", {})
+        ref = m.reference_stats
         lines.append(
-            f"[I] Reference: {x.get('reference_name', '?')} (sha256 {(m.reference_sha256 or '?')[:12]}), "
-            f"median = {_ms(m.reference_median_ms)} in the same window"
-            + (f", IQR = {_ms(ref['iqr_ms'])}" if "iqr_ms" in ref else "")
+            f"[I] Reference: {reference_name or '?'} (sha256 {(m.reference_sha256 or '?')[:12]}), "
+            f"median = {_ms(m.reference_median_ms or math.nan)} in the same window"
+            + (f", IQR = {_ms(ref.iqr_ms)}" if ref is not None else "")
         )
         lines.append(
             f"[I] Ratio to the reference: {m.ratio:.4f}, 95% interval [{m.ratio_ci[0]:.4f}, "
             f"{m.ratio_ci[1]:.4f}] (+-{m.ratio_resolution:.1%}), median of {m.n} interleaved pairs"
-            + (" (measured separately: this backend does not time pairs)" if x.get("paired") is False else "")
+            + (" (measured separately: this backend does not time pairs)" if m.interleaved is False else "")
         )
     lines.append(
         f"[I] Spread: IQR = {_ms(m.iqr_ms)} ({m.iqr_ms / m.median_ms:.1%} of median), CV = {m.cv:.1%}, "
         f"n = {m.n} samples x {m.runs_per_sample} run(s)"
     )
-    load = x.get("host_load")
-    if load:
+    if (load := m.host_load) is not None:
         lines.append(
-            f"[I] Host: other processes used {load['foreign_cpu']:.0%} of the CPUs while measuring"
-            + (f", hypervisor steal {load['steal']:.0%}" if load.get("steal") else "")
+            f"[I] Host: other processes used {load.foreign_cpu:.0%} of the CPUs while measuring"
+            + (f", hypervisor steal {load.steal:.0%}" if load.steal else "")
         )
-    if x.get("cuda_graph"):
-        lines.append(f"[I] CUDA graph: {x['cuda_graph']}")
+    if m.cuda_graph:
+        lines.append(f"[I] CUDA graph: {m.cuda_graph}")
     rel = m.iqr_ms / m.median_ms
     limit = p.get("unstable_iqr", 0.10)
-    share = x.get("cpu_share_attempts")
-    if m.status == "ok" and m.paired and x.get("paired") is not False:
+    share = m.cpu_share_attempts
+    if m.status == "ok" and m.paired and m.interleaved is not False:
         lines.append(
             f"[I] Stability: ok (the ratio's interval is +-{m.ratio_resolution:.1%} <= "
             f"+-{p.get('ratio_resolution', 0.02):.0%}; absolute times vary with the host)"
@@ -241,7 +242,7 @@ def format_report(m: Any, model: Path, inputs: dict[str, np.ndarray], profile: A
     else:
         lines.append(
             f"[W] * Latency is UNSTABLE after {m.retries} retries: "
-            f"{x.get('unstable_reason') or f'IQR/median {rel:.1%} > {limit:.0%}'}; "
+            f"{m.unstable_reason or f'IQR/median {rel:.1%} > {limit:.0%}'}; "
             "do not trust this number (close other programs, pin --affinity, or raise --min-time)"
         )
     if m.cv > 0.05 and not m.paired:
@@ -296,8 +297,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         device.close()
         tmp.cleanup()
+    reference_name = None
     if reference is not None:
-        m.extra["reference_name"] = "canary" if args.reference == "canary" else str(reference.path)
+        reference_name = "canary" if args.reference == "canary" else str(reference.path)
+        m.extra["reference_name"] = reference_name  # in --json's measurement, as before
     if m.status == "invalid_model":
         raise UserError(f"{model}: invalid model: {m.error}")
     sha = sha256_file(model)
@@ -308,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
                     "model": str(model),
                     "sha256": sha,
                     "device": profile.name,
-                    "reference": m.extra.get("reference_name"),
+                    "reference": reference_name,
                     **m.to_dict(),
                 },
                 indent=2,
@@ -316,5 +319,5 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(format_report(m, model, inputs, profile, sha))
+        print(format_report(m, model, inputs, profile, sha, reference_name))
     return 0 if m.usable else 1

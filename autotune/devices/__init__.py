@@ -28,6 +28,8 @@ from autotune.devices._base import (
     Status,
 )
 from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._lock import TIMEOUT_ENV as LOCK_TIMEOUT_ENV
+from autotune.devices._lock import DeviceBusy
 from autotune.devices._paired import median_ci
 
 if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run time)
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run
     from autotune.devices.ort_gpu import OrtCudaDevice, OrtTensorrtDevice
     from autotune.devices.tensorrt_engine import TensorrtDevice
     from autotune.devices.torch_cuda import TorchCudaDevice
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 #: backend id -> "module:Class". A new backend is one new module registered here.
 _REGISTRY: dict[str, str] = {
@@ -96,7 +99,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def device_for_profile(profile: Any, agent: str | None = None) -> Device:
+def device_for_profile(profile: DeviceProfile, agent: str | None = None) -> Device:
     """Instantiate the backend a device profile names, or raise UserError saying why not."""
     from autotune.errors import UserError
 
@@ -118,8 +121,10 @@ def device_for_profile(profile: Any, agent: str | None = None) -> Device:
 
 __all__ = [
     "BACKENDS",
+    "LOCK_TIMEOUT_ENV",
     "Capabilities",
     "Device",
+    "DeviceBusy",
     "Measurement",
     "OrtCpuDevice",
     "OrtCudaDevice",

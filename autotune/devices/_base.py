@@ -10,11 +10,14 @@ from __future__ import annotations
 import abc
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from autotune.records import Measurement, Protocol, RuntimeOptions, Status
+
+if TYPE_CHECKING:
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 __all__ = ["Capabilities", "Device", "Measurement", "Protocol", "Reference", "RuntimeOptions", "Status"]
 
@@ -80,7 +83,7 @@ class Device(abc.ABC):
         return True, ""
 
     @classmethod
-    def from_profile(cls, profile: Any, agent: str | None = None) -> Device:
+    def from_profile(cls, profile: DeviceProfile, agent: str | None = None) -> Device:
         """Build from a device profile (its ``options``); the default takes no options.
 
         Backends with options (GPU index, engine cache, agent URLs) override this.

@@ -36,6 +36,8 @@ class Prepared:
     first_run_ms: float | None = None  # when preparing already ran (and timed) the first run
     finish: Callable[[Measurement], None] = lambda m: None  # extras after the steady state
     extra: dict[str, Any] = field(default_factory=dict)  # stamped on the result
+    provider_options: dict[str, str] | None = None  # the execution provider's, as measured
+    cuda_graph: str | None = None  # torch-cuda: "captured", "disabled", or why not
 
 
 class CudaDevice(Device):
@@ -95,6 +97,7 @@ class CudaDevice(Device):
     @staticmethod
     def _finish(p: Prepared, m: Measurement) -> None:
         m.load_ms = p.load_ms
+        m.provider_options, m.cuda_graph = p.provider_options, p.cuda_graph
         if p.first_run_ms is not None:
             m.first_run_ms = p.first_run_ms
         if m.usable:

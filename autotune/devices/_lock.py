@@ -3,46 +3,98 @@
 Two studies, a benchmark and ``autotune measure`` on one machine take turns instead of slowing
 each other down. The lock is per process-open-file: do not nest two locks of the same name in
 one process (it would wait for itself).
+
+The lock files live in a directory private to the user, ``<tmp>/autotune-<uid>`` (mode 0700,
+checked to be this user's and not a link), and are opened without following symlinks: another
+local user can neither hold a lock that stalls this user's measurements nor plant a link that
+makes this user (root, say) create a file of the link's choosing. Measurements of different
+users therefore do not take turns with each other. ``$AUTOTUNE_LOCK_DIR`` names another
+directory (used as it is: sharing one between users is then that setting's choice).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+#: seconds to wait for a device's lock when the caller names no timeout (unset: no limit);
+#: the agent sets it for each job (``--lock-timeout``)
+TIMEOUT_ENV = "AUTOTUNE_LOCK_TIMEOUT"
+
+
+class DeviceBusy(TimeoutError):
+    """Another process held the device's lock for longer than the timeout."""
+
+
+def lock_dir() -> Path:
+    """The user's private lock directory, created if needed; OSError when it is not private."""
+    configured = os.environ.get("AUTOTUNE_LOCK_DIR")
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+    path = Path(tempfile.gettempdir()) / f"autotune-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(
+            f"lock directory {path} is not private to this user (a link, another owner, or writable "
+            "by others); remove it or set AUTOTUNE_LOCK_DIR"
+        )
+    return path
+
 
 def lock_path(name: str) -> Path:
-    lock_dir = Path(os.environ.get("AUTOTUNE_LOCK_DIR", tempfile.gettempdir()))
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    return lock_dir / f"autotune-device-{name}.lock"
+    return lock_dir() / f"device-{name}.lock"
+
+
+def _timeout_from_env() -> float | None:
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 @contextmanager
 def device_lock(name: str, timeout_s: float | None = None, poll_s: float = 0.05) -> Iterator[float]:
     """Hold an exclusive lock named after the device while measuring on it.
 
-    Yields the seconds spent waiting for it. Raises :class:`TimeoutError` when ``timeout_s``
-    passes first (``None``: wait as long as it takes).
+    Yields the seconds spent waiting for it. Raises :class:`DeviceBusy` when ``timeout_s`` (None:
+    ``$AUTOTUNE_LOCK_TIMEOUT``, else no limit) passes first.
     """
+    if timeout_s is None:
+        timeout_s = _timeout_from_env()
     t0 = time.monotonic()
-    with open(lock_path(name), "a+") as fh:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(lock_path(name), flags, 0o600)
+    try:
         if timeout_s is None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         else:
             while True:
                 try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() - t0 >= timeout_s:
-                        raise TimeoutError(f"device {name!r} is busy (lock {fh.name} held)") from None
+                        raise DeviceBusy(
+                            f"device {name!r} is busy: another process has been measuring on it for "
+                            f"over {timeout_s:g} s (its lock is held); retry later"
+                        ) from None
                     time.sleep(poll_s)
         try:
             yield time.monotonic() - t0
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -39,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 
 from autotune.devices._protocol import Timer, _gc_paused, clock_timer, summarize
-from autotune.records import Measurement, Protocol
+from autotune.records import LatencyStats, Measurement, Protocol
 
 #: per-pair ratios kept in ``extra["ratios"]`` (evenly spaced order statistics)
 MAX_STORED_RATIOS = 256
@@ -203,22 +203,19 @@ def run_paired(
     kept = clean if clean.sum() >= MIN_QUIET else np.ones_like(clean)
     reference = summarize(wall_b[kept].tolist())
     extra: dict[str, object] = {
-        "paired": True,
         "ratio_clock": "wall, quiet pairs" + (" (clean by thread CPU time)" if cpu_time else ""),
         "pairs": len(a),
         "clean_pairs": int(clean.sum()),
         "quiet_pairs": int(quiet.sum()),
-        "warmup_s": warmup_s,
-        "warmup_runs": warmup_runs,
         "block_runs": [ka, kb],  # runs per block: candidate, reference
         "resolution_rounds": [round(r, 4) for r in resolutions],  # interval half-width / ratio
         "ratio_rel_iqr": round(float((q75 - q25) / ratio), 4) if ratio > 0 else None,
         "capped": capped,
-        "reference_stats": {k: v for k, v in reference.items() if k != "n"},
         "ratios": _kept(ratios),
     }
+    unstable_reason = None
     if not stable:
-        extra["unstable_reason"] = (
+        unstable_reason = (
             f"the ratio's 95% interval is +-{resolutions[-1]:.1%} after {len(a)} pairs "
             f"({int(quiet.sum())} quiet; > +-{protocol.ratio_resolution:.0%}): the candidate and the "
             "reference did not keep a steady proportion"
@@ -235,5 +232,10 @@ def run_paired(
         ratio=ratio,
         ratio_ci=[low, high],
         reference_median_ms=reference["median_ms"],
+        interleaved=True,
+        warmup_s=warmup_s,
+        warmup_runs=warmup_runs,
+        unstable_reason=unstable_reason,
+        reference_stats=LatencyStats.from_dict({k: v for k, v in reference.items() if k != "n"}),
         **summarize(wall_a[kept].tolist()),
     )

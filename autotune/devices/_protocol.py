@@ -152,7 +152,7 @@ def run_protocol(
     An attempt is stable when IQR/median <= ``protocol.unstable_iqr`` and (with ``cpu_time``)
     the thread got at least ``protocol.min_cpu_share`` of a core. Otherwise the steady state is
     sampled again, up to ``protocol.max_retries`` times; if no attempt is stable, the most
-    stable one is returned with status ``unstable`` and ``extra["unstable_reason"]``.
+    stable one is returned with status ``unstable`` and its ``unstable_reason``.
 
     Example::
 
@@ -179,15 +179,9 @@ def run_protocol(
     best = min(attempts, key=lambda a: a.badness(protocol))
     stable = best.badness(protocol) <= 1.0
     extra: dict[str, object] = {
-        "warmup_s": warmup_s,
-        "warmup_runs": warmup_runs,
         "rel_iqr_attempts": [round(a.rel_iqr, 4) for a in attempts],
         "capped": best.capped,  # max_time_s ended sampling before min_samples was reached
     }
-    if cpu_time is not None:
-        extra["cpu_share_attempts"] = [round(a.cpu_share or 0.0, 3) for a in attempts]
-    if not stable:
-        extra["unstable_reason"] = best.reason(protocol)
     return Measurement(
         status="ok" if stable else "unstable",
         backend=backend,
@@ -197,5 +191,9 @@ def run_protocol(
         retries=len(attempts) - 1,
         protocol=protocol.to_dict(),
         extra=extra,
+        warmup_s=warmup_s,
+        warmup_runs=warmup_runs,
+        cpu_share_attempts=[round(a.cpu_share or 0.0, 3) for a in attempts] if cpu_time is not None else None,
+        unstable_reason=None if stable else best.reason(protocol),
         **best.stats,
     )

@@ -241,8 +241,7 @@ class AgentClient:
             m = Measurement(status=view["status"], backend=view.get("backend", backend))
         if view.get("error") and not m.error:
             m.error = view["error"]
-        m.extra.setdefault("agent", {})
-        m.extra["agent"].update(
+        m.extra.setdefault("agent", {}).update(  # beside what the agent recorded of the job
             {
                 "url": self.url,
                 "job_id": view["job_id"],

@@ -16,6 +16,7 @@ from autotune.devices._base import Capabilities, Device, Measurement, Protocol, 
 from autotune.devices._fingerprint import HostLoad, host_fingerprint, host_state
 from autotune.devices._lock import device_lock
 from autotune.devices._ort import in_calling_thread, session_options, timed_session, timed_session_pair
+from autotune.records import LoadShares
 
 
 @contextmanager
@@ -108,5 +109,6 @@ class OrtCpuDevice(Device):
             m = measure()
         m.runtime = runtime.to_dict()
         m.fingerprint = self.fingerprint()
-        m.extra.update(host_state=state, host_load=load.to_dict(), lock_wait_s=round(waited_s, 3))
+        m.host_load = LoadShares.from_dict(load.to_dict())
+        m.extra.update(host_state=state, lock_wait_s=round(waited_s, 3))
         return m

@@ -3,7 +3,7 @@
 Inputs and outputs are bound to GPU memory once (IOBinding), so the steady-state samples are
 the model's latency with data resident on the device (``Run`` synchronises the stream before it
 returns). The latency with host copies (numpy in, numpy out) is reported beside it in
-``extra["host_io_ms"]``, the way trtexec reports both.
+``host_io_ms``, the way trtexec reports both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnxruntime as ort
@@ -25,8 +25,11 @@ from autotune.devices._onnx_info import static_shapes
 from autotune.devices._ort import feeds_for, load_session, session_options
 from autotune.devices._timing import load_failure
 
-HOST_IO_RUNS = 20  # runs with host copies, for extra["host_io_ms"]
-_MEASURES = "Run latency, I/O resident in GPU memory (IOBinding); latency with host copies in extra"
+if TYPE_CHECKING:
+    from autotune.space import DeviceProfile  # a later stage: the type only
+
+HOST_IO_RUNS = 20  # runs with host copies, for host_io_ms
+_MEASURES = "Run latency, I/O resident in GPU memory (IOBinding); latency with host copies beside it"
 
 
 class _OrtGpuDevice(CudaDevice):
@@ -39,7 +42,7 @@ class _OrtGpuDevice(CudaDevice):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "ort-tensorrt"
 
     @classmethod
-    def from_profile(cls, profile: Any, agent: str | None = None) -> _OrtGpuDevice:
+    def from_profile(cls, profile: DeviceProfile, agent: str | None = None) -> _OrtGpuDevice:
         opts = getattr(profile, "options", {}) or {}
         cache = opts.get("engine_cache")
         return cls(
@@ -131,7 +134,7 @@ class _OrtGpuDevice(CudaDevice):
                 t0 = time.perf_counter()
                 session.run(None, feeds)
                 host.append((time.perf_counter() - t0) * 1e3)
-            m.extra["host_io_ms"] = float(np.median(host))
+            m.host_io_ms = float(np.median(host))
             # TensorRT EP builds its engine lazily, at the first run: build = load + first run
             m.extra["build_ms"] = load_ms + m.first_run_ms
             m.extra["providers"] = session.get_providers()
@@ -140,10 +143,8 @@ class _OrtGpuDevice(CudaDevice):
             run=lambda: session.run_with_iobinding(binding),
             load_ms=load_ms,
             finish=finish,
-            extra={
-                "provider_options": {k: str(v) for k, v in options.items()},
-                "artifact_traits": traits.describe(),
-            },
+            extra={"artifact_traits": traits.describe()},
+            provider_options={k: str(v) for k, v in options.items()},
         )
 
 

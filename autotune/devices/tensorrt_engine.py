@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,10 @@ from autotune.devices._onnx_info import static_shapes
 from autotune.devices._protocol import summarize
 from autotune.devices._timing import load_failure
 from autotune.devices._trt import _atomic_write, _check, _cudart, build_plan, engine_key
+from autotune.records import LatencyStats
+
+if TYPE_CHECKING:
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 HOST_IO_RUNS = 20
 DEFAULT_WORKSPACE = 2 << 30  # bytes of builder scratch memory
@@ -66,7 +70,7 @@ class TensorrtDevice(CudaDevice):
         self.workspace = workspace
 
     @classmethod
-    def from_profile(cls, profile: Any, agent: str | None = None) -> TensorrtDevice:
+    def from_profile(cls, profile: DeviceProfile, agent: str | None = None) -> TensorrtDevice:
         opts = getattr(profile, "options", {}) or {}
         cache = opts.get("engine_cache")
         return cls(
@@ -261,8 +265,8 @@ class _EngineSession:
         def finish(m: Measurement) -> None:
             # CUDA-event compute times of the steady-state runs (not warm-up)
             steady = compute_ms[-m.n * m.runs_per_sample :]
-            m.extra["gpu_compute"] = summarize(steady)
-            m.extra.update(self._host_io(cudart, run, io))
+            m.gpu_compute = LatencyStats.from_dict(summarize(steady))
+            m.host_io_ms, m.h2d_ms, m.d2h_ms = self._host_io(cudart, run, io)
 
         return Prepared(
             run=run, load_ms=load_ms, finish=finish, extra={"engine_cache": "hit" if cached else "built"}
@@ -292,8 +296,10 @@ class _EngineSession:
             io["inputs" if is_input else "outputs"].append((host_ptr, dev_ptr, nbytes))
         return io
 
-    def _host_io(self, cudart: Any, run: Any, io: dict[str, list[tuple[int, int, int]]]) -> dict[str, float]:
-        """H2D + run + D2H from pinned memory: trtexec's host latency, with its parts."""
+    def _host_io(
+        self, cudart: Any, run: Any, io: dict[str, list[tuple[int, int, int]]]
+    ) -> tuple[float, float, float]:
+        """H2D + run + D2H from pinned memory: trtexec's host latency, with its parts (H2D, D2H)."""
         h2d_k, d2h_k = (
             cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
             cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
@@ -314,11 +320,7 @@ class _EngineSession:
             total.append((t3 - t0) * 1e3)
             h2d.append((t1 - t0) * 1e3)
             d2h.append((t3 - t2) * 1e3)
-        return {
-            "host_io_ms": float(np.median(total)),
-            "h2d_ms": float(np.median(h2d)),
-            "d2h_ms": float(np.median(d2h)),
-        }
+        return float(np.median(total)), float(np.median(h2d)), float(np.median(d2h))
 
     def close(self) -> None:
         cudart = _cudart()

@@ -6,7 +6,7 @@ of timing the Task's torch module (which would be a different model: no BN foldi
 bits). Limitation: only the operators torch.onnx emits for the zoo-style models; fp32 and fp16
 (``precision="fp16"`` or the artifact's own fp16 layers); int8 QDQ graphs are refused (use
 ``tensorrt``). Timing: CUDA events around k back-to-back runs; the graph is captured once as a
-CUDA graph when the model allows (``extra["cuda_graph"]`` says whether, and why not).
+CUDA graph when the model allows (``Measurement.cuda_graph`` says whether, and why not).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from autotune.devices import _cuda
 from autotune.devices._base import Capabilities, Measurement, RuntimeOptions, Status
 from autotune.devices._gpu import CudaDevice, Prepared
 from autotune.devices._timing import load_failure
+
+if TYPE_CHECKING:
+    from autotune.space import DeviceProfile  # a later stage: the type only
 
 HOST_RUNS = 20  # runs timed on the host (launch + sync), for extra["host_ms"]
 
@@ -49,7 +52,7 @@ class TorchCudaDevice(CudaDevice):
         self.cudnn_benchmark = cudnn_benchmark
 
     @classmethod
-    def from_profile(cls, profile: Any, agent: str | None = None) -> TorchCudaDevice:
+    def from_profile(cls, profile: DeviceProfile, agent: str | None = None) -> TorchCudaDevice:
         opts = getattr(profile, "options", {}) or {}
         return cls(
             device_id=int(opts.get("device_id", 0)),
@@ -157,11 +160,17 @@ class TorchCudaDevice(CudaDevice):
                 host.append((time.perf_counter() - t0) * 1e3)
             m.extra["host_ms"] = float(np.median(host))
 
-        extra: dict[str, Any] = {"cuda_graph": graph_note, "cudnn_benchmark": self.cudnn_benchmark}
+        extra: dict[str, Any] = {"cudnn_benchmark": self.cudnn_benchmark}
         if capture_ms is not None:
             extra["capture_ms"] = capture_ms
         return Prepared(
-            run=run, load_ms=load_ms, timer=timer, first_run_ms=first_ms, finish=finish, extra=extra
+            run=run,
+            load_ms=load_ms,
+            timer=timer,
+            first_run_ms=first_ms,
+            finish=finish,
+            extra=extra,
+            cuda_graph=graph_note,
         )
 
 

@@ -15,10 +15,15 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from autotune.inputs import call_model, first_output
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 #: where the head count is kept: timm's ``num_heads``, Hugging Face's ``num_attention_heads``
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads")
@@ -93,27 +98,15 @@ def head_counts(model: nn.Module, units: list[AttentionUnit]) -> dict[nn.Module,
     return {model.get_submodule(p): unit.heads for unit in units for p in unit.projections}
 
 
-def first_tensor(out: Any) -> torch.Tensor:
-    """The first output of a model: a tensor, the first of a tuple, or the first value of a dict
-    (Hugging Face models return ``ModelOutput``, a dict of logits and friends)."""
-    while not isinstance(out, torch.Tensor):
-        if isinstance(out, Mapping):
-            out = next(iter(out.values()))
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        else:
-            raise TypeError(f"the model returns {type(out).__name__}, not a tensor")
-    return out
-
-
 def output_sum(out: Any) -> torch.Tensor:
-    """What torch-pruning traces back from: one scalar, whatever the model returns."""
-    return first_tensor(out).sum()
+    """What torch-pruning traces back from: one scalar, whatever the model returns (a Hugging
+    Face model returns a ModelOutput, a dict of logits and friends)."""
+    return first_output(out).sum()  # type: ignore[no-any-return]
 
 
-def output_shape(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+def output_shape(model: nn.Module, example_inputs: ModelInputs) -> tuple[int, ...]:
     with torch.no_grad():
-        return tuple(first_tensor(model(*example_inputs)).shape)
+        return tuple(first_output(call_model(model, example_inputs)).shape)
 
 
 @contextlib.contextmanager

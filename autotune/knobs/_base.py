@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from autotune.errors import UserError
 
 if TYPE_CHECKING:
     import onnx
-    import torch
     from torch import nn
 
     from autotune.devices import Capabilities
+    from autotune.inputs import ModelInputs
+    from autotune.knobs._quantize import CalibrationBatch
     from autotune.knobs._recipe import Recipe
 
 KnobValue = float | int | str
@@ -47,8 +46,8 @@ class Discovery:
     """
 
     model: nn.Module | None
-    example_inputs: tuple[torch.Tensor, ...]
-    calibration: Sequence[tuple[np.ndarray, ...]]
+    example_inputs: ModelInputs
+    calibration: Sequence[CalibrationBatch]
     onnx_path: Path  # the unmodified model's ONNX export
     nodes: Mapping[str, onnx.NodeProto]  # searched layer -> its ONNX node
     ignored: list[str] = field(default_factory=list)  # layers whose output width must stay
@@ -66,8 +65,8 @@ class Discovery:
 class BuildContext:
     """What applying a knob may read besides its own choices."""
 
-    example_inputs: tuple[torch.Tensor, ...]
-    calibration: Sequence[tuple[np.ndarray, ...]]
+    example_inputs: ModelInputs
+    calibration: Sequence[CalibrationBatch]
     nodes: Mapping[str, str]  # layer -> ONNX node name
     ignored: list[str]
     recipe: Recipe

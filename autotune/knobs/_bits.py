@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import onnx
 
 from autotune._util import error_line
 from autotune.knobs._base import BuildContext, Discovery, KnobValue, OnnxKnob, name_layers
-from autotune.knobs._quantize import quantize_model
+from autotune.knobs._quantize import CalibrationBatch, quantize_model
 
 if TYPE_CHECKING:
     from autotune.devices import Capabilities
@@ -66,7 +65,7 @@ def bits_for(op: str, allowed: list[KnobValue]) -> list[int]:
 
 
 def quantizable(
-    onnx_path: Path, bits_by_node: dict[str, list[int]], calibration: Sequence[tuple[np.ndarray, ...]]
+    onnx_path: Path, bits_by_node: dict[str, list[int]], calibration: Sequence[CalibrationBatch]
 ) -> tuple[dict[str, list[int]], list[str]]:
     """Drop bit-widths the quantizer fails on: all nodes at once first, node by node on failure."""
     notes: list[str] = []

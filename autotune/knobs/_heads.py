@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -31,6 +30,9 @@ from autotune.knobs._attention import (
     token_parameters_guessed,
 )
 from autotune.knobs._base import BuildContext, Discovery, KnobValue, TorchKnob, name_layers
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 
 class Heads(TorchKnob):
@@ -87,7 +89,7 @@ def kept_heads(heads: int, fraction: float) -> int:
     return max(1, min(heads, int(heads * fraction + 0.5)))
 
 
-def prune_heads(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep: dict[str, int]) -> None:
+def prune_heads(model: nn.Module, example_inputs: ModelInputs, keep: dict[str, int]) -> None:
     """Leave ``keep[unit module]`` heads in each named attention unit (in place)."""
     units = {u.module: u for u in attention_units(model)}
     pruned = {name: n for name, n in keep.items() if n < units[name].heads}
@@ -126,7 +128,7 @@ def prune_heads(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
 
 def check_heads(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     units: Sequence[AttentionUnit],
     fraction: float = 0.5,
 ) -> tuple[list[AttentionUnit], dict[AttentionUnit, str]]:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from autotune.inputs import InputSpec, feeds, graph_inputs
 from autotune.knobs._recipe import FUSIONS_KEY, Recipe, calibration_cache, publish
 from autotune.task import weighted_nodes
 
@@ -67,20 +68,22 @@ def logger_level(name: str, level: int) -> Iterator[None]:
         logger.setLevel(previous)
 
 
-class _Batches(CalibrationDataReader):
-    """Calibration batches fed in each graph input's own dtype (int64 token ids stay integers)."""
+#: a calibration batch: arrays in the order of the graph's inputs, or by input name
+CalibrationBatch = tuple[np.ndarray, ...] | Mapping[str, np.ndarray]
 
-    def __init__(self, inputs: list[onnx.ValueInfoProto], batches: Sequence[tuple[np.ndarray, ...]]) -> None:
-        names = [i.name for i in inputs]
-        dtypes = [onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in inputs]
-        self._iter: Iterator[dict[str, np.ndarray]] = iter(
-            [
-                dict(
-                    zip(names, (np.asarray(a, dtype=t) for a, t in zip(b, dtypes, strict=True)), strict=True)
-                )
-                for b in batches
-            ]
-        )
+
+def _feeds(specs: list[InputSpec], batch: CalibrationBatch) -> dict[str, np.ndarray]:
+    if isinstance(batch, Mapping):  # by name: a name the graph lacks (dropped as unused) is skipped
+        return feeds(specs, named=batch, names=list(batch))
+    return feeds(specs, batch)
+
+
+class _Batches(CalibrationDataReader):
+    """The calibration batches as feeds of the graph's inputs, each in the input's own dtype
+    (int64 token ids stay integers; only float inputs get float data)."""
+
+    def __init__(self, specs: list[InputSpec], batches: Sequence[CalibrationBatch]) -> None:
+        self._iter: Iterator[dict[str, np.ndarray]] = iter([_feeds(specs, b) for b in batches])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._iter, None)
@@ -90,10 +93,14 @@ def quantize_model(
     src: Path,
     dst: Path,
     bits: dict[str, int],
-    calibration: Sequence[tuple[np.ndarray, ...]],
+    calibration: Sequence[CalibrationBatch],
     recipe: Recipe | None = None,
 ) -> None:
-    """Write ``src`` quantized per node (``bits``: ONNX node name -> 32/16/8/4) to ``dst``."""
+    """Write ``src`` quantized per node (``bits``: ONNX node name -> 32/16/8/4) to ``dst``.
+
+    ``calibration``: batches as tuples in the order of the graph's inputs, or dicts by name (a
+    name the graph lacks is skipped: the exporter drops inputs the model never reads).
+    """
     recipe = recipe or Recipe()
     fused: dict[str, int] | None = None
 
@@ -215,7 +222,7 @@ def _int8(
     tmp: Path,
     int8: list[str],
     excluded: list[str],
-    calibration: Sequence[tuple[np.ndarray, ...]],
+    calibration: Sequence[CalibrationBatch],
     recipe: Recipe,
 ) -> Path:
     """Static int8 quantization of the ``int8`` nodes as ``recipe`` says; calibration is cached."""
@@ -233,14 +240,14 @@ def _int8(
         # fused contrib ops (Attention, SkipLayerNormalization) need ORT's symbolic shape inference
         symbolic = recipe.optimizer == "transformer"
         quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=not symbolic)
-    inputs = list(onnx.load(str(prepared), load_external_data=False).graph.input)
+    specs = graph_inputs(onnx.load(str(prepared), load_external_data=False))
     cache = calibration_cache(prepared, recipe.calibration, calibration)
     scratch = cache.with_suffix(f".tmp{os.getpid()}")
     out = tmp / "int8.onnx"
     # the histogram calibrators print their progress: keep the CLI's output clean
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            _quantize_static(prepared, out, inputs, excluded, calibration, recipe, cache, scratch)
+            _quantize_static(prepared, out, specs, excluded, calibration, recipe, cache, scratch)
     finally:
         publish(scratch, cache)
     return out
@@ -249,9 +256,9 @@ def _int8(
 def _quantize_static(
     prepared: Path,
     out: Path,
-    inputs: list[onnx.ValueInfoProto],
+    specs: list[InputSpec],
     excluded: list[str],
-    calibration: Sequence[tuple[np.ndarray, ...]],
+    calibration: Sequence[CalibrationBatch],
     recipe: Recipe,
     cache: Path,
     scratch: Path,
@@ -259,7 +266,7 @@ def _quantize_static(
     quantize_static(
         str(prepared),
         str(out),
-        _Batches(inputs, calibration),
+        _Batches(specs, calibration),
         quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,

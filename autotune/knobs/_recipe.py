@@ -16,17 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autotune._util import cache_root
 from autotune.knobs._base import KnobValue
 from autotune.knobs._study import RECIPE_KNOBS, RUNTIME_KNOBS
-from autotune.records import RuntimeOptions
+from autotune.records import Measurement, RuntimeOptions
+from autotune.task import Task
+
+if TYPE_CHECKING:  # a later stage: the profile and candidate types only
+    from autotune.space import Candidate, DeviceProfile
 
 FUSIONS_KEY = "autotune.fusions"  # model metadata: what the transformer optimizer fused
 
@@ -64,7 +68,7 @@ TRANSFORMER_OPS = frozenset({"LayerNormalization", "Erf", "Gelu", "Attention", "
 TRANSFORMER_MODULES = frozenset({"MultiheadAttention", "LayerNorm", "GELU", "TransformerEncoderLayer"})
 
 
-def has_transformer(task: Any) -> bool:
+def has_transformer(task: Task) -> bool:
     """Attention, LayerNorm or GELU in the task's model: where the transformer optimizer applies."""
     if isinstance(task.source, Path):
         import onnx
@@ -94,7 +98,7 @@ def host_has_vnni() -> bool:
 
 
 def study_choices(
-    profile: Any,
+    profile: DeviceProfile,
     preset_runtime: dict[str, list[KnobValue]],
     preset_recipe: dict[str, list[KnobValue]],
     threads: int | None,
@@ -152,7 +156,9 @@ def from_params(params: dict[str, Any], choices: dict[str, list[KnobValue]]) -> 
     return RuntimeOptions(**runtime), Recipe(**recipe)
 
 
-def deployment(runtime: RuntimeOptions, measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deployment(
+    runtime: RuntimeOptions, measured: dict[str, Any], provider_options: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The session options a deployment must use: those the winner was measured with.
 
     ``measured``: the measurement's runtime record. Raises ValueError when it differs from
@@ -169,23 +175,28 @@ def deployment(runtime: RuntimeOptions, measured: dict[str, Any], extra: dict[st
         "execution_mode": so.execution_mode.name,
         "graph_optimization_level": so.graph_optimization_level.name,
     }
-    if "provider_options" in extra:  # GPU execution providers: as measured
-        out["provider_options"] = extra["provider_options"]
+    if provider_options is not None:  # GPU execution providers: as measured
+        out["provider_options"] = provider_options
     return out
 
 
 # -- calibration cache -----------------------------------------------------------------------
-def calibration_cache(prepared: Path, method: str, calibration: Sequence[tuple[np.ndarray, ...]]) -> Path:
-    """Where the ranges of ``prepared`` calibrated with ``method`` on ``calibration`` are kept."""
+def calibration_cache(prepared: Path, method: str, calibration: Sequence[Any]) -> Path:
+    """Where the ranges of ``prepared`` calibrated with ``method`` on ``calibration`` are kept.
+
+    ``calibration``: batches as tuples of arrays or dicts by input name; names, dtypes and
+    shapes are part of the key (int64 ids and their float casts are different data).
+    """
     import onnxruntime
 
     h = hashlib.sha256()
     h.update(Path(prepared).read_bytes())
     h.update(f"{method}|{onnxruntime.__version__}".encode())
     for batch in calibration:
-        for a in batch:
-            a = np.ascontiguousarray(a, dtype=np.float32)
-            h.update(str(a.shape).encode())
+        items = sorted(batch.items()) if isinstance(batch, Mapping) else list(enumerate(batch))
+        for name, a in items:
+            a = np.ascontiguousarray(a)
+            h.update(f"{name}|{a.dtype}|{a.shape}".encode())
             h.update(a.tobytes())
     directory = cache_root() / "calibration"
     directory.mkdir(parents=True, exist_ok=True)
@@ -209,12 +220,12 @@ def fusions(path: Path) -> dict[str, int] | None:
     return None
 
 
-def export_fields(candidate: Any, m: Any, artifact: Path, number: int) -> dict[str, Any]:
+def export_fields(candidate: Candidate, m: Measurement, artifact: Path, number: int) -> dict[str, Any]:
     """What result.TrialResult.export adds: session options, recipe, fusions."""
     from autotune.errors import UserError
 
     try:
-        options = deployment(candidate.runtime, m.runtime, m.extra)
+        options = deployment(candidate.runtime, m.runtime, m.provider_options)
     except ValueError as exc:
         raise UserError(f"trial {number}: {exc}") from None
     out = {"session_options": options, "quantization_recipe": asdict(candidate.recipe)}

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -31,6 +30,9 @@ from autotune.knobs._attention import (
     token_parameters_guessed,
 )
 from autotune.knobs._base import BuildContext, Discovery, KnobValue, TorchKnob, name_layers
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 ROUND_TO = 8  # channel counts stay multiples of 8: vector units and tensor cores want them
 
@@ -63,9 +65,7 @@ class Width(TorchKnob):
         prune_width(model, ctx.example_inputs, {n: float(w) for n, w in choices.items()}, ctx.ignored)
 
 
-def width_groups(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored: Iterable[str]
-) -> list[str]:
+def width_groups(model: nn.Module, example_inputs: ModelInputs, ignored: Iterable[str]) -> list[str]:
     """Root layer of each coupled channel group that may be narrowed (not attention heads)."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
@@ -89,7 +89,7 @@ def width_groups(
 
 def prune_width(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     widths: dict[str, float],
     ignored: Iterable[str],
 ) -> None:
@@ -118,7 +118,7 @@ def prune_width(
 
 def check_width_roots(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     roots: list[str],
     ignored: list[str],
     widths: Sequence[float] = (0.5,),
@@ -161,7 +161,7 @@ def check_width_roots(
 
 def width_roots(
     model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
+    example_inputs: ModelInputs,
     ignored: list[str],
     candidates: Sequence[str],
     widths: Sequence[float],

@@ -14,9 +14,9 @@ The Measurer is the one place that decides whether to measure:
   ``cache_dir`` so a resumed study compares against its own start), again every
   ``canary_every`` measured jobs, and right after any ``unstable`` job. Every measurement
   records ``drift_ratio`` = latest canary median / reference median; outside
-  [1/threshold, threshold] it is flagged (``extra["drift_flag"] = True``).
+  [1/threshold, threshold] it is flagged (``drift_flag``).
 * **host load** -- when other processes took more than :data:`HOST_BUSY_SHARE` of the CPUs
-  during a measurement, it carries ``extra["host_busy"]`` (that share). The canary misses such
+  during a measurement, it carries ``host_busy`` (that share). The canary misses such
   load when each run is shorter than a scheduler slice; the paired ratio discounts it, the
   absolute figures do not.
 
@@ -325,14 +325,13 @@ class Measurer:
         m.drift_ratio = round(ratio, 4)
         self.stats["max_drift"] = round(max(self.stats.get("max_drift", 1.0), ratio, 1 / ratio), 3)
         if abs(math.log(ratio)) > math.log(self.drift_threshold):
-            m.extra["drift_flag"] = True
+            m.drift_flag = True
             self.stats["drift_flagged"] += 1
 
     def _note_host_load(self, m: Measurement) -> None:
-        load = m.extra.get("host_load") or {}
-        share = float(load.get("foreign_cpu", 0.0)) + float(load.get("steal", 0.0))
+        share = m.host_load.busy if m.host_load is not None else 0.0
         if share > HOST_BUSY_SHARE:
-            m.extra["host_busy"] = round(share, 3)
+            m.host_busy = round(share, 3)
             self.stats["host_busy"] = self.stats.get("host_busy", 0) + 1
 
 

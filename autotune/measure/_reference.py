@@ -63,5 +63,5 @@ def pair_separately(m: Measurement, reference: Measurement, reference_sha256: st
     m.ratio_ci = [a_lo / b_hi, a_hi / b_lo]
     m.reference_median_ms = reference.median_ms
     m.reference_sha256 = reference_sha256
-    m.extra["paired"] = False
+    m.interleaved = False  # two sessions: a wider interval than interleaved pairs
     return m

@@ -122,18 +122,14 @@ def confirmation_protocol(p: Protocol) -> Protocol:
     )
 
 
-#: study user attribute holding the confirmation round's figures, by trial number
-CONFIRMED_KEY = "confirmed"
-
-
 def run_round(
     result: Any, measurer: Any, inputs: dict[str, Any], limit: Limit, protocol: Protocol
-) -> dict[str, dict[str, Any]]:
+) -> dict[int, dict[str, Any]]:
     """Measure the best and the Pareto members near the budget again with a longer protocol.
 
-    ``result`` is a ParetoSet, ``measurer`` the study's Measurer. Returns, per trial number (as
-    a string, for JSON), the confirmed latency, ratio, interval, resolution and whether it is
-    borderline.
+    ``result`` is a ParetoSet, ``measurer`` the study's Measurer. Returns, per trial number, the
+    confirmed latency, ratio, interval, resolution and whether it is borderline (the study
+    stores them: ``autotune.study.save_confirmed``).
     """
 
     def fig(t: Any) -> Figure:
@@ -141,7 +137,7 @@ def run_round(
 
     keys = to_confirm([fig(t) for t in result.pareto], fig(result.best) if result.best else None, limit)
     longer = confirmation_protocol(protocol)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[int, dict[str, Any]] = {}
     for t in result.trials:
         if t.number not in keys:
             continue
@@ -149,7 +145,7 @@ def run_round(
         if not m.usable:
             continue
         f = figure(t.number, t.accuracy, measurer.latency_ms(m, t.candidate.runtime), t.size_bytes, m)
-        out[str(t.number)] = {
+        out[t.number] = {
             "latency_ms": f.latency_ms,
             "ratio": m.ratio,
             "ratio_ci": m.ratio_ci,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
 
 #: canary ratio outside [1/t, t] flags drift when the measurement carries no flag of its own
-#: (the measurer's DEFAULT_DRIFT_THRESHOLD; it sets ``extra["drift_flag"]``)
+#: (the measurer's DEFAULT_DRIFT_THRESHOLD; it sets ``Measurement.drift_flag``)
 DRIFT_THRESHOLD = 1.15
 #: hover text lists at most this many changed layers
 HOVER_LAYERS = 16
@@ -109,14 +109,14 @@ def latency_flags(t: TrialResult) -> list[str]:
         flags.append(m.status)
     if drifted(t):
         flags.append(f"drift x{m.drift_ratio:.2f}" if m.drift_ratio else "drift")
-    if m.extra.get("host_busy"):
-        flags.append(f"host busy ({float(m.extra['host_busy']):.0%} of CPUs to other processes)")
+    if m.host_busy:
+        flags.append(f"host busy ({m.host_busy:.0%} of CPUs to other processes)")
     return flags
 
 
 def drifted(t: TrialResult) -> bool:
     m = t.measurement
-    if m.extra.get("drift_flag"):
+    if m.drift_flag:
         return True
     r = m.drift_ratio
     return r is not None and math.isfinite(r) and r > 0 and abs(math.log(r)) > math.log(DRIFT_THRESHOLD)

@@ -130,14 +130,14 @@ def summary(result: ParetoSet) -> str:
     drifted = [
         f"{t.number} (x{t.measurement.drift_ratio:.2f})"
         for t in result.trials
-        if t.measurement.extra.get("drift_flag") and t.measurement.drift_ratio is not None
+        if t.measurement.drift_flag and t.measurement.drift_ratio is not None
     ]
     if drifted:
         lines.append(
             "device drift (canary model slower or faster than at the start) in trials "
             f"{', '.join(drifted)}: their latency is suspect; re-run with --remeasure on a quiet machine"
         )
-    busy = [t.number for t in result.trials if t.measurement.extra.get("host_busy")]
+    busy = [t.number for t in result.trials if t.measurement.host_busy]
     if busy:
         lines.append(
             f"host busy (other processes took >{HOST_BUSY_SHARE:.0%} of the CPUs while measuring) in trials "

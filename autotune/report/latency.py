@@ -35,7 +35,7 @@ def latency_figure(view: View) -> go.Figure | None:
     for t in sorted(rows, key=lambda t: t.latency_ms):
         m = t.measurement
         flags = latency_flags(t)
-        color = BAD if drifted(t) else WARN if m.status != "ok" or m.extra.get("host_busy") else OK
+        color = BAD if drifted(t) else WARN if m.status != "ok" or m.host_busy else OK
         label = ("\u2605 " if view.chosen and t.number == view.chosen.number else "") + trial_name(t)
         if flags:
             label += " \u26a0"

@@ -154,7 +154,7 @@ def find_sensitivity(view: View) -> dict[str, Any] | None:
     if isinstance(sens, dict) and sens:
         return sens
     for t in view.result.study.get_trials(deepcopy=False):
-        cand = TrialRecord.from_attrs(t.user_attrs).sensitivity
+        cand = TrialRecord.from_trial(t).sensitivity
         if isinstance(cand, dict) and cand:
             return cand
     return None

@@ -292,7 +292,7 @@ def failures_table(result: ParetoSet) -> str:
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     tracebacks: dict[tuple[str, str], str] = {}  # the first trial's full traceback, per group
     for t in result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        record = TrialRecord.from_attrs(t.user_attrs)
+        record = TrialRecord.from_trial(t)
         stage = record.fail_stage or "worker"
         reason = record.fail_reason or "no reason recorded: the worker stopped (killed or interrupted)"
         key = (stage, first_line(reason, 300))

@@ -24,7 +24,7 @@ from autotune.measure import confirm
 from autotune.records import Measurement
 from autotune.report import summary_table, summary_text
 from autotune.space import Candidate
-from autotune.study import DB_NAME, PREDICTED_KEY, RunMeta, TrialRecord, skipped
+from autotune.study import DB_NAME, RunMeta, TrialRecord, load_confirmed, skipped
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TrialResult:
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
         """A COMPLETE trial: its record has a candidate, an artifact and a measurement."""
-        record = TrialRecord.from_attrs(trial.user_attrs)
+        record = TrialRecord.from_trial(trial)
         assert record.candidate and record.artifact_path and record.sha256 and record.measurement
         accuracy, latency, size = trial.values
         path = Path(record.artifact_path)
@@ -129,7 +129,7 @@ class FailedTrial:
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> FailedTrial:
-        record = TrialRecord.from_attrs(trial.user_attrs)
+        record = TrialRecord.from_trial(trial)
         return cls(
             number=trial.number,
             stage=record.fail_stage or "unknown",
@@ -205,20 +205,16 @@ class ParetoSet:
         self.failures: list[FailedTrial] = [
             FailedTrial.from_trial(t, self.run_dir)
             for t in trials
-            if t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate
+            if t.state == TrialState.FAIL and TrialRecord.from_trial(t).failed_by_candidate
         ]
         #: candidates the latency predictor skipped (PRUNED, with the predicted figure; not measured)
         self.skipped: list[SkippedTrial] = [
-            SkippedTrial(
-                t.number, TrialRecord.from_attrs(t.user_attrs).candidate, t.user_attrs[PREDICTED_KEY]
-            )
+            SkippedTrial(t.number, record.candidate, record.predicted)
             for t in trials
-            if skipped(t)
+            if skipped(t) and (record := TrialRecord.from_trial(t)).predicted is not None
         ]
         #: the confirmation round's figures, by trial number (latency_ms, ratio, ratio_ci, borderline)
-        self.confirmed: dict[int, dict[str, Any]] = {
-            int(k): v for k, v in study.user_attrs.get(confirm.CONFIRMED_KEY, {}).items()
-        }
+        self.confirmed: dict[int, dict[str, Any]] = load_confirmed(study)
         for t in self.trials:
             t.confirmed = self.confirmed.get(t.number)
         # noise-aware: a latency difference inside the two candidates' resolution does not count
@@ -273,8 +269,8 @@ class ParetoSet:
     @property
     def reference_accuracy(self) -> float | None:
         """The unmodified model's score (measured first), else the fp32 baseline's."""
-        if self.meta.reference:
-            return float(self.meta.reference["accuracy"])
+        if (reference := self.meta.reference_record) is not None:
+            return reference.accuracy
         fp32 = self.baselines.get("fp32")
         return fp32.accuracy if fp32 else None
 
@@ -313,7 +309,7 @@ class ParetoSet:
 
         return write_report(self, Path(path) if path else None)
 
-    # -- text output (autotune/summary.py) --------------------------------------------------
+    # -- text output (autotune/report/_summary.py) -----------------------------------------------
     def table(self) -> str:
         return summary_table(self)
 

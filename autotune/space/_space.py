@@ -305,19 +305,17 @@ def _discover_onnx(
 ) -> tuple[list[Layer], list[str]]:
     assert isinstance(task.source, Path)
     model = onnx.load(str(task.source), load_external_data=False)
-    torch_only = [
-        name
-        for name, knob in LAYER_KNOBS.items()
-        if not isinstance(knob, OnnxKnob) and any(v != knob.default for v in allowed[name])
-    ]
-    if torch_only:
-        listed = f"{', '.join(torch_only[:-1])} and {torch_only[-1]}" if len(torch_only) > 1 else torch_only[0]
+    torch_only = [name for name, knob in LAYER_KNOBS.items() if not isinstance(knob, OnnxKnob)]
+    if any(v != LAYER_KNOBS[k].default for k in torch_only for v in allowed[k]):
+        listed = (
+            f"{', '.join(torch_only[:-1])} and {torch_only[-1]}" if len(torch_only) > 1 else torch_only[0]
+        )
         notes.append(
             f"{listed} need{'s' if len(torch_only) == 1 else ''} a torch model: "
             "an ONNX model gets bit-width and runtime knobs only"
         )
     nodes = {n.name or f"{n.op_type}_{i}": n for i, n in enumerate(weighted_nodes(model))}
-    found = Discovery(None, task.example_inputs, task.calibration, task.source, nodes)
+    found = Discovery(None, task.example_inputs, task.calibration_feeds(), task.source, nodes)
     return _layers(found, allowed, notes), []
 
 
@@ -344,7 +342,7 @@ def _discover_torch(
         kept = [n for n in modules if n not in selected]
         ignored = sorted(set(output_layers) | set(kept))
         searched = {n: nodes[n] for n in selected if n in nodes}
-        found = Discovery(model, task.example_inputs, task.calibration, path, searched, ignored)
+        found = Discovery(model, task.example_inputs, task.calibration_feeds(), path, searched, ignored)
         return _layers(found, allowed, notes), ignored
 
 

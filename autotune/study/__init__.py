@@ -2,12 +2,12 @@
 
 The search options (:class:`SearchConfig`), samplers, the latency predictor, sensitivity, the
 guide (reference, feasibility probe, baselines, final recovery) and the records a run stores
-in the Optuna study (:class:`RunMeta`, :class:`TrialRecord`).
+in the Optuna study (:class:`RunMeta`, :class:`TrialRecord`, :class:`Baseline`, the confirmation
+round): the one module that reads and writes the study's attributes.
 """
 
 from autotune.study._config import SearchConfig
 from autotune.study._guide import (
-    Reference,
     baseline_latencies,
     baselines_within,
     enqueue_final,
@@ -16,12 +16,23 @@ from autotune.study._guide import (
     sensitivity_for_report,
     sensitivity_guidance,
 )
-from autotune.study._records import DB_NAME, FAILURES_DIR, META_KEY, RunMeta, TrialRecord
+from autotune.study._records import (
+    CONFIRMED_KEY,
+    DB_NAME,
+    FAILURES_DIR,
+    META_KEY,
+    PREDICTED_KEY,
+    PREDICTION_KEY,
+    Baseline,
+    Reference,
+    RunMeta,
+    TrialRecord,
+    load_confirmed,
+    save_confirmed,
+)
 from autotune.study._samplers import SAMPLERS, make_sampler
 from autotune.study._sensitivity import FILE_NAME, Table, candidate_probe, measure_sensitivity
 from autotune.study._trials import (
-    PREDICTED_KEY,
-    PREDICTION_KEY,
     StudyPredictor,
     counted,
     enqueue_baselines,
@@ -29,6 +40,7 @@ from autotune.study._trials import (
 )
 
 __all__ = [
+    "CONFIRMED_KEY",
     "DB_NAME",
     "FAILURES_DIR",
     "FILE_NAME",
@@ -36,6 +48,7 @@ __all__ = [
     "PREDICTED_KEY",
     "PREDICTION_KEY",
     "SAMPLERS",
+    "Baseline",
     "Reference",
     "RunMeta",
     "SearchConfig",
@@ -49,9 +62,11 @@ __all__ = [
     "enqueue_baselines",
     "enqueue_final",
     "infeasible_message",
+    "load_confirmed",
     "make_sampler",
     "measure_reference",
     "measure_sensitivity",
+    "save_confirmed",
     "sensitivity_for_report",
     "sensitivity_guidance",
     "skipped",

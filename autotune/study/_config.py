@@ -94,8 +94,19 @@ class SearchConfig:
             raise UserError(f"--trials {self.trials}: must be at least 1")
         if self.threads is not None and not _positive_int(self.threads):
             raise UserError(f"--threads {self.threads}: must be at least 1")
+        if self.study_name is not None:
+            check_study_name(self.study_name)
         self.out_dir = Path(self.out_dir)
         self.protocol = self.protocol or Protocol()  # None from a caller means the default
+
+
+def check_study_name(name: str) -> None:
+    """A study name is a folder under the runs directory: one path component, no more."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise UserError(
+            f"--study {name!r}: a study name is one folder name under --out (no '/', '..' or absolute "
+            "path); use --out to choose where runs go"
+        )
 
 
 def _positive_int(value: object) -> bool:

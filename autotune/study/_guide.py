@@ -6,7 +6,6 @@ floor, and the feasibility verdict after the baselines and the most aggressive c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from autotune.build import ArtifactBuilder
 from autotune.errors import UserError
 from autotune.knobs import changes_weights
+from autotune.measure import Measurer
 from autotune.records import RuntimeOptions
 from autotune.space import Candidate, SearchSpace
+from autotune.study._records import Baseline, Reference, TrialRecord
 from autotune.study._sensitivity import FILE_NAME as SENSITIVITY_FILE
 from autotune.study._sensitivity import (
     Table,
@@ -30,25 +32,12 @@ from autotune.study._sensitivity import (
 from autotune.task import Task, evaluate_artifact
 
 
-@dataclass
-class Reference:
-    """The unmodified model on the target device: what "Δ vs FP32" and relative budgets mean."""
-
-    accuracy: float
-    latency_ms: float
-    sha256: str
-    size_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Reference:
-        return cls(float(d["accuracy"]), float(d["latency_ms"]), str(d["sha256"]), int(d["size_bytes"]))
-
-
 def measure_reference(
-    task: Task, space: SearchSpace, builder: Any, measurer: Any, inputs: dict[str, np.ndarray]
+    task: Task,
+    space: SearchSpace,
+    builder: ArtifactBuilder,
+    measurer: Measurer,
+    inputs: dict[str, np.ndarray],
 ) -> Reference:
     """Build, measure and score the unmodified model (every knob at its default)."""
     candidate = Candidate(layers={}, runtime=RuntimeOptions(threads=space.threads[0]))
@@ -126,8 +115,8 @@ def sensitivity_for_report(table: Table) -> dict[str, dict[str, float]]:
 def sensitivity_guidance(
     task: Task,
     space: SearchSpace,
-    builder: Any,
-    measurer: Any,
+    builder: ArtifactBuilder,
+    measurer: Measurer,
     run_dir: Path,
     reference: Reference,
     floor: float | None,
@@ -144,13 +133,19 @@ def sensitivity_guidance(
     return table, greedy_candidates(space, table, budget_ms)
 
 
+def _probed(t: optuna.trial.FrozenTrial) -> Baseline | None:
+    """The baseline a completed trial was, when the feasibility verdict counts it: every one but
+    the greedy candidates (final recoveries of an earlier run met the budget in this space too)."""
+    baseline = TrialRecord.from_trial(t).enqueued
+    return baseline if baseline is not None and baseline.role != "greedy" else None
+
+
 def baseline_latencies(study: optuna.Study) -> list[tuple[str, float]]:
     """(name, median ms) of the study's completed baselines: what the feasibility probe saw."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        name = t.user_attrs.get("baseline")
-        if name is not None and not name.startswith("greedy"):
-            out.append((name, t.values[1]))
+        if (baseline := _probed(t)) is not None:
+            out.append((baseline.name, t.values[1]))
     return out
 
 
@@ -164,32 +159,33 @@ def baselines_within(study: optuna.Study) -> bool:
     return any(
         _within(t)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("baseline") is not None and not t.user_attrs["baseline"].startswith("greedy")
+        if _probed(t) is not None
     )
 
 
 def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
     """Re-queue the ``k`` most accurate and the ``k`` largest pruned trials under the budget, and
-    the most accurate pruned uniform baseline, for a longer recovery (``final_of`` marks them);
+    the most accurate pruned uniform baseline, for a longer recovery (:meth:`Baseline.final`);
     returns how many were queued."""
-    done = {t.user_attrs.get("final_of") for t in study.get_trials(deepcopy=False)}
+    records = {t.number: TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)}
+    done = {r.final_of for r in records.values()}
     pruned = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if (_within(t) if "latency_budget" in t.constraints else t.values[1] <= budget_ms)
-        and "final_of" not in t.user_attrs
-        and changes_weights(t.user_attrs.get("config", {}).get("layers", {}))
+        and records[t.number].final_of is None
+        and (cand := records[t.number].candidate) is not None
+        and changes_weights(cand.layers)
     ]
     # accuracy before distillation ranks heavily pruned candidates poorly (BatchNorm-only scores
     # of collapsed models are noise), and distillation recovers what the kept weights can hold:
     # the largest candidates under the budget are finalists too (benchmarks/search_quality.py)
     # ... and so is the best uniform one, so the distilled result never loses to uniform pruning
-    uniform = [t for t in pruned if not str(t.user_attrs.get("baseline", "greedy")).startswith("greedy")]
+    uniform = [t for t in pruned if (b := records[t.number].enqueued) is not None and b.role != "greedy"]
     best: list[optuna.trial.FrozenTrial] = []
     for pool, key, n in ((pruned, 0, k), (pruned, 2, k), (uniform, 0, 1)):
         best += [t for t in sorted(pool, key=lambda t: -t.values[key])[:n] if t not in best]
     for t in best:
         if t.number not in done:
-            attrs = {"baseline": f"final-kd#{t.number}", "final_of": t.number}
-            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            TrialRecord.of_baseline(Baseline.final(t.number)).enqueue(study, t.params, skip_if_exists=False)
     return sum(t.number not in done for t in best)

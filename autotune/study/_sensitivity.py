@@ -19,8 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.build import ArtifactBuilder
 from autotune.knobs import LAYER_KNOBS, KnobValue
+from autotune.measure import Measurer
 from autotune.space import SearchSpace
+from autotune.task import Task, evaluate_artifact
 
 FILE_NAME = "sensitivity.json"
 #: probe(params) -> (accuracy, median latency ms), or None when the candidate failed
@@ -178,12 +181,9 @@ def greedy_candidates(
     return out
 
 
-def candidate_probe(task: Any, space: SearchSpace, builder: Any, measurer: Any) -> Probe:
+def candidate_probe(task: Task, space: SearchSpace, builder: ArtifactBuilder, measurer: Measurer) -> Probe:
     """The real thing: build the candidate's artifact, measure it on the device, score it."""
-    from autotune.task import evaluate_artifact, input_names
-
-    names = input_names(len(task.example_inputs))
-    inputs = {n: t.detach().cpu().numpy() for n, t in zip(names, task.example_inputs, strict=True)}
+    inputs = task.example_feeds()  # by ONNX input name, in their own dtypes
 
     def probe(params: dict[str, Any]) -> tuple[float, float] | None:
         candidate = space.candidate(params)

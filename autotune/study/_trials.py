@@ -4,7 +4,7 @@ toward ``--trials``, and the latency predictor's skips (issue 10).
 The predictor (:mod:`autotune.study._predictor`) learns the latency ratio of the candidates measured so
 far, per device and per study, from the built artifacts. Once trained, a *sampled* candidate it
 puts beyond the budget by the safe margin is built but not measured or evaluated: the trial is
-recorded as PRUNED with the predicted figure under :data:`PREDICTED_KEY` (never as a
+recorded as PRUNED with the predicted figure (:attr:`TrialRecord.predicted`; never as a
 measurement, so never in the Pareto set or ``best``). Enqueued trials (baselines, greedy
 candidates, final recoveries) are always measured. Every measured candidate is predicted
 first, so the error is tracked on candidates measured anyway.
@@ -24,17 +24,12 @@ from autotune.records import RuntimeOptions
 from autotune.space import SearchSpace
 from autotune.study import _predictor
 from autotune.study._predictor import LatencyPredictor
-from autotune.study._records import TrialRecord
-
-#: trial user attribute of a candidate the predictor skipped: its predicted figure
-PREDICTED_KEY = "predicted"
-#: trial user attribute of a measured candidate: the ratio predicted before it was measured
-PREDICTION_KEY = "predicted_ratio"
+from autotune.study._records import Baseline, TrialRecord, enqueued_params
 
 
 def skipped(t: optuna.trial.FrozenTrial) -> bool:
     """A trial the predictor skipped (pruned, with its predicted figure)."""
-    return t.state == TrialState.PRUNED and PREDICTED_KEY in t.user_attrs
+    return t.state == TrialState.PRUNED and TrialRecord.from_trial(t).predicted is not None
 
 
 def counted(study: optuna.Study) -> int:
@@ -45,22 +40,29 @@ def counted(study: optuna.Study) -> int:
         for t in study.get_trials(deepcopy=False)
         if t.state == TrialState.COMPLETE
         or skipped(t)
-        or (t.state == TrialState.FAIL and TrialRecord.from_attrs(t.user_attrs).failed_by_candidate)
+        or (t.state == TrialState.FAIL and TrialRecord.from_trial(t).failed_by_candidate)
     )
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace, greedy: list[dict[str, Any]]) -> None:
-    done = set()
+    """Queue the baselines and greedy candidates not done, queued or running yet. One that failed
+    because of an interrupt or a killed worker (no reason recorded) is queued again."""
+    optuna.storages.fail_stale_trials(study)  # a killed worker's trials, once their heartbeat stops
+    done, taken = set(), []
     for t in study.get_trials(deepcopy=False):
-        record = TrialRecord.from_attrs(t.user_attrs)
-        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) or (
-            t.state == TrialState.FAIL and record.failed_by_candidate
-        ):
+        record = TrialRecord.from_trial(t)
+        if t.state == TrialState.FAIL and not record.failed_by_candidate:
+            continue  # interrupted, or its worker was killed: it has no answer
+        taken.append(enqueued_params(t))
+        if t.state != TrialState.PRUNED:
             done.add(record.baseline)
-    named = list(space.baselines().items()) + [(f"greedy{i + 1}", p) for i, p in enumerate(greedy)]
-    for name, params in named:
-        if name not in done:
-            study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs(), skip_if_exists=True)
+    named = [(Baseline.uniform(name), p) for name, p in space.baselines().items()]
+    named += [(Baseline.greedy(i + 1), p) for i, p in enumerate(greedy)]
+    for baseline, params in named:
+        # not Optuna's skip_if_exists: it matches the interrupted trial itself, which never re-ran
+        if baseline.name not in done and params not in taken:
+            TrialRecord.of_baseline(baseline).enqueue(study, params, skip_if_exists=False)
+            taken.append(params)
 
 
 class StudyPredictor:
@@ -93,7 +95,7 @@ class StudyPredictor:
     def replay(self, study: optuna.Study) -> None:
         """A resumed study: learn from its measured trials in order, count its skips."""
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-            record = TrialRecord.from_attrs(t.user_attrs)
+            record = TrialRecord.from_trial(t)
             if t.state == TrialState.COMPLETE and record.candidate and record.measurement:
                 path = self.run_dir / record.artifact_path if record.artifact_path else None
                 if record.measurement.ratio and path is not None and path.exists():
@@ -103,8 +105,7 @@ class StudyPredictor:
 
     def skip(self, trial: optuna.Trial, artifact: Path, runtime: RuntimeOptions) -> dict[str, Any] | None:
         """The predicted figure when the built candidate is not worth measuring, else None."""
-        attrs = trial.user_attrs
-        if "baseline" in attrs or "final_of" in attrs:  # enqueued on purpose: always measured
+        if TrialRecord.from_trial(trial).enqueued is not None:  # enqueued on purpose: always measured
             return None
         beyond, predicted = self.model.beyond(artifact, runtime, self.budget_ratio)
         if not beyond or predicted is None:

@@ -19,10 +19,11 @@ from autotune.task._onnx_export import (
     weighted_nodes,
 )
 from autotune.task._onnx_task import onnx_task
-from autotune.task._task import Evaluate, Finetune, Runner, Task
+from autotune.task._task import Batch, Evaluate, Finetune, Runner, Task
 
 __all__ = [
     "WEIGHTED_OPS",
+    "Batch",
     "Evaluate",
     "Finetune",
     "OrtRunner",

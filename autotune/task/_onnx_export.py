@@ -9,27 +9,46 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
+
+from autotune.inputs import default_names
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def input_names(n: int) -> list[str]:
-    return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
+    """ONNX input names of ``n`` positional inputs (dict inputs keep their keys)."""
+    return default_names(n)
 
 
-def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> None:
-    """Export with a dynamic batch axis so ``evaluate`` can run any batch size."""
-    names = input_names(len(example_inputs))
+def export_onnx(model: torch.nn.Module, example_inputs: ModelInputs, path: Path) -> None:
+    """Export with a dynamic batch axis so ``evaluate`` can run any batch size.
+
+    Dict inputs are passed as keyword arguments and name the ONNX inputs. The exporter binds
+    them in the order of ``forward``'s parameters, which a Task's dict already follows
+    (``inputs.ordered_for``), so each name lands on its own tensor; one the model never reads
+    is dropped from the graph (the runner and the measurement feed by name and skip it).
+    """
+    args: tuple[torch.Tensor, ...] = ()
+    kwargs: dict[str, torch.Tensor] | None = None
+    if isinstance(example_inputs, dict):
+        names, kwargs = list(example_inputs), dict(example_inputs)
+    else:
+        names, args = input_names(len(example_inputs)), tuple(example_inputs)
     axes = {name: {0: "batch"} for name in [*names, "output"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
         torch.onnx.export(
             model,
-            example_inputs,
+            args,
             str(path),
+            kwargs=kwargs,
             dynamo=False,
             input_names=names,
             output_names=["output"],

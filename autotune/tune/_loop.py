@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -35,9 +36,6 @@ from autotune.space import Candidate, DeviceProfile, SearchSpace, build_space, l
 from autotune.study import (
     DB_NAME,
     FAILURES_DIR,
-    PREDICTED_KEY,
-    PREDICTION_KEY,
-    Reference,
     RunMeta,
     SearchConfig,
     StudyPredictor,
@@ -50,21 +48,20 @@ from autotune.study import (
     infeasible_message,
     make_sampler,
     measure_reference,
+    save_confirmed,
     sensitivity_for_report,
     sensitivity_guidance,
 )
-from autotune.task import Task, evaluate_artifact, input_names
+from autotune.task import Task, evaluate_artifact
 from autotune.tune._progress import ProgressBar
 
-__all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in config.py, re-exported for callers
+__all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in the study package, re-exported
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
-    names = input_names(len(task.example_inputs))
-    return {
-        n: t.detach().cpu().numpy().astype(np.float32)
-        for n, t in zip(names, task.example_inputs, strict=True)
-    }
+    """What every measurement is fed: the task's example inputs by ONNX input name, in their own
+    dtypes (int64 token ids stay int64; the device feeds the names its model has)."""
+    return task.example_feeds()
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
@@ -105,6 +102,17 @@ def _save_traceback(run_dir: Path, number: int, exc: BaseException) -> str:
     return rel.as_posix()
 
 
+def _make_run_dir(run_dir: Path, out_dir: str | Path) -> None:
+    """Create the run directory and check it takes files: one line, not a traceback, when
+    ``--out`` is on a read-only filesystem or under a regular file."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as exc:
+        why = exc.strerror or error_line(exc)
+        raise UserError(f"--out {out_dir}: cannot write the run directory {run_dir}: {why}") from None
+
+
 def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
     # Ctrl-C lands in our code, never inside Optuna's storage writes (a held SQLite lock, a traceback)
     with _quiet_optuna(), interrupts_outside_optuna():
@@ -113,11 +121,11 @@ def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
 
 def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     profile = load_profile(cfg.device)
-    device = device_for_profile(profile, agent=cfg.agent)
     preset = load_preset(cfg.space)
     study_name = cfg.study_name or f"{task.name}-{profile.name}-{cfg.budget_spec.slug}"
     run_dir = Path(cfg.out_dir) / study_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir, cfg.out_dir)
+    device = device_for_profile(profile, agent=cfg.agent)
 
     storage_url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
     storage = _storage(storage_url)
@@ -151,10 +159,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         )
         # the unmodified model first, whatever the preset says: it defines "Δ vs FP32" and "50%"
         old = RunMeta.from_study(study)
-        if old is not None and old.reference:
-            reference = Reference.from_dict(old.reference)
-        else:
-            reference = measure_reference(task, space, builder, measurer, inputs)
+        stored = old.reference_record if old is not None else None
+        reference = stored or measure_reference(task, space, builder, measurer, inputs)
         budget_ms = cfg.budget_spec.resolve(reference.latency_ms)
         limit = cfg.budget_spec.limit(budget_ms)  # a relative budget is decided on the ratio alone
         floor = None if cfg.floor is None else cfg.floor.floor(reference.accuracy)
@@ -168,7 +174,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         meta.max_drop = None if cfg.floor is None else cfg.floor.label
         meta.search = {"sampler": cfg.sampler, "recovery": recovery.to_dict(), "sensitivity": cfg.sensitivity}
         meta.search["greedy"] = len(greedy)  # enqueued unless identical to a baseline
-        predictor = None  # skips sampled candidates predicted beyond the budget (study_trials.py)
+        predictor = None  # skips sampled candidates predicted beyond the budget (study/_trials.py)
         if cfg.predictor:
             predictor = StudyPredictor(space, unmodified.path, inputs, limit, reference.latency_ms, run_dir)
             predictor.replay(study)
@@ -185,17 +191,18 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = space.sample(trial)
-        record = TrialRecord(candidate=candidate)
+        record = TrialRecord.from_trial(trial)  # an enqueued trial starts with its baseline's
+        record.candidate = candidate
         record.save(trial)
         try:
-            artifact = (final_builder if "final_of" in trial.user_attrs else builder).build(candidate)
+            artifact = (final_builder if record.final_of is not None else builder).build(candidate)
             timings = record.timings = artifact.timings
             record.artifact_path = str(artifact.path.relative_to(run_dir))
             record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
             if predictor is not None and (
                 predicted := predictor.skip(trial, artifact.path, candidate.runtime)
             ):
-                trial.set_user_attr(PREDICTED_KEY, predicted)  # built, not measured: predicted
+                record.predicted = predicted  # built, not measured: predicted
                 raise optuna.TrialPruned(f"predicted x{predicted['ratio']:.3f} of the reference")
             t0 = time.perf_counter()
             m = measurer.measure(artifact.path, inputs, candidate.runtime)
@@ -213,6 +220,8 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
                 raise CandidateError("evaluate", error_line(exc)) from exc
             finally:
                 timings["evaluate"] = time.perf_counter() - t0
+            if predictor is not None:  # what it had predicted; its error is tracked in predictor.stats
+                record.predicted_ratio = predictor.observe(artifact.path, candidate.runtime, m.ratio)
         except CandidateError as exc:
             record.fail_stage, record.fail_reason = exc.stage, str(exc)
             record.traceback = _save_traceback(run_dir, trial.number, exc)
@@ -220,8 +229,6 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         finally:
             record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
-        if predictor is not None and (guess := predictor.observe(artifact.path, candidate.runtime, m.ratio)):
-            trial.set_user_attr(PREDICTION_KEY, guess)  # its error is tracked in predictor.stats
         trial.set_constraint("latency_budget", limit.excess(latency_ms, m.ratio))
         if floor is not None:
             trial.set_constraint("accuracy_floor", floor - accuracy)
@@ -273,7 +280,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
         trial_stats = dict(measurer.stats)
         found = ParetoSet(study, run_dir, storage=storage_url)
         confirmed = confirm.run_round(found, measurer, inputs, limit, cfg.protocol)
-        study.set_user_attr(confirm.CONFIRMED_KEY, confirmed)
+        save_confirmed(study, confirmed)
         trial_stats["confirmed"] = len(confirmed)
     except KeyboardInterrupt:
         meta.stopped = "interrupted"
