@@ -30,7 +30,7 @@ from autotune.knobs._width import prune_width, width_groups
 from autotune.space import Candidate
 from autotune.space._profiles import load_profile
 from autotune.space._space import build_space, load_preset
-from autotune.task._task import Task
+from autotune.task._task import Runner, Task
 
 PRESET = "knobs:\n  width: [1.0, 0.5]\n  heads: [1.0, 0.5]\n  bits: [32, 8, 4]\n"
 #: the layers whose outputs are heads x head size, by naming convention
@@ -158,7 +158,7 @@ def test_image_transformer_searches_heads_and_mlp_width(name: str, tmp_path: Pat
     assert [w for w in widths if w.endswith(MLP)]
     assert not [w for w in widths if w.endswith(PROJECTIONS)]
     assert not [n for n in result.meta.notes if "not searched in" in n and "width" in n], result.meta.notes
-    assert not result.failures, [f.user_attrs.get("fail_reason") for f in result.failures]
+    assert not result.failures, [(f.stage, f.reason) for f in result.failures]
     # the floor keeps half the heads everywhere: its artifact runs 2 heads per attention, and scores
     floor, fp32 = result.baselines["floor"], result.baselines["fp32"]
     assert "h0.5x2" in floor.candidate.describe()
@@ -170,9 +170,55 @@ def test_image_transformer_searches_heads_and_mlp_width(name: str, tmp_path: Pat
     assert sampled and any("heads" in cfg for t in sampled for cfg in t.candidate.layers.values())
 
 
+def test_bert_on_token_ids_is_searched_with_heads_width_and_int8(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = hf_bert().eval()
+    ids = torch.randint(0, 1000, (32, 12))
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        reference = model(**data).logits.argmax(-1).numpy()
+
+    def evaluate(runner: Runner) -> float:
+        return float(np.mean(runner(data).argmax(-1) == reference) * 100)
+
+    preset = tmp_path / "space.yaml"
+    # entropy and percentile calibration fail on BERT with an attention_mask input, pruned or not
+    # ("supplied range of [-inf, inf] is not finite"): not this knob's to fix, so minmax only
+    preset.write_text(PRESET + "recipe:\n  calibration: [minmax]\n")
+    result = autotune.search(
+        model,
+        {k: v[:1] for k, v in data.items()},
+        evaluate=evaluate,
+        calibration=[{k: v[:16].numpy() for k, v in data.items()}],
+        name="bert",
+        budget="50%",
+        device="cpu",
+        trials=8,
+        seed=0,
+        space=str(preset),
+        out_dir=tmp_path / "runs",
+        protocol=Protocol.quick(),
+        progress=False,
+        report=False,
+        sensitivity=False,
+        keep_going=True,
+    )
+    layers = result.meta.space["layers"]
+    heads = [layer["name"] for layer in layers if "heads" in layer["knobs"]]
+    widths = [layer["name"] for layer in layers if "width" in layer["knobs"]]
+    print(f"hf-bert: heads searched in {len(heads)} layers, width in {len(widths)}: {widths}")
+    assert len(heads) == 2 and [w for w in widths if w.endswith(MLP)]
+    assert not result.failures, [(f.stage, f.reason) for f in result.failures]
+    floor = result.baselines["floor"]
+    assert "h0.5x2" in floor.candidate.describe() and "int8x" in floor.candidate.describe()
+    feed = {k: v[:4].numpy() for k, v in data.items()}
+    assert attention_heads(floor.artifact_path, feed) == [HEADS // 2, HEADS // 2]
+    assert 0.0 <= floor.accuracy <= 100.0
+
+
 def test_bert_heads_and_width_export_and_run_on_token_ids_in_int8_and_int4(tmp_path: Path) -> None:
-    """Searching BERT needs token-id measurement (issue 22 item 1, another branch); here its space
-    is discovered and candidates are built as a search builds them, then run on int64 ids."""
+    """BERT's candidates built as a search builds them, one per precision and recipe, run on
+    int64 ids; the transformer optimizer fuses the pruned model as it fuses the unpruned one."""
     torch.manual_seed(0)
     model = hf_bert().eval()
     ids = torch.randint(0, 1000, (16, 12))
