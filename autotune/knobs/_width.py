@@ -132,8 +132,8 @@ def check_width_roots(
     """
     reference = output_shape(model, example_inputs)
 
-    def works(subset: list[str]) -> str | None:
-        for width in widths:
+    def works(subset: list[str], at: Sequence[float]) -> str | None:
+        for width in at:
             trial = copy.deepcopy(model)
             try:
                 prune_width(trial, example_inputs, dict.fromkeys(subset, width), ignored)
@@ -144,16 +144,17 @@ def check_width_roots(
                 return f"output shape changes to {shape}"
         return None
 
-    if not roots or works(roots) is None:
+    failing = [w for w in widths if works(roots, [w]) is not None] if roots else []
+    if not failing:
         return roots, {}
     good, bad = [], {}
-    for root in roots:
-        problem = works([root])
+    for root in roots:  # one by one, only at the widths where all together failed
+        problem = works([root], failing)
         if problem is None:
             good.append(root)
         else:
             bad[root] = problem
-    if good and works(good) is not None:  # individually fine, jointly broken: be conservative
+    if good and works(good, widths) is not None:  # individually fine, jointly broken: be conservative
         bad.update(dict.fromkeys(good, "fails when combined with other groups"))
         good = []
     return good, bad
