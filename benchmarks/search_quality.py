@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from autotune._util import cache_root
 from autotune.build._builder import ArtifactBuilder
-from autotune.build._recover import Recovery
+from autotune.build._recover import FINAL_RECOVERY, Recovery
 from autotune.devices import OrtCpuDevice, Protocol, Reference
 from autotune.knobs import LAYER_KNOBS as KNOBS
 from autotune.knobs import RECIPE_KNOBS
@@ -160,7 +160,7 @@ class Bench:
         self.builder = ArtifactBuilder(
             self.task, self.space, self.workdir / "artifacts", recovery=r, keep_unrecovered=False
         )
-        kd = Recovery(mode="kd", steps=self.final_steps)
+        kd = Recovery(mode=FINAL_RECOVERY, steps=self.final_steps)
         self.final_builder = ArtifactBuilder(
             self.task, self.space, self.workdir / "artifacts", recovery=kd, keep_unrecovered=False
         )

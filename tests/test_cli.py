@@ -1,7 +1,9 @@
 """The command line as a user meets it: help, bad input, Ctrl-C and resume (real processes)."""
 
+import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -270,3 +272,88 @@ def test_an_interrupted_baseline_is_queued_again(tmp_path: Path) -> None:
     for name in interrupted:
         assert any(s == "COMPLETE" or r for s, r in after[name]), (name, after[name])
     print(f"\n[resume] interrupted baseline(s) {interrupted} ran again: {[after[n] for n in interrupted]}")
+
+
+#: a finished trial's line when stdout is not a terminal (tune/_progress.py)
+TRIAL_LINE = re.compile(
+    r"^trial (?P<number>\d+)  (?P<k>\d+)/(?P<total>\d+)  (?P<state>[A-Z]+)  accuracy (?P<accuracy>\S+)  "
+    r"ratio (?P<ratio>.+?)  feasible (?P<feasible>yes|no)  best (?P<best>.+?)  "
+    r"elapsed (?P<elapsed>\d+:\d\d)  ETA (?P<eta>\d+:\d\d|-)"
+)
+
+
+def test_output_to_a_pipe_gets_a_line_per_trial_while_the_search_runs(tmp_path: Path) -> None:
+    """``autotune ... > log.txt``: each finished trial is a line, flushed as it finishes. The task
+    holds its next evaluation until the test has read the first trial's line (and fails that
+    trial if it waited in vain), so "while it runs" is checked without timing anything."""
+    gate = tmp_path / "gate"
+    args = ["--model", "tiny_tasks:gated_conv_task", "--budget", "50%", "--trials", "4", "--quick"]
+    args += ["--study", "log"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe buffers, as a file
+    env |= {"PYTHONPATH": PYTHONPATH, "TINY_TASK_GATE": str(gate)}
+    env["TINY_TASK_GATE_DB"] = str(tmp_path / "runs" / "log" / "study.db")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autotune", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            before = [proc.stdout.readline()]  # blocks until a line is written (or the process ends)
+            while before[-1] and not before[-1].startswith("trial "):
+                before.append(proc.stdout.readline())
+            running = proc.poll() is None  # the process waits at the gate: it cannot have ended
+            gate.touch()
+            rest = proc.stdout.read()  # to the end (communicate() would skip readline's buffer)
+            proc.wait(timeout=60)
+        finally:
+            gate.touch()
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()
+    assert running, f"the first trial line came only when the process ended: {before}"
+    first = TRIAL_LINE.match(before[-1])
+    assert first and first["number"] == "0" and first["k"] == "1" and first["total"] == "4", before
+    lines = [m for line in rest.splitlines() if (m := TRIAL_LINE.match(line))]
+    assert [m["number"] for m in [first, *lines]] == ["0", "1", "2", "3"], rest
+    assert "\r" not in rest and "it/s" not in rest  # no progress bar in the log
+    for m in (first, *lines):
+        assert m["state"] == "COMPLETE", m.string
+        float(m["accuracy"])
+        assert re.fullmatch(r"x\d+\.\d{3} \(\d+\.\d{3} ms\)", m["ratio"]), m.string
+        assert m["best"] == "none yet" or re.fullmatch(r"\d+\.\d\d @ x\d+\.\d{3} \(trial \d\)", m["best"])
+    assert lines[-1]["eta"] == "-"  # the last one: nothing left
+    assert "Pareto set under the budget" in rest  # and the summary after them, as before
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("out_tty", "err_tty", "enabled", "bar", "lines"),
+    [
+        (True, True, True, True, False),  # a terminal: the bar only
+        (False, True, True, True, True),  # > log.txt: the bar on the terminal, lines in the log
+        (False, False, True, False, True),  # > log.txt 2>&1, CI, nohup: lines only
+        (True, False, True, False, True),  # 2> err.txt: lines on the terminal, no bar in the file
+        (False, False, False, False, False),  # --no-progress
+    ],
+)
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(
+    out_tty: bool, err_tty: bool, enabled: bool, bar: bool, lines: bool
+) -> None:
+    from autotune.tune._progress import Progress
+
+    out = _Terminal() if out_tty else io.StringIO()
+    err = _Terminal() if err_tty else io.StringIO()
+    progress = Progress(3, Path("runs"), enabled, out=out, err=err)
+    assert (not progress.bar.disable) == bar
+    assert (progress.out is out) == lines and (progress.out is None) == (not lines)
+    progress.close()

@@ -7,7 +7,9 @@ compression that changes predictions shows up in it.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,6 +72,31 @@ def slow_conv_task() -> Task:
 
     task.evaluate = evaluate
     task.name = "tiny-slow"
+    return task
+
+
+def gated_conv_task() -> Task:
+    """Like conv_task, but once a trial is COMPLETE in ``$TINY_TASK_GATE_DB``, an evaluation
+    waits for the file ``$TINY_TASK_GATE``: the run cannot go on before the test that holds the
+    gate has seen what the first trial printed. Not opened within 60 s, the gate opens itself
+    and that evaluation fails (its trial is FAILED, which the test sees)."""
+    task = conv_task()
+    inner = task.evaluate
+    gate, db = Path(os.environ["TINY_TASK_GATE"]), os.environ["TINY_TASK_GATE_DB"]
+
+    def evaluate(runner: Runner) -> float:
+        with sqlite3.connect(db, timeout=60) as con:
+            done = con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+        deadline = time.monotonic() + 60
+        while done and not gate.exists():
+            if time.monotonic() > deadline:
+                gate.touch()
+                raise RuntimeError("the gate was not opened: the test never read the first trial's line")
+            time.sleep(0.05)
+        return inner(runner)
+
+    task.evaluate = evaluate
+    task.name = "tiny-gated"
     return task
 
 

@@ -1,41 +1,45 @@
 """Built-in recovery for pruned candidates, so pruning is usable without training code.
 
-* BatchNorm statistics re-estimated on unlabeled inputs after width or sparsity changed the
-  activations (cheap: forward passes only). Always on for pruned candidates.
-* Knowledge distillation from the unmodified model (soft targets, no labels), a bounded number
-  of steps, with ``--recover kd``.
+Methods are registered in :data:`RECOVERIES` (``--recover``), read by the configuration check,
+the CLI's choices and help, and :func:`recover`:
+
+* ``bn``: BatchNorm statistics re-estimated on unlabeled inputs after width or sparsity changed
+  the activations (cheap: forward passes only). The default.
+* ``kd``: the same, then knowledge distillation from the unmodified model (soft targets, no
+  labels) for a bounded number of steps, with the package's one distillation loop
+  (:func:`autotune.task.knowledge_distill`). The finalists' longer recovery uses it too.
+* ``none``.
 
 Data: ``Task.recovery_data``, defaulting to the calibration batches. A task's own ``finetune``
-takes precedence over distillation; BatchNorm re-estimation still runs before it.
+takes precedence over distillation and runs whatever the method; ``bn`` and ``kd`` re-estimate
+BatchNorm before it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from autotune._registry import Registry
 from autotune.errors import UserError
-from autotune.inputs import call_model, first_output
-from autotune.task import Task
+from autotune.inputs import call_model
+from autotune.task import Task, knowledge_distill
 
 if TYPE_CHECKING:
     from autotune.inputs import ModelInputs
 
-MODES = ("bn", "kd", "none")
 MIN_BN_SAMPLES = 16  # fewer inputs than this give noisier statistics than the trained ones
 KD_BATCH = 32
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """What recovery a pruned candidate gets: ``bn`` (default), ``kd`` (bn + distillation), ``none``."""
+    """What recovery a pruned candidate gets: a method of :data:`RECOVERIES` and its settings."""
 
     mode: str = "bn"
     steps: int = 100  # distillation steps per trial
@@ -43,13 +47,21 @@ class Recovery:
     temperature: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"--recover {self.mode!r}: choose one of {', '.join(MODES)}")
+        RECOVERIES.check(self.mode)
         if self.steps < 0:
             raise UserError(f"--recover-steps {self.steps}: must be zero or more")
 
     def to_dict(self) -> dict[str, object]:
         return {"mode": self.mode, "steps": self.steps, "lr": self.lr, "temperature": self.temperature}
+
+
+#: A recovery method: (pruned student, unmodified teacher, task, settings) -> what ran, in place.
+RecoveryMethod = Callable[[nn.Module, nn.Module, Task, Recovery], list[str]]
+
+#: name -> (method, one-line help); ``--recover`` and ``SearchConfig.recover`` choose from it
+RECOVERIES: Registry[RecoveryMethod] = Registry("--recover")
+#: the method of the finalists' longer recovery (``--recover-final-steps``), by name
+FINAL_RECOVERY = "kd"
 
 
 def recovery_batches(task: Task) -> list[ModelInputs]:
@@ -76,10 +88,6 @@ def _rows(batch: ModelInputs) -> int:
 def _rebuild(like: ModelInputs, tensors: Sequence[torch.Tensor]) -> ModelInputs:
     """``tensors`` in the form of ``like`` (by keyword or positional)."""
     return dict(zip(like, tensors, strict=True)) if isinstance(like, dict) else tuple(tensors)
-
-
-def _first(out: object) -> torch.Tensor:
-    return first_output(out)  # type: ignore[no-any-return]
 
 
 def recalibrate_bn(model: nn.Module, batches: Sequence[ModelInputs]) -> bool:
@@ -109,56 +117,54 @@ def distill(
     recovery: Recovery,
     seed: int = 0,
 ) -> None:
-    """``recovery.steps`` Adam steps of soft-target distillation (KL at temperature T), in place."""
-    if recovery.steps == 0 or not batches:
+    """``recovery.steps`` steps of soft-target distillation on ``batches``, in place."""
+    if not batches:
         return
     columns = [_tensors(b) for b in batches]
-    pool = [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))]
-    n = len(pool[0])
-
-    def rows(idx: torch.Tensor | slice) -> ModelInputs:
-        return _rebuild(batches[0], [t[idx] for t in pool])
-
-    teacher.eval()
-    with torch.no_grad():
-        targets = torch.cat([_first(call_model(teacher, rows(slice(i, i + 64)))) for i in range(0, n, 64)])
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=recovery.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / recovery.steps))
+    pool = _rebuild(batches[0], [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))])
+    knowledge_distill(
+        student,
+        teacher,
+        pool,
+        steps=recovery.steps,
+        lr=recovery.lr,
+        temperature=recovery.temperature,
+        batch_size=KD_BATCH,
+        seed=seed,
     )
-    temp = recovery.temperature
-    student.train()
-    try:
-        for _ in range(recovery.steps):
-            idx = torch.randint(0, n, (min(KD_BATCH, n),), generator=gen)
-            out = _first(call_model(student, rows(idx)))
-            loss = F.kl_div(
-                F.log_softmax(out / temp, dim=-1),
-                F.softmax(targets[idx] / temp, dim=-1),
-                reduction="batchmean",
-            ) * (temp * temp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    finally:
-        student.eval()
 
 
-def recover(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
-    """Apply recovery to a pruned ``student`` in place; returns what ran (``["bn", "kd"]``)."""
-    ran: list[str] = []
-    if recovery.mode == "none" and task.finetune is None:
-        return ran
+def _task_finetune(student: nn.Module, teacher: nn.Module, task: Task) -> list[str]:
+    if task.finetune is None:
+        return []
+    task.finetune(student, teacher)
+    return ["finetune"]
+
+
+@RECOVERIES.register("bn", "BatchNorm statistics re-estimated on unlabeled inputs (forward passes only)")
+def _bn(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
+    ran = ["bn"] if recalibrate_bn(student, recovery_batches(task)) else []
+    return ran + _task_finetune(student, teacher, task)
+
+
+@RECOVERIES.register("kd", "bn, then distillation from the unmodified model (--recover-steps steps)")
+def _kd(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
     batches = recovery_batches(task)
-    if recovery.mode != "none" and recalibrate_bn(student, batches):
-        ran.append("bn")
-    if task.finetune is not None:
-        task.finetune(student, teacher)
-        ran.append("finetune")
-    elif recovery.mode == "kd" and recovery.steps > 0:
+    ran = ["bn"] if recalibrate_bn(student, batches) else []
+    if task.finetune is not None:  # the task's own training knows its data better
+        return ran + _task_finetune(student, teacher, task)
+    if recovery.steps > 0:
         distill(student, teacher, batches, recovery)
         recalibrate_bn(student, batches)  # training-mode updates left an EMA of few batches
         ran.append("kd")
     return ran
+
+
+@RECOVERIES.register("none", "no recovery (a task's own finetune still runs)")
+def _none(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
+    return _task_finetune(student, teacher, task)
+
+
+def recover(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
+    """Apply ``recovery`` to a pruned ``student`` in place; returns what ran (``["bn", "kd"]``)."""
+    return RECOVERIES.get(recovery.mode)(student, teacher, task, recovery)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from autotune.budget import ACCEPTED_ANY
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # the choices and their help come from the registries the search itself reads
+    from autotune.build import RECOVERIES
+    from autotune.study import SAMPLERS
+
     p.add_argument(
         "--budget", required=True, help="latency budget on the device: " + ACCEPTED_ANY.replace("%", "%%")
     )
@@ -52,7 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick", action="store_true", help="short measurement protocol (smoke tests; numbers are noisier)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar on a terminal, no line per trial on stdout when it is not one",
+    )
     p.add_argument(
         "--max-drop",
         help="accuracy floor: points below the unmodified model (1.0), or a share of its score (1%%)",
@@ -62,12 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="search on when the feasibility probe finds the budget out of reach",
     )
-    p.add_argument("--sampler", default="auto", help="auto, tpe, nsga2, gp or random (default: auto)")
-    p.add_argument(
-        "--recover",
-        default="bn",
-        help="recovery of pruned candidates: bn (BatchNorm statistics, default), kd (+ distillation), none",
-    )
+    p.add_argument("--sampler", **SAMPLERS.cli("Optuna sampler", "auto"))
+    p.add_argument("--recover", **RECOVERIES.cli("recovery of pruned candidates", "bn"))
     p.add_argument(
         "--recover-steps", type=int, default=100, help="distillation steps with --recover kd (default: 100)"
     )
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         protocol=Protocol.quick() if args.quick else Protocol(),
         agent=args.agent,
         remeasure=args.remeasure,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,  # the bar or a line per trial: tune/_progress.py decides
         report=args.report,
         max_drop=args.max_drop,
         keep_going=args.keep_going,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from autotune.build import RECOVERIES  # the same choices as the search's
+
     p.add_argument(
         "--model",
         help="'package.module:function' returning an autotune.Task, or a .onnx file "
@@ -28,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a search's run directory reuses its table",
     )
     p.add_argument("--threads", type=int, help="fix the runtime thread count")
-    p.add_argument("--recover", default="bn", choices=["bn", "kd", "none"], help="recovery (default: bn)")
+    p.add_argument("--recover", **RECOVERIES.cli("recovery of pruned candidates", "bn"))
     p.add_argument("--recover-steps", type=int, default=100, help="distillation steps with --recover kd")
     p.add_argument("--quick", action="store_true", help="short measurement protocol (noisier)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")

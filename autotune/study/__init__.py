@@ -30,7 +30,7 @@ from autotune.study._records import (
     load_confirmed,
     save_confirmed,
 )
-from autotune.study._samplers import SAMPLERS, make_sampler
+from autotune.study._samplers import SAMPLERS, SamplerFactory, make_sampler
 from autotune.study._sensitivity import FILE_NAME, Table, candidate_probe, measure_sensitivity
 from autotune.study._trials import (
     StudyPredictor,
@@ -51,6 +51,7 @@ __all__ = [
     "Baseline",
     "Reference",
     "RunMeta",
+    "SamplerFactory",
     "SearchConfig",
     "StudyPredictor",
     "Table",

@@ -31,12 +31,14 @@ class SearchConfig:
         protocol: the measurement protocol.
         agent: URL of a remote agent, overriding the device profile's ``agents``.
         remeasure: ignore cached measurements.
-        progress: show a progress bar.
+        progress: show progress: a bar when stderr is a terminal, and one line per finished
+            trial on stdout when stdout is not that terminal (a log file, a pipe, CI).
         report: where to write the HTML report (default ``reports/<study>.html``; False: none).
         max_drop: accuracy floor: points below the unmodified model (``1.0``) or relative (``"1%"``).
         keep_going: search on when the feasibility probe finds the budget out of reach.
-        sampler: ``auto``, ``tpe``, ``nsga2``, ``gp`` or ``random``.
-        recover: ``bn`` (BatchNorm re-estimation, the default), ``kd`` (+ distillation) or ``none``.
+        sampler: a name of :data:`autotune.study.SAMPLERS` (``autotune --help`` lists them).
+        recover: recovery of pruned candidates, a name of :data:`autotune.build.RECOVERIES`
+            (``autotune --help`` lists them; default ``bn``, BatchNorm re-estimation).
         recover_steps: distillation steps per pruned candidate with ``recover="kd"``.
         recover_final_steps: distillation steps for the 2 most accurate and the 2 largest pruned
             candidates under the budget, re-built as extra trials at the end (0: off).
@@ -76,16 +78,15 @@ class SearchConfig:
     timeout_s: float | None = field(init=False)
 
     def __post_init__(self) -> None:
-        from autotune.build import MODES
+        # the registries, not lists kept here: a registered name is accepted as the CLI accepts it
+        from autotune.build import RECOVERIES
         from autotune.study._samplers import SAMPLERS
 
         self.budget_spec = parse_budget_spec(self.budget)
         self.floor = None if self.max_drop is None else parse_max_drop(self.max_drop)
         self.timeout_s = None if self.timeout is None else parse_duration(self.timeout)
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        if self.recover not in MODES:
-            raise UserError(f"--recover {self.recover!r}: choose one of {', '.join(MODES)}")
+        SAMPLERS.check(self.sampler)
+        RECOVERIES.check(self.recover)
         for name in ("recover_steps", "recover_final_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import pickle
 import tempfile
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autotune._util import cache_root
+from autotune.task._distill import knowledge_distill, teacher_outputs
 from autotune.task._task import Runner, Task
 from autotune.task.zoo import DigitsNet
 
@@ -145,14 +145,9 @@ def accuracy(runner: Runner, x: np.ndarray, y: np.ndarray, batch_size: int = 256
     return 100.0 * correct / len(x)
 
 
-def teacher_logits(teacher: nn.Module, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def teacher_logits(teacher: nn.Module, x: np.ndarray) -> np.ndarray:
     """The teacher's logits on ``x`` (eval mode, no grad), for reuse across ``distill`` calls."""
-    was_training = teacher.training
-    teacher.eval()
-    with torch.no_grad():
-        out = [teacher(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    teacher.train(was_training)
-    return torch.cat(out).numpy()
+    return teacher_outputs(teacher, (torch.from_numpy(x),)).numpy()
 
 
 def distill(
@@ -169,54 +164,24 @@ def distill(
     seed: int = 0,
     logits: np.ndarray | None = None,
 ) -> None:
-    """Knowledge-distillation finetune of ``student`` in place; leaves it in eval mode.
-
-    ``steps`` Adam steps on random batches of ``x_train``, learning rate cosine-decayed from
-    ``lr`` to 0. Loss = ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) *
-    CE(s, y)``, the CE term only when ``y_train`` is given. Training runs through the student's
-    ``forward``, so pruning masks installed as forward pre-hooks (``torch.nn.utils.prune``)
-    stay applied. ``logits`` may hold precomputed :func:`teacher_logits` for ``x_train``
-    (skips the teacher's forward passes). Deterministic for a given ``seed``.
+    """The demo's recipe on numpy arrays: :func:`~autotune.task._distill.knowledge_distill` (the
+    package's one distillation loop, which the builder's ``--recover kd`` runs too) with the
+    demo's defaults, 40 steps of 16 images, cross-entropy on ``y_train`` when given. ``logits``
+    may hold precomputed :func:`teacher_logits` for ``x_train``. Leaves the student in eval mode.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
-    y = None if y_train is None else torch.from_numpy(np.asarray(y_train, dtype=np.int64))
-    cached = None if logits is None else torch.from_numpy(np.asarray(logits, dtype=np.float32))
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+    knowledge_distill(
+        student,
+        teacher,
+        (torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),),
+        steps=steps,
+        lr=lr,
+        temperature=temperature,
+        batch_size=batch_size,
+        labels=None if y_train is None else torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        alpha=alpha,
+        seed=seed,
+        targets=None if logits is None else torch.from_numpy(np.asarray(logits, dtype=np.float32)),
     )
-    teacher_was_training = teacher.training
-    teacher.eval()
-    rng_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # dropout etc. inside the student
-    student.train()
-    try:
-        for _ in range(steps):
-            idx = torch.randint(0, len(x), (batch_size,), generator=gen)
-            if cached is None:
-                with torch.no_grad():
-                    target = teacher(x[idx])
-            else:
-                target = cached[idx]
-            out = student(x[idx])
-            kl = F.kl_div(
-                F.log_softmax(out / temperature, dim=1),
-                F.softmax(target / temperature, dim=1),
-                reduction="batchmean",
-            )
-            loss = kl * temperature**2
-            if y is not None:
-                loss = alpha * loss + (1 - alpha) * F.cross_entropy(out, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    finally:
-        student.eval()
-        teacher.train(teacher_was_training)
-        torch.random.set_rng_state(rng_state)
 
 
 def _fingerprint(model: nn.Module) -> str:

@@ -26,7 +26,7 @@ from autotune import __version__
 from autotune._interrupt import interrupts_outside_optuna
 from autotune._util import error_line
 from autotune.budget import format_ms
-from autotune.build import ArtifactBuilder, Recovery
+from autotune.build import FINAL_RECOVERY, ArtifactBuilder, Recovery
 from autotune.devices import Device, device_for_profile
 from autotune.devices import Reference as TimingReference
 from autotune.errors import CandidateError, UserError
@@ -53,7 +53,7 @@ from autotune.study import (
     sensitivity_guidance,
 )
 from autotune.task import Task, evaluate_artifact
-from autotune.tune._progress import ProgressBar
+from autotune.tune._progress import Progress
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in the study package, re-exported
 
@@ -140,7 +140,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
     )
     recovery = Recovery(mode=cfg.recover, steps=cfg.recover_steps)
     builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery)
-    final = Recovery(mode="kd", steps=cfg.recover_final_steps)
+    final = Recovery(mode=FINAL_RECOVERY, steps=cfg.recover_final_steps)
     final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final)
     inputs = _trial_inputs(task)
     started = time.time()
@@ -240,7 +240,7 @@ def _search(task: Task, cfg: SearchConfig) -> ParetoSet:
             study.stop()
 
     deadline = None if cfg.timeout_s is None else started + cfg.timeout_s
-    bar = ProgressBar(cfg.trials - counted(study), budget_ms, floor, cfg.progress)
+    bar = Progress(cfg.trials - counted(study), run_dir, cfg.progress)  # a bar, or a line per trial
     meta.stopped = None
     trial_stats: dict[str, Any] = {}
     try:
