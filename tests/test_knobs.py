@@ -104,5 +104,6 @@ def test_a_registered_knob_is_searched_built_and_reported(tmp_path: Path, zero_b
 
 
 def test_the_builtin_knobs_are_registered_in_application_order() -> None:
-    assert list(LAYER_KNOBS)[:3] == ["width", "sparsity", "bits"]
-    assert [type(k).__name__ for k in LAYER_KNOBS.values()][:3] == ["Width", "Sparsity", "Bits"]
+    # structural pruning (width, heads) before sparsity masks, the ONNX-side bits last
+    assert list(LAYER_KNOBS)[:4] == ["width", "heads", "sparsity", "bits"]
+    assert [type(k).__name__ for k in LAYER_KNOBS.values()][:4] == ["Width", "Heads", "Sparsity", "Bits"]

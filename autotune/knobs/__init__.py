@@ -1,10 +1,12 @@
 """Knobs: what a candidate can change, and how each change is applied.
 
-Per-layer knobs implement :class:`LayerKnob` (one module each: ``_width``, ``_sparsity``,
-``_bits``) and are listed once, in :data:`LAYER_KNOBS`, by :func:`register`. The space, the
-builder, the baselines, the report, the sensitivity table, device profiles and ``autotune
-devices`` read that registry, so a new knob is one module plus one :func:`register` line.
-Order matters: torch-side knobs are applied in registry order (width before sparsity masks).
+Per-layer knobs implement :class:`LayerKnob` (one module each: ``_width``, ``_heads``,
+``_sparsity``, ``_bits``) and are listed once, in :data:`LAYER_KNOBS`, by :func:`register`. The
+space, the builder, the baselines, the report, the sensitivity table, device profiles and
+``autotune devices`` read that registry, so a new knob is one module plus one :func:`register`
+line.
+Order matters: torch-side knobs are applied in registry order (structural pruning, width and
+heads, before sparsity masks).
 
 Study-level knobs (:data:`STUDY_KNOBS`) take one value per candidate: the runtime (session)
 options and the quantization :class:`Recipe`.
@@ -28,6 +30,7 @@ from autotune.knobs._base import (
     name_layers,
 )
 from autotune.knobs._bits import Bits
+from autotune.knobs._heads import Heads
 from autotune.knobs._quantize import quantize_model
 from autotune.knobs._recipe import (
     Recipe,
@@ -65,6 +68,7 @@ def unregister(name: str) -> None:
 
 
 register(Width())
+register(Heads())
 register(Sparsity())
 register(Bits())
 
@@ -94,6 +98,7 @@ __all__ = [
     "Bits",
     "BuildContext",
     "Discovery",
+    "Heads",
     "KnobValue",
     "LayerKnob",
     "OnnxKnob",

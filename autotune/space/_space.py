@@ -194,7 +194,8 @@ class SearchSpace:
         # fp32, int8 (or fp16), then moderate widths, their int8 versions, then the narrow ones
         recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
         out: dict[str, dict[str, Any]] = {}
-        for recipe in [*recipes, {"width": "min", "bits": "min"}]:
+        # the floor: narrowest width, fewest heads, lowest bit-width
+        for recipe in [*recipes, {"width": "min", "bits": "min", "heads": "min"}]:
             p: dict[str, Any] = {}
             for pname, choices in params.items():
                 knob = pname.rsplit(":", 1)[1]
@@ -299,8 +300,11 @@ def _discover_onnx(
     model = onnx.load(str(task.source), load_external_data=False)
     torch_only = [name for name, knob in LAYER_KNOBS.items() if not isinstance(knob, OnnxKnob)]
     if any(v != LAYER_KNOBS[k].default for k in torch_only for v in allowed[k]):
+        listed = (
+            f"{', '.join(torch_only[:-1])} and {torch_only[-1]}" if len(torch_only) > 1 else torch_only[0]
+        )
         notes.append(
-            f"{' and '.join(torch_only)} need{'s' if len(torch_only) == 1 else ''} a torch model: "
+            f"{listed} need{'s' if len(torch_only) == 1 else ''} a torch model: "
             "an ONNX model gets bit-width and runtime knobs only"
         )
     nodes = {n.name or f"{n.op_type}_{i}": n for i, n in enumerate(weighted_nodes(model))}
