@@ -154,3 +154,32 @@ def test_ctrl_c_swallowed_by_a_library_still_stops_the_build(tmp_path: Path, cpu
     layer = next(layer.name for layer in space.layers if len(layer.knobs.get("width", [])) > 1)
     with pytest.raises(KeyboardInterrupt):
         ArtifactBuilder(task, space, tmp_path).build(Candidate({layer: {"width": 0.5}}))
+
+
+class SharedWeights(torch.nn.Module):
+    """Two convs with equal weights (as zero-initialised last BatchNorms make them in timm's
+    ResNets): the exporter stores the tensor once and feeds the second conv an Identity of it.
+    And a layer the forward pass never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.unused = torch.nn.Linear(8, 8)
+        self.fc = torch.nn.Linear(8, 10)
+        with torch.no_grad():
+            self.b.weight.copy_(self.a.weight)
+            self.b.bias.copy_(self.a.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x)) + torch.relu(self.b(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_layers_sharing_an_exported_weight_are_found_and_lost_layers_are_named(cpu: object) -> None:
+    space = build_space(task_for(SharedWeights(), torch.randn(1, 8, 16, 16)), load_preset(None), cpu)
+    by_name = {layer.name: layer for layer in space.layers}
+    assert by_name["b"].onnx_node == "/b/Conv" and by_name["b"].knobs["bits"] == [32, 8]
+    assert [n for n in space.notes if "not searched:" in n and "layers" in n] == [
+        "1 layers not searched: not called in the forward pass (not in the ONNX graph): unused"
+    ]

@@ -32,6 +32,7 @@ from autotune.knobs import (
     describe_study,
     from_params,
     has_transformer,
+    name_layers,
     study_choices,
     study_section,
     value_label,
@@ -331,8 +332,7 @@ def _discover_torch(
         selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
         unmapped = [n for n in selected if n not in nodes]
         if unmapped:
-            missing = ", ".join(unmapped[:5])
-            notes.append(f"{len(unmapped)} layers not found in the ONNX graph (not searched): {missing}")
+            notes.extend(_unmapped_notes(model, task.example_inputs, unmapped))
         outputs = output_nodes(graph)
         output_layers = [name for name, node in nodes.items() if node.name in outputs]
         kept = [n for n in modules if n not in selected]
@@ -340,6 +340,35 @@ def _discover_torch(
         searched = {n: nodes[n] for n in selected if n in nodes}
         found = Discovery(model, task.example_inputs, task.calibration_feeds(), path, searched, ignored)
         return _layers(found, allowed, notes), ignored
+
+
+def _unmapped_notes(
+    model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], unmapped: list[str]
+) -> list[str]:
+    """One note per reason a Conv/Linear has no weighted node in the export, naming the layers."""
+    called: set[str] = set()
+    modules = {n: model.get_submodule(n) for n in unmapped}
+    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: called.add(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    unused = [n for n in unmapped if n not in called]
+    folded = [n for n in unmapped if n in called]
+    notes = []
+    if unused:
+        notes.append(
+            f"{len(unused)} layers not searched: not called in the forward pass (not in the ONNX "
+            f"graph): {name_layers(unused)}"
+        )
+    if folded:
+        notes.append(
+            f"{len(folded)} layers not searched: called, but the export has no Conv/Gemm/MatMul with a "
+            f"constant weight for them (folded or computed weights): {name_layers(folded)}"
+        )
+    return notes
 
 
 def prunable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
