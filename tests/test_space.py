@@ -25,8 +25,12 @@ def cpu() -> object:
 
 def test_every_conv_and_linear_becomes_a_layer_and_the_head_keeps_its_width(cpu: object) -> None:
     space = build_space(task_for(resnet18(10), torch.randn(1, 3, 64, 64)), load_preset(None), cpu)
-    names = [layer.name for layer in space.layers]
+    names = [layer.name for layer in space.layers if layer.op is not None]
     assert len(names) == 21  # 20 convs (incl. 3 downsample) + fc
+    # and the depth knob's units: the residual blocks whose input and output shapes are equal
+    blocks = {layer.name: layer.knobs for layer in space.layers if layer.op is None}
+    assert list(blocks) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert all(knobs == {"depth": ["keep", "drop"]} for knobs in blocks.values())
     assert "fc" in names and "layer2.0.downsample.0" in names
     by_name = {layer.name: layer for layer in space.layers}
     assert "width" not in by_name["fc"].knobs  # the classifier's outputs are the interface
@@ -36,7 +40,7 @@ def test_every_conv_and_linear_becomes_a_layer_and_the_head_keeps_its_width(cpu:
     assert by_name["fc"].op == "Gemm" and 4 not in by_name["fc"].knobs["bits"]
     assert by_name["conv1"].knobs["bits"] == [32, 8]  # int4 is MatMul-only
     # the CPU profile removes sparsity and says why
-    assert all(layer.knobs["sparsity"] == [0.0] for layer in space.layers)
+    assert all(layer.knobs["sparsity"] == [0.0] for layer in space.layers if layer.op is not None)
     assert any("sparsity" in note and "do not reduce latency" in note for note in space.notes)
 
 
@@ -93,7 +97,11 @@ def test_baselines_are_distinct_and_valid(cpu: object) -> None:
         "w0.5+int8",
         "w0.25",
         "w0.25+int8",
+        "floor",  # width 0.25, int8 and every residual block dropped: no uniform baseline is that
     ]
+    floor = space.candidate(baselines["floor"])
+    assert floor.value("layer3.1", "depth") == "drop" and floor.value("layer1.0.conv1", "width") == 0.25
+    assert "dropx5" in floor.describe()
     params = space.parameters()
     for values in baselines.values():
         assert all(v in params[k] for k, v in values.items())

@@ -1,10 +1,11 @@
 """Knobs: what a candidate can change, and how each change is applied.
 
 Per-layer knobs implement :class:`LayerKnob` (one module each: ``_width``, ``_sparsity``,
-``_bits``) and are listed once, in :data:`LAYER_KNOBS`, by :func:`register`. The space, the
+``_bits``, ``_depth``) and are listed once, in :data:`LAYER_KNOBS`, by :func:`register`. The space, the
 builder, the baselines, the report, the sensitivity table, device profiles and ``autotune
 devices`` read that registry, so a new knob is one module plus one :func:`register` line.
-Order matters: torch-side knobs are applied in registry order (width before sparsity masks).
+Order matters: torch-side knobs are applied by :attr:`TorchKnob.stage`, then in registry order
+(width before sparsity masks; depth, stage 1, last, so the others still find their layers).
 
 Study-level knobs (:data:`STUDY_KNOBS`) take one value per candidate: the runtime (session)
 options and the quantization :class:`Recipe`.
@@ -28,6 +29,7 @@ from autotune.knobs._base import (
     name_layers,
 )
 from autotune.knobs._bits import Bits
+from autotune.knobs._depth import Depth
 from autotune.knobs._quantize import quantize_model
 from autotune.knobs._recipe import (
     Recipe,
@@ -67,6 +69,7 @@ def unregister(name: str) -> None:
 register(Width())
 register(Sparsity())
 register(Bits())
+register(Depth())
 
 
 def value_label(knob: str, value: KnobValue) -> str:
@@ -81,6 +84,12 @@ def default_of(knob: str) -> KnobValue | None:
     return k.default if k is not None else None
 
 
+def torch_knobs() -> list[TorchKnob]:
+    """The torch-side knobs in the order they are applied."""
+    knobs = [k for k in LAYER_KNOBS.values() if isinstance(k, TorchKnob)]
+    return sorted(knobs, key=lambda k: k.stage)  # stable: registry order within a stage
+
+
 def changes_weights(layers: dict[str, dict[str, KnobValue]]) -> bool:
     """Whether a candidate's per-layer choices change the torch model (so recovery applies)."""
     return any(isinstance(LAYER_KNOBS.get(k), TorchKnob) for cfg in layers.values() for k in cfg)
@@ -93,6 +102,7 @@ __all__ = [
     "STUDY_KNOBS",
     "Bits",
     "BuildContext",
+    "Depth",
     "Discovery",
     "KnobValue",
     "LayerKnob",
@@ -116,6 +126,7 @@ __all__ = [
     "study_choices",
     "study_section",
     "study_values",
+    "torch_knobs",
     "unregister",
     "value_label",
 ]

@@ -13,7 +13,7 @@ import fnmatch
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import optuna
@@ -23,6 +23,7 @@ from autotune._util import error_line
 from autotune._yaml import check_keys, load_mapping
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
+from autotune.inputs import call_model
 from autotune.knobs import (
     LAYER_KNOBS,
     Discovery,
@@ -40,14 +41,18 @@ from autotune.knobs import (
 from autotune.space._profiles import DeviceProfile, data_dir
 from autotune.task import Task, export_onnx, layer_nodes, output_nodes, weighted_nodes
 
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
+
 
 @dataclass
 class Layer:
-    """One Conv2d / Linear layer (or, for an ONNX task, one weighted ONNX node)."""
+    """One Conv2d / Linear layer (or, for an ONNX task, one weighted ONNX node), or a unit a knob
+    contributes of its own (a residual block for depth), which has no ONNX node."""
 
     name: str
-    op: str  # ONNX op it exports to: Conv, Gemm or MatMul
-    onnx_node: str
+    op: str | None  # ONNX op it exports to: Conv, Gemm or MatMul; None for a unit
+    onnx_node: str | None
     knobs: dict[str, list[KnobValue]] = field(default_factory=dict)
 
 
@@ -202,14 +207,14 @@ class SearchSpace:
         # fp32, int8 (or fp16), then moderate widths, their int8 versions, then the narrow ones
         recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
         out: dict[str, dict[str, Any]] = {}
-        for recipe in [*recipes, {"width": "min", "bits": "min"}]:
+        for recipe in [*recipes, {"width": "min", "bits": "min", "depth": "min"}]:
             p: dict[str, Any] = {}
             for pname, choices in params.items():
                 knob = pname.rsplit(":", 1)[1]
                 default = LAYER_KNOBS[knob].default if knob in LAYER_KNOBS else choices[0]
                 want = recipe.get(knob, default)
                 if want == "min":
-                    p[pname] = min(choices, key=lambda v: float(v) if isinstance(v, (int, float)) else 0.0)
+                    p[pname] = LAYER_KNOBS[knob].most_aggressive(list(choices))
                 else:
                     p[pname] = want if want in choices else (default if default in choices else choices[0])
             if p not in out.values():
@@ -284,20 +289,31 @@ def build_space(
     )
 
 
-def _layers(found: Discovery, allowed: dict[str, list[KnobValue]], notes: list[str]) -> list[Layer]:
-    """Ask every registered knob which layers it applies to, with which values."""
+def _layers(
+    found: Discovery,
+    allowed: dict[str, list[KnobValue]],
+    notes: list[str],
+    preset: Preset | None = None,
+) -> list[Layer]:
+    """Ask every registered knob which layers it applies to, with which values; a name that is
+    not a layer is a knob's own unit (a block), searched when the preset's patterns select it."""
     per_layer: dict[str, dict[str, list[KnobValue]]] = {name: {} for name in found.layers}
+    units: dict[str, dict[str, list[KnobValue]]] = {}
     for knob in LAYER_KNOBS.values():
         if found.model is None and not isinstance(knob, OnnxKnob):
             continue
         values, knob_notes = knob.discover(found, allowed[knob.name])
         notes.extend(knob_notes)
         for name, vals in values.items():
-            per_layer[name][knob.name] = vals
-    return [
+            if name in per_layer:
+                per_layer[name][knob.name] = vals
+            elif preset is None or (_matches(name, preset.include) and not _matches(name, preset.keep)):
+                units.setdefault(name, {})[knob.name] = vals
+    layers = [
         Layer(name=name, op=node.op_type, onnx_node=node.name, knobs=per_layer[name])
         for name, node in found.nodes.items()
     ]
+    return layers + [Layer(name=name, op=None, onnx_node=None, knobs=knobs) for name, knobs in units.items()]
 
 
 def _discover_onnx(
@@ -339,19 +355,17 @@ def _discover_torch(
         ignored = sorted(set(output_layers) | set(kept))
         searched = {n: nodes[n] for n in selected if n in nodes}
         found = Discovery(model, task.example_inputs, task.calibration_feeds(), path, searched, ignored)
-        return _layers(found, allowed, notes), ignored
+        return _layers(found, allowed, notes, preset), ignored
 
 
-def _unmapped_notes(
-    model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], unmapped: list[str]
-) -> list[str]:
+def _unmapped_notes(model: torch.nn.Module, example_inputs: ModelInputs, unmapped: list[str]) -> list[str]:
     """One note per reason a Conv/Linear has no weighted node in the export, naming the layers."""
     called: set[str] = set()
     modules = {n: model.get_submodule(n) for n in unmapped}
     handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: called.add(n)) for n, m in modules.items()]
     try:
         with torch.no_grad():
-            model(*example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
