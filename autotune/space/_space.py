@@ -323,8 +323,11 @@ def _discover_onnx(
     model = onnx.load(str(task.source), load_external_data=False)
     torch_only = [name for name, knob in LAYER_KNOBS.items() if not isinstance(knob, OnnxKnob)]
     if any(v != LAYER_KNOBS[k].default for k in torch_only for v in allowed[k]):
+        named = " and ".join(
+            [", ".join(torch_only[:-1]), torch_only[-1]] if len(torch_only) > 1 else torch_only
+        )
         notes.append(
-            f"{' and '.join(torch_only)} need{'s' if len(torch_only) == 1 else ''} a torch model: "
+            f"{named} need{'s' if len(torch_only) == 1 else ''} a torch model: "
             "an ONNX model gets bit-width and runtime knobs only"
         )
     nodes = {n.name or f"{n.op_type}_{i}": n for i, n in enumerate(weighted_nodes(model))}
