@@ -7,8 +7,7 @@ is capped at ``--max-memory-gb``), random weights, 64x64 inputs (16 token ids fo
 1. discovery with the default preset: which knobs are searched and in how many layers (blocks,
    for depth), and any layer lost between torch and ONNX;
 2. ``autotune.search(budget="50%", trials=6)``: trials completed and failed, and whether an
-   exception reached the caller (text models are discovered but not searched until int64 inputs
-   reach the measurement: tests/zoo_models.py ``TEXT_SKIP``);
+   exception reached the caller;
 3. the floors: the space's most aggressive configuration (narrowest width, fewest bits, every
    droppable block dropped) and the same without depth, and the most aggressive with depth in
    fp32 (int8 does not pay everywhere), each built and timed interleaved with the unmodified
@@ -60,7 +59,7 @@ def floors(task: Any, space: SearchSpace, workdir: Path, protocol: Protocol) -> 
     }
     builder = ArtifactBuilder(task, space, workdir / "artifacts", keep_unrecovered=False)
     reference = builder.build(Candidate(layers={}))
-    inputs = {"input": task.example_inputs[0].numpy()}
+    inputs = task.example_feeds()
     measurer = Measurer(
         OrtCpuDevice(), protocol, cache_dir=None, canary_every=0, reference=Reference(reference.path, inputs)
     )
@@ -91,33 +90,30 @@ def run_one(name: str, trials: int, budget: str, quick: bool) -> dict[str, Any]:
     row["notes"] = [n for n in space.notes if n.startswith(("depth", "width not searched"))]
     row["discovery_s"] = round(time.time() - t0, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        if entry.skip_search:
-            row["search"] = f"skipped: {entry.skip_search}"
-        else:
-            t1 = time.time()
-            try:
-                result = autotune.search(
-                    task,
-                    budget=budget,
-                    device="cpu",
-                    trials=trials,
-                    out_dir=Path(tmp) / "runs",
-                    protocol=protocol,
-                    progress=False,
-                    report=False,
-                )
-                row["trials"] = len(result.trials)
-                row["failed"] = [f"{f.stage}: {f.reason}" for f in result.failures]
-                row["infeasible"] = result.meta.infeasible is not None
-                best = result.best
-                row["best"] = (
-                    None if best is None else {"accuracy": best.accuracy, "config": best.candidate.describe()}
-                )
-                row["search"] = "ok"
-            except Exception as exc:  # noqa: BLE001 - the done-when: no exception reaches the caller
-                row["search"] = f"EXCEPTION {error_line(exc)}"
-                traceback.print_exc()
-            row["search_s"] = round(time.time() - t1, 1)
+        t1 = time.time()
+        try:
+            result = autotune.search(
+                task,
+                budget=budget,
+                device="cpu",
+                trials=trials,
+                out_dir=Path(tmp) / "runs",
+                protocol=protocol,
+                progress=False,
+                report=False,
+            )
+            row["trials"] = len(result.trials)
+            row["failed"] = [f"{f.stage}: {f.reason}" for f in result.failures]
+            row["infeasible"] = result.meta.infeasible is not None
+            best = result.best
+            row["best"] = (
+                None if best is None else {"accuracy": best.accuracy, "config": best.candidate.describe()}
+            )
+            row["search"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - the done-when: no exception reaches the caller
+            row["search"] = f"EXCEPTION {error_line(exc)}"
+            traceback.print_exc()
+        row["search_s"] = round(time.time() - t1, 1)
         row.update(floors(task, space, Path(tmp), protocol))
     row["wall_s"] = round(time.time() - t0, 1)
     return row
@@ -150,8 +146,6 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             continue
         if r.get("search") == "ok":
             trials = f"{r['trials']} / {len(r['failed'])}"
-        elif str(r.get("search", "")).startswith("skipped"):
-            trials = "not searched (int64 ids)"
         else:
             trials = f"**{r.get('search')}**"
         depth = [v for v in (r.get("floor"), r.get("floor_fp32")) if v is not None]
@@ -236,10 +230,9 @@ def main() -> None:
         for r in searched
         if r.get("search") == "ok" and 6 * len(r["failed"]) <= r["trials"] + len(r["failed"])
     ]
-    ran = [r for r in searched if not str(r.get("search", "")).startswith("skipped")]
     print(
         f"\nreach 50% of FP32: {len(with_depth)}/{len(searched)} with depth, {len(without)}/{len(searched)} "
-        f"without; searches to the end with <= 1 in 6 failed: {len(clean)}/{len(ran)}"
+        f"without; searches to the end with <= 1 in 6 failed: {len(clean)}/{len(searched)}"
     )
 
 

@@ -12,7 +12,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-import onnxruntime as ort
 import pytest
 from zoo_models import SEARCHED, ZOO, ZooModel, searched_knobs, zoo_task
 
@@ -58,14 +57,8 @@ def test_zoo_model_is_discovered_built_and_searched(entry: ZooModel, tmp_path: P
     # the most aggressive configuration (narrowest, fewest bits, every block dropped) builds and runs
     builder = ArtifactBuilder(task, space, tmp_path / "artifacts", keep_unrecovered=False)
     floor = builder.build(space.candidate(space.baselines()["floor"]))
-    if entry.text:  # the runner feeds float32 on this base (TEXT_SKIP): feed the ids directly
-        x = task.example_inputs[0].numpy()
-        assert ort.InferenceSession(str(floor.path)).run(None, {"input": x})[0].shape == (1, 10)
-    else:
-        evaluate_artifact(task, floor.path)
+    evaluate_artifact(task, floor.path)
 
-    if entry.skip_search:
-        pytest.skip(f"search: {entry.skip_search}")
     result = autotune.search(
         task,
         budget="50%",

@@ -1,42 +1,44 @@
 """Public architectures from ``timm`` and ``transformers`` that autotune did not grow up with.
 
-Random weights, ten classes, 64x64 images (16 token ids for text). The task scores agreement
+Random weights, ten classes, 64x64 images (16 token ids and an attention mask, by keyword, for
+text). The task scores agreement
 with the FP32 model's predictions on fixed random inputs, so it judges the pipeline (discovery,
 build, export, measurement), not accuracy. Used by ``tests/test_zoo_models.py`` and
 ``benchmarks/zoo.py``.
 
-``timm`` imports torchvision, whose compiled operators do not load beside the CPU torch wheel
-this project pins; model definitions never call them, so :func:`import_timm` skips registering
-fake kernels for ``torchvision::`` operators before importing it.
+``timm`` and ``transformers`` import torchvision, whose compiled operators do not load beside
+the CPU torch wheel this project pins; model definitions never call them, so imports skip
+registering fake kernels for ``torchvision::`` operators (:func:`torchvision_fakes_skipped`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from autotune.inputs import call_model, first_output
 from autotune.space._space import SearchSpace
 from autotune.task._task import Runner, Task
+
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
 
 IMAGE = (3, 64, 64)
 TOKENS = 16  # sequence length of the text models
 VOCAB = 1000
-# int64 token ids reach the measurement as float32 on this base (issue 22 item 1, branch
-# `inputs`): until that lands, text models are discovered but not searched
-TEXT_SKIP: str | None = (
-    "int64 token ids are cast to float32 before measurement on this base (issue 22 item 1, branch inputs)"
-)
 
 
-@functools.cache
-def import_timm() -> ModuleType:
-    """``timm``, imported with ``torchvision::`` fake-kernel registration skipped (see above)."""
+@contextlib.contextmanager
+def torchvision_fakes_skipped() -> Iterator[None]:
+    """Importing torchvision (timm and transformers both do) without registering fake kernels
+    for ``torchvision::`` operators, which do not load beside the CPU torch wheel."""
     import torch.library
 
     original = torch.library.register_fake
@@ -48,10 +50,25 @@ def import_timm() -> ModuleType:
 
     torch.library.register_fake = skip_torchvision  # type: ignore[assignment]
     try:
-        import timm
+        yield
     finally:
         torch.library.register_fake = original
+
+
+@functools.cache
+def import_timm() -> ModuleType:
+    with torchvision_fakes_skipped():
+        import timm
     return timm
+
+
+@functools.cache
+def import_transformers() -> ModuleType:
+    with torchvision_fakes_skipped():
+        import transformers
+        import transformers.image_utils  # what imports torchvision, lazily
+
+    return transformers
 
 
 @dataclass(frozen=True)
@@ -64,10 +81,6 @@ class ZooModel:
     residual: bool = True  # has residual blocks for depth to drop
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def skip_search(self) -> str | None:
-        return TEXT_SKIP if self.text else None
-
 
 def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
@@ -76,21 +89,9 @@ def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     return build
 
 
-class Logits(nn.Module):
-    """A Hugging Face model called with one tensor, returning its logits (what a user exports)."""
-
-    def __init__(self, model: nn.Module, key: str) -> None:
-        super().__init__()
-        self.model, self.key = model, key
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(**{self.key: x}).logits
-
-
 def _hf_bert() -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
+    t = import_transformers()
+    config = t.BertConfig(
         vocab_size=VOCAB,
         hidden_size=128,
         num_hidden_layers=4,
@@ -99,23 +100,23 @@ def _hf_bert() -> nn.Module:
         max_position_embeddings=64,
         num_labels=10,
     )
-    return Logits(BertForSequenceClassification(config), "input_ids")
+    with torchvision_fakes_skipped():  # the model classes load lazily
+        return t.BertForSequenceClassification(config)
 
 
 def _hf_distilbert() -> nn.Module:
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    config = DistilBertConfig(
+    t = import_transformers()
+    config = t.DistilBertConfig(
         vocab_size=VOCAB, dim=128, n_layers=4, n_heads=4, hidden_dim=256, max_position_embeddings=64
     )
     config.num_labels = 10
-    return Logits(DistilBertForSequenceClassification(config), "input_ids")
+    with torchvision_fakes_skipped():
+        return t.DistilBertForSequenceClassification(config)
 
 
 def _hf_vit() -> nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    config = ViTConfig(
+    t = import_transformers()
+    config = t.ViTConfig(
         image_size=64,
         patch_size=8,
         hidden_size=192,
@@ -124,7 +125,8 @@ def _hf_vit() -> nn.Module:
         intermediate_size=384,
         num_labels=10,
     )
-    return Logits(ViTForImageClassification(config), "pixel_values")
+    with torchvision_fakes_skipped():
+        return t.ViTForImageClassification(config)
 
 
 def _z(name: str, family: str, quick: bool = False, residual: bool = True, **kwargs: Any) -> ZooModel:
@@ -172,32 +174,50 @@ ZOO: list[ZooModel] = [
 BY_NAME = {m.name: m for m in ZOO}
 
 
-def example_batch(entry: ZooModel, n: int, seed: int = 0) -> torch.Tensor:
+def example_batch(entry: ZooModel, n: int, seed: int = 0) -> ModelInputs:
+    """``n`` images, or (text) ``n`` rows of token ids with an attention mask, by keyword as
+    Hugging Face models take them; the last rows are padded so that the mask matters."""
     g = torch.Generator().manual_seed(seed)
-    if entry.text:
-        return torch.randint(0, VOCAB, (n, TOKENS), generator=g)
-    return torch.randn(n, *IMAGE, generator=g)
+    if not entry.text:
+        return (torch.randn(n, *IMAGE, generator=g),)
+    ids = torch.randint(0, VOCAB, (n, TOKENS), generator=g)
+    mask = torch.ones(n, TOKENS, dtype=torch.int64)
+    mask[n // 2 :, TOKENS // 2 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _rows(inputs: ModelInputs, start: int, stop: int) -> ModelInputs:
+    if isinstance(inputs, dict):
+        return {k: v[start:stop] for k, v in inputs.items()}
+    return tuple(v[start:stop] for v in inputs)
 
 
 def zoo_task(entry: ZooModel, n: int = 16) -> Task:
     """Random-init ``entry``, scored by agreement with its own FP32 predictions on ``n`` inputs."""
     torch.manual_seed(0)
     model = entry.build().eval()
-    x = example_batch(entry, n)
+    data = example_batch(entry, n)
     with torch.no_grad():
-        reference = model(x).argmax(-1).numpy()
+        reference = first_output(call_model(model, data)).argmax(-1).numpy()
 
     def evaluate(runner: Runner) -> float:
-        return float((runner(x).argmax(-1) == reference).mean() * 100)
+        out = runner(data) if isinstance(data, dict) else runner(*data)
+        return float((out.argmax(-1) == reference).mean() * 100)
 
     return Task(
         source=model,
-        example_inputs=(x[:1],),
+        example_inputs=_rows(data, 0, 1),
         evaluate=evaluate,
-        calibration=[(x[i : i + 8].numpy(),) for i in range(0, n, 8)],
+        calibration=[_numpy(_rows(data, i, i + 8)) for i in range(0, n, 8)],
         name=entry.name,
         metric="agreement",
     )
+
+
+def _numpy(inputs: ModelInputs) -> Any:
+    if isinstance(inputs, dict):
+        return {k: v.numpy() for k, v in inputs.items()}
+    return tuple(v.numpy() for v in inputs)
 
 
 #: model -> {knob: layers (or blocks) where it has a real choice}, filled by the zoo test and
