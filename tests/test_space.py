@@ -91,13 +91,13 @@ def test_baselines_are_distinct_and_valid(cpu: object) -> None:
     assert list(baselines) == [
         "fp32",
         "int8",
+        "floor",  # width 0.25, int8 and every residual block dropped: no uniform baseline is that
         "w0.75",
         "w0.5",
         "w0.75+int8",
         "w0.5+int8",
         "w0.25",
         "w0.25+int8",
-        "floor",  # width 0.25, int8 and every residual block dropped: no uniform baseline is that
     ]
     floor = space.candidate(baselines["floor"])
     assert floor.value("layer3.1", "depth") == "drop" and floor.value("layer1.0.conv1", "width") == 0.25

@@ -196,9 +196,13 @@ class SearchSpace:
         return Candidate(layers=layers, runtime=runtime, recipe=recipe)
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """Uniform configurations enqueued first, so the result never loses to them, then the most
+        """Uniform configurations enqueued first, so the result never loses to them, and the most
         aggressive one the space allows ("floor"). Each is named by the values it really got: a
-        preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5"."""
+        preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5".
+
+        The floor comes third, after fp32 and int8: the feasibility probe judges the budget on the
+        baselines a run measured, and a run of fewer trials than baselines must still see what
+        the space reaches at most (dropping blocks, which no uniform baseline does)."""
         params = self.parameters()
         widths = sorted({w for layer in self.layers for w in layer.knobs.get("width", [])}, reverse=True)
         listed = {b for layer in self.layers for b in layer.knobs.get("bits", [])}  # int8, else fp16
@@ -220,6 +224,10 @@ class SearchSpace:
             if p not in out.values():
                 name = "floor" if recipe["width"] == "min" else self._uniform_name(self.candidate(p))
                 out[name if name not in out else f"{name}#{len(out)}"] = p
+        if "floor" in out:
+            order = [n for n in out if n != "floor"]
+            order.insert(min(2, len(order)), "floor")
+            out = {n: out[n] for n in order}
         return out
 
     def _uniform_name(self, candidate: Candidate) -> str:
