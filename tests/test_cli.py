@@ -178,7 +178,7 @@ def test_onnx_model_gets_bits_and_runtime_knobs_only(tmp_path: Path) -> None:
     export_onnx(task.model, task.example_inputs, tmp_path / "m.onnx")
     out = autotune("--model", "m.onnx", "--budget", "50ms", "--trials", "4", "--quick", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "width, heads and sparsity need a torch model" in out.stdout
+    assert "width, heads, sparsity and depth need a torch model" in out.stdout
     assert "fidelity" in out.stdout
 
 

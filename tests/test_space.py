@@ -25,8 +25,12 @@ def cpu() -> object:
 
 def test_every_conv_and_linear_becomes_a_layer_and_the_head_keeps_its_width(cpu: object) -> None:
     space = build_space(task_for(resnet18(10), torch.randn(1, 3, 64, 64)), load_preset(None), cpu)
-    names = [layer.name for layer in space.layers]
+    names = [layer.name for layer in space.layers if layer.op is not None]
     assert len(names) == 21  # 20 convs (incl. 3 downsample) + fc
+    # and the depth knob's units: the residual blocks whose input and output shapes are equal
+    blocks = {layer.name: layer.knobs for layer in space.layers if layer.op is None}
+    assert list(blocks) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert all(knobs == {"depth": ["keep", "drop"]} for knobs in blocks.values())
     assert "fc" in names and "layer2.0.downsample.0" in names
     by_name = {layer.name: layer for layer in space.layers}
     assert "width" not in by_name["fc"].knobs  # the classifier's outputs are the interface
@@ -36,7 +40,7 @@ def test_every_conv_and_linear_becomes_a_layer_and_the_head_keeps_its_width(cpu:
     assert by_name["fc"].op == "Gemm" and 4 not in by_name["fc"].knobs["bits"]
     assert by_name["conv1"].knobs["bits"] == [32, 8]  # int4 is MatMul-only
     # the CPU profile removes sparsity and says why
-    assert all(layer.knobs["sparsity"] == [0.0] for layer in space.layers)
+    assert all(layer.knobs["sparsity"] == [0.0] for layer in space.layers if layer.op is not None)
     assert any("sparsity" in note and "do not reduce latency" in note for note in space.notes)
 
 
@@ -87,6 +91,7 @@ def test_baselines_are_distinct_and_valid(cpu: object) -> None:
     assert list(baselines) == [
         "fp32",
         "int8",
+        "floor",  # width 0.25, int8 and every residual block dropped: no uniform baseline is that
         "w0.75",
         "w0.5",
         "w0.75+int8",
@@ -94,6 +99,9 @@ def test_baselines_are_distinct_and_valid(cpu: object) -> None:
         "w0.25",
         "w0.25+int8",
     ]
+    floor = space.candidate(baselines["floor"])
+    assert floor.value("layer3.1", "depth") == "drop" and floor.value("layer1.0.conv1", "width") == 0.25
+    assert "dropx5" in floor.describe()
     params = space.parameters()
     for values in baselines.values():
         assert all(v in params[k] for k, v in values.items())
@@ -154,3 +162,32 @@ def test_ctrl_c_swallowed_by_a_library_still_stops_the_build(tmp_path: Path, cpu
     layer = next(layer.name for layer in space.layers if len(layer.knobs.get("width", [])) > 1)
     with pytest.raises(KeyboardInterrupt):
         ArtifactBuilder(task, space, tmp_path).build(Candidate({layer: {"width": 0.5}}))
+
+
+class SharedWeights(torch.nn.Module):
+    """Two convs with equal weights (as zero-initialised last BatchNorms make them in timm's
+    ResNets): the exporter stores the tensor once and feeds the second conv an Identity of it.
+    And a layer the forward pass never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.unused = torch.nn.Linear(8, 8)
+        self.fc = torch.nn.Linear(8, 10)
+        with torch.no_grad():
+            self.b.weight.copy_(self.a.weight)
+            self.b.bias.copy_(self.a.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x)) + torch.relu(self.b(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_layers_sharing_an_exported_weight_are_found_and_lost_layers_are_named(cpu: object) -> None:
+    space = build_space(task_for(SharedWeights(), torch.randn(1, 8, 16, 16)), load_preset(None), cpu)
+    by_name = {layer.name: layer for layer in space.layers}
+    assert by_name["b"].onnx_node == "/b/Conv" and by_name["b"].knobs["bits"] == [32, 8]
+    assert [n for n in space.notes if "not searched:" in n and "layers" in n] == [
+        "1 layers not searched: not called in the forward pass (not in the ONNX graph): unused"
+    ]

@@ -1,6 +1,6 @@
 """Artifact: the deployable ONNX file of one candidate, content-hashed.
 
-candidate -> torch-side knobs (width, sparsity) and recovery on a copy of the torch model ->
+candidate -> torch-side knobs (width, sparsity, depth) and recovery on a copy of the torch model ->
 ONNX export -> ONNX-side knobs (bit-width, as the candidate's recipe says) ->
 ``artifacts/<sha256>.onnx``. Every stage is timed; a stage that fails
 raises :class:`CandidateError` naming it, and one that runs out of the search's memory budget
@@ -32,7 +32,7 @@ from autotune._util import error_line, sha256_file
 from autotune.build._recover import Recovery, recover
 from autotune.devices import runs_in
 from autotune.errors import CandidateError
-from autotune.knobs import LAYER_KNOBS, BuildContext, KnobValue, OnnxKnob, TorchKnob, changes_weights
+from autotune.knobs import LAYER_KNOBS, BuildContext, KnobValue, OnnxKnob, changes_weights, torch_knobs
 from autotune.space import Candidate, SearchSpace
 from autotune.task import Task, export_onnx
 
@@ -133,7 +133,8 @@ class ArtifactBuilder:
             precision = None
             if self.inspect:
                 with stage("inspect"):
-                    nodes = {layer.name: layer.onnx_node for layer in self.space.layers}
+                    # units without an ONNX node of their own (a residual block) have no precision
+                    nodes = {lay.name: lay.onnx_node for lay in self.space.layers if lay.onnx_node}
                     precision = runs_in(final, nodes, candidate.runtime)
             digest = sha256_file(final)
             target = self.artifact_dir / f"{digest}.onnx"
@@ -155,7 +156,7 @@ class ArtifactBuilder:
         return BuildContext(
             example_inputs=self.task.example_inputs,
             calibration=self.task.calibration_feeds(),
-            nodes={layer.name: layer.onnx_node for layer in self.space.layers},
+            nodes={layer.name: layer.onnx_node for layer in self.space.layers if layer.onnx_node},
             ignored=self.space.ignored,
             recipe=candidate.recipe,
         )
@@ -186,7 +187,7 @@ class ArtifactBuilder:
         """Pruned (and recovered) copy of the model; ``before`` gets the un-recovered export."""
         teacher = self.task.model.eval()
         ctx = self._context(candidate)
-        knobs = [k for k in LAYER_KNOBS.values() if isinstance(k, TorchKnob)]
+        knobs = torch_knobs()
         with stage("compress"):
             model = copy.deepcopy(teacher)
             for knob in knobs:

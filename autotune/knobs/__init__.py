@@ -1,12 +1,12 @@
 """Knobs: what a candidate can change, and how each change is applied.
 
 Per-layer knobs implement :class:`LayerKnob` (one module each: ``_width``, ``_heads``,
-``_sparsity``, ``_bits``) and are listed once, in :data:`LAYER_KNOBS`, by :func:`register`. The
-space, the builder, the baselines, the report, the sensitivity table, device profiles and
-``autotune devices`` read that registry, so a new knob is one module plus one :func:`register`
-line.
-Order matters: torch-side knobs are applied in registry order (structural pruning, width and
-heads, before sparsity masks).
+``_sparsity``, ``_bits``, ``_depth``) and are listed once, in :data:`LAYER_KNOBS`, by
+:func:`register`. The space, the builder, the baselines, the report, the sensitivity table,
+device profiles and ``autotune devices`` read that registry, so a new knob is one module plus one
+:func:`register` line. Order matters: torch-side knobs are applied by :attr:`TorchKnob.stage`,
+then in registry order (width and heads before sparsity masks; depth, stage 1, last, so the
+others still find their layers).
 
 Study-level knobs (:data:`STUDY_KNOBS`) take one value per candidate: the runtime (session)
 options and the quantization :class:`Recipe`.
@@ -30,6 +30,7 @@ from autotune.knobs._base import (
     name_layers,
 )
 from autotune.knobs._bits import Bits
+from autotune.knobs._depth import Depth
 from autotune.knobs._heads import Heads
 from autotune.knobs._quantize import quantize_model
 from autotune.knobs._recipe import (
@@ -71,6 +72,7 @@ register(Width())
 register(Heads())
 register(Sparsity())
 register(Bits())
+register(Depth())
 
 
 def value_label(knob: str, value: KnobValue) -> str:
@@ -85,6 +87,12 @@ def default_of(knob: str) -> KnobValue | None:
     return k.default if k is not None else None
 
 
+def torch_knobs() -> list[TorchKnob]:
+    """The torch-side knobs in the order they are applied."""
+    knobs = [k for k in LAYER_KNOBS.values() if isinstance(k, TorchKnob)]
+    return sorted(knobs, key=lambda k: k.stage)  # stable: registry order within a stage
+
+
 def changes_weights(layers: dict[str, dict[str, KnobValue]]) -> bool:
     """Whether a candidate's per-layer choices change the torch model (so recovery applies)."""
     return any(isinstance(LAYER_KNOBS.get(k), TorchKnob) for cfg in layers.values() for k in cfg)
@@ -97,6 +105,7 @@ __all__ = [
     "STUDY_KNOBS",
     "Bits",
     "BuildContext",
+    "Depth",
     "Discovery",
     "Heads",
     "KnobValue",
@@ -121,6 +130,7 @@ __all__ = [
     "study_choices",
     "study_section",
     "study_values",
+    "torch_knobs",
     "unregister",
     "value_label",
 ]

@@ -102,6 +102,10 @@ class LayerKnob(abc.ABC):
         """How far from the unchanged layer ``value`` is, in [0, 1] (the report's heatmap)."""
         return 0.0 if value == self.default else 0.5
 
+    def most_aggressive(self, values: list[KnobValue]) -> KnobValue:
+        """The value of ``values`` that compresses most (the "floor" baseline takes it)."""
+        return min(values, key=lambda v: float(v) if isinstance(v, (int, float)) else 0.0)
+
     def real_on(self, capabilities: Capabilities) -> tuple[KnobValue, ...] | None:
         """The values that make a backend faster or smaller; None when every value does."""
         return None
@@ -111,11 +115,18 @@ class LayerKnob(abc.ABC):
         self, found: Discovery, allowed: list[KnobValue]
     ) -> tuple[dict[str, list[KnobValue]], list[str]]:
         """Layer -> the values of ``allowed`` that work there (layers it leaves out are absent),
-        and one note per reason something was left out."""
+        and one note per reason something was left out.
+
+        A knob may also return units of its own that are not Conv/Linear layers (a residual
+        block, for depth): the space searches them like layers, without an ONNX node."""
 
 
 class TorchKnob(LayerKnob):
     """Applied to a copy of the torch module before export; recovery runs after it."""
+
+    #: torch knobs apply by stage, then in registry order: a knob that removes modules (depth)
+    #: comes after those that look layers up by name
+    stage: ClassVar[int] = 0
 
     @abc.abstractmethod
     def apply(self, model: nn.Module, choices: dict[str, KnobValue], ctx: BuildContext) -> None:

@@ -13,7 +13,7 @@ import fnmatch
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import optuna
@@ -23,6 +23,7 @@ from autotune._util import error_line
 from autotune._yaml import check_keys, load_mapping
 from autotune.devices import RuntimeOptions
 from autotune.errors import UserError
+from autotune.inputs import call_model
 from autotune.knobs import (
     LAYER_KNOBS,
     Discovery,
@@ -32,6 +33,7 @@ from autotune.knobs import (
     describe_study,
     from_params,
     has_transformer,
+    name_layers,
     study_choices,
     study_section,
     value_label,
@@ -39,14 +41,18 @@ from autotune.knobs import (
 from autotune.space._profiles import DeviceProfile, data_dir, named_yaml
 from autotune.task import Task, export_onnx, layer_nodes, output_nodes, weighted_nodes
 
+if TYPE_CHECKING:
+    from autotune.inputs import ModelInputs
+
 
 @dataclass
 class Layer:
-    """One Conv2d / Linear layer (or, for an ONNX task, one weighted ONNX node)."""
+    """One Conv2d / Linear layer (or, for an ONNX task, one weighted ONNX node), or a unit a knob
+    contributes of its own (a residual block for depth), which has no ONNX node."""
 
     name: str
-    op: str  # ONNX op it exports to: Conv, Gemm or MatMul
-    onnx_node: str
+    op: str | None  # ONNX op it exports to: Conv, Gemm or MatMul; None for a unit
+    onnx_node: str | None
     knobs: dict[str, list[KnobValue]] = field(default_factory=dict)
 
 
@@ -183,9 +189,13 @@ class SearchSpace:
         return Candidate(layers=layers, runtime=runtime, recipe=recipe)
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """Uniform configurations enqueued first, so the result never loses to them, then the most
+        """Uniform configurations enqueued first, so the result never loses to them, and the most
         aggressive one the space allows ("floor"). Each is named by the values it really got: a
-        preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5"."""
+        preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5".
+
+        The floor comes third, after fp32 and int8: the feasibility probe judges the budget on the
+        baselines a run measured, and a run of fewer trials than baselines must still see what
+        the space reaches at most (dropping blocks, which no uniform baseline does)."""
         params = self.parameters()
         widths = sorted({w for layer in self.layers for w in layer.knobs.get("width", [])}, reverse=True)
         listed = {b for layer in self.layers for b in layer.knobs.get("bits", [])}  # int8, else fp16
@@ -194,20 +204,24 @@ class SearchSpace:
         # fp32, int8 (or fp16), then moderate widths, their int8 versions, then the narrow ones
         recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
         out: dict[str, dict[str, Any]] = {}
-        # the floor: narrowest width, fewest heads, lowest bit-width
-        for recipe in [*recipes, {"width": "min", "bits": "min", "heads": "min"}]:
+        # the floor: narrowest width, fewest heads, lowest bit-width, shallowest depth
+        for recipe in [*recipes, {"width": "min", "bits": "min", "heads": "min", "depth": "min"}]:
             p: dict[str, Any] = {}
             for pname, choices in params.items():
                 knob = pname.rsplit(":", 1)[1]
                 default = LAYER_KNOBS[knob].default if knob in LAYER_KNOBS else choices[0]
                 want = recipe.get(knob, default)
                 if want == "min":
-                    p[pname] = min(choices, key=lambda v: float(v) if isinstance(v, (int, float)) else 0.0)
+                    p[pname] = LAYER_KNOBS[knob].most_aggressive(list(choices))
                 else:
                     p[pname] = want if want in choices else (default if default in choices else choices[0])
             if p not in out.values():
                 name = "floor" if recipe["width"] == "min" else self._uniform_name(self.candidate(p))
                 out[name if name not in out else f"{name}#{len(out)}"] = p
+        if "floor" in out:
+            order = [n for n in out if n != "floor"]
+            order.insert(min(2, len(order)), "floor")
+            out = {n: out[n] for n in order}
         return out
 
     def _uniform_name(self, candidate: Candidate) -> str:
@@ -277,20 +291,31 @@ def build_space(
     )
 
 
-def _layers(found: Discovery, allowed: dict[str, list[KnobValue]], notes: list[str]) -> list[Layer]:
-    """Ask every registered knob which layers it applies to, with which values."""
+def _layers(
+    found: Discovery,
+    allowed: dict[str, list[KnobValue]],
+    notes: list[str],
+    preset: Preset | None = None,
+) -> list[Layer]:
+    """Ask every registered knob which layers it applies to, with which values; a name that is
+    not a layer is a knob's own unit (a block), searched when the preset's patterns select it."""
     per_layer: dict[str, dict[str, list[KnobValue]]] = {name: {} for name in found.layers}
+    units: dict[str, dict[str, list[KnobValue]]] = {}
     for knob in LAYER_KNOBS.values():
         if found.model is None and not isinstance(knob, OnnxKnob):
             continue
         values, knob_notes = knob.discover(found, allowed[knob.name])
         notes.extend(knob_notes)
         for name, vals in values.items():
-            per_layer[name][knob.name] = vals
-    return [
+            if name in per_layer:
+                per_layer[name][knob.name] = vals
+            elif preset is None or (_matches(name, preset.include) and not _matches(name, preset.keep)):
+                units.setdefault(name, {})[knob.name] = vals
+    layers = [
         Layer(name=name, op=node.op_type, onnx_node=node.name, knobs=per_layer[name])
         for name, node in found.nodes.items()
     ]
+    return layers + [Layer(name=name, op=None, onnx_node=None, knobs=knobs) for name, knobs in units.items()]
 
 
 def _discover_onnx(
@@ -328,15 +353,41 @@ def _discover_torch(
         selected = [n for n in modules if _matches(n, preset.include) and not _matches(n, preset.keep)]
         unmapped = [n for n in selected if n not in nodes]
         if unmapped:
-            missing = ", ".join(unmapped[:5])
-            notes.append(f"{len(unmapped)} layers not found in the ONNX graph (not searched): {missing}")
+            notes.extend(_unmapped_notes(model, task.example_inputs, unmapped))
         outputs = output_nodes(graph)
         output_layers = [name for name, node in nodes.items() if node.name in outputs]
         kept = [n for n in modules if n not in selected]
         ignored = sorted(set(output_layers) | set(kept))
         searched = {n: nodes[n] for n in selected if n in nodes}
         found = Discovery(model, task.example_inputs, task.calibration_feeds(), path, searched, ignored)
-        return _layers(found, allowed, notes), ignored
+        return _layers(found, allowed, notes, preset), ignored
+
+
+def _unmapped_notes(model: torch.nn.Module, example_inputs: ModelInputs, unmapped: list[str]) -> list[str]:
+    """One note per reason a Conv/Linear has no weighted node in the export, naming the layers."""
+    called: set[str] = set()
+    modules = {n: model.get_submodule(n) for n in unmapped}
+    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: called.add(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            call_model(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    unused = [n for n in unmapped if n not in called]
+    folded = [n for n in unmapped if n in called]
+    notes = []
+    if unused:
+        notes.append(
+            f"{len(unused)} layers not searched: not called in the forward pass (not in the ONNX "
+            f"graph): {name_layers(unused)}"
+        )
+    if folded:
+        notes.append(
+            f"{len(folded)} layers not searched: called, but the export has no Conv/Gemm/MatMul with a "
+            f"constant weight for them (folded or computed weights): {name_layers(folded)}"
+        )
+    return notes
 
 
 def prunable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:

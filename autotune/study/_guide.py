@@ -90,11 +90,17 @@ def infeasible_message(
             "VNNI/AMX, a GPU or TensorRT profile)"
         )
     narrowest = [ms for name, ms in measured if name.startswith("w") and "+" not in name]
+    blocks = sum("depth" in layer.knobs for layer in space.layers)
     if narrowest and widths and min(narrowest) > 0.5 * ref:
+        fewer = f"all {blocks} droppable blocks are dropped in the floor" if blocks else "fewer layers"
         lower.append(
             f"width {widths[0]:g} still takes {min(narrowest) / ref:.0%} of FP32: latency here is bound by "
-            "the number of small ops, not FLOPs (fewer layers, a faster runtime or a larger batch)"
+            f"the number of small ops, not FLOPs ({fewer}; a faster runtime or a larger batch)"
         )
+    if not blocks and any(n.startswith("depth not searched") for n in space.notes):
+        lower.append("fewer blocks: depth found no residual block to drop on this model (see the notes)")
+    elif not blocks:
+        lower.append("fewer blocks (a preset with depth: [keep, drop])")
     if space.threads == [1]:
         lower.append("more threads (--threads 2, or a profile listing several)")
     lines.append(

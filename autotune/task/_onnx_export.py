@@ -1,7 +1,11 @@
 """torch -> ONNX export, and the map from torch layer names to ONNX nodes.
 
 The legacy (TorchScript) exporter names nodes after module scopes
-(``/layer1/layer1.0/conv1/Conv``), which gives an exact per-layer mapping.
+(``/layer1/layer1.0/conv1/Conv``), which gives an exact per-layer mapping. Two things hide a
+layer from a naive reading of the graph: the exporter stores equal tensors once and feeds the
+other users through an ``Identity`` of the first (zero-initialised last BatchNorms make every
+residual block's last conv weight equal, in timm's ResNets, RegNets and RepViTs), and a node
+whose scope is lost is still known by its weight initializer's name (``fc.weight``).
 """
 
 from __future__ import annotations
@@ -73,24 +77,45 @@ def scope_to_module(node_name: str) -> str:
     return ".".join(parts)
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, str]:
+    """Constant tensor -> the initializer or ``Constant`` output it is, through ``Identity`` aliases."""
+    source = {i.name: i.name for i in model.graph.initializer}
+    source.update({o: o for n in model.graph.node if n.op_type == "Constant" for o in n.output})
+    for node in model.graph.node:  # topologically sorted: an alias follows what it aliases
+        if node.op_type == "Identity" and node.input and node.input[0] in source:
+            source[node.output[0]] = source[node.input[0]]
+    return source
+
+
 def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Conv / Gemm / MatMul nodes whose weight is a constant initializer."""
-    inits = {i.name for i in model.graph.initializer}
-    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    """Conv / Gemm / MatMul nodes whose weight is a constant (an initializer, a ``Constant``, or
+    an ``Identity`` of either, which is how the exporter shares equal tensors)."""
+    consts = constant_tensors(model)
     return [
-        n
-        for n in model.graph.node
-        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and (n.input[1] in inits or n.input[1] in consts)
+        n for n in model.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in consts
     ]
 
 
 def layer_nodes(model: onnx.ModelProto, module_names: set[str]) -> dict[str, onnx.NodeProto]:
-    """Module name -> its weighted ONNX node (first one if a module is called twice)."""
+    """Module name -> its weighted ONNX node (first one if a module is called twice).
+
+    By the node's scope first; a node whose scope names no module is matched by its weight's
+    initializer name (``fc.weight`` -> ``fc``), which the exporter keeps when nothing folded it.
+    """
+    consts = constant_tensors(model)
     mapping: dict[str, onnx.NodeProto] = {}
+    unscoped = []
     for node in weighted_nodes(model):
         name = scope_to_module(node.name)
-        if name in module_names and name not in mapping:
-            mapping[name] = node
+        if name in module_names:
+            mapping.setdefault(name, node)
+        else:
+            unscoped.append(node)
+    for node in unscoped:
+        weight = consts[node.input[1]]
+        name = weight.removesuffix(".weight") if weight.endswith(".weight") else ""
+        if name in module_names:
+            mapping.setdefault(name, node)
     return mapping
 
 
