@@ -183,3 +183,31 @@ def test_old_protocols_and_measurements_still_load() -> None:
     stored = fake_session(0.4).to_dict()
     assert "session_ratios" not in stored["extra"]
     assert Measurement.from_dict(stored).session_ratios is None
+
+
+def test_gpu_backends_prepare_a_fresh_engine_per_session(tmp_path: Path) -> None:
+    """CudaDevice (engines, CUDA graphs) re-prepares both sides per session; runs without a GPU."""
+    from contextlib import contextmanager
+
+    from autotune.devices._gpu import CudaDevice, Prepared
+
+    prepared: list[str] = []
+    alive: list[str] = []
+
+    class FakeGpu(CudaDevice):
+        backend = "fake-gpu"
+
+        @contextmanager
+        def prepared(self, model_path: Path, inputs: Any, runtime: Any) -> Any:
+            n = 40_000 if model_path.name == "big.onnx" else 500
+            prepared.append(model_path.name)
+            alive.append(model_path.name)
+            yield Prepared(run=lambda: sum(range(n)), load_ms=1.0)
+            alive.remove(model_path.name)  # released after its session
+
+    p = replace(SESSIONS, session_resolution=1e-9)
+    m = FakeGpu().measure_paired(
+        tmp_path / "small.onnx", {}, Reference(tmp_path / "big.onnx", {}), RuntimeOptions(), p
+    )
+    assert m.usable and m.ratio < 1 and len(m.session_ratios or []) == p.max_sessions
+    assert prepared == ["small.onnx", "big.onnx"] * p.max_sessions and alive == []
