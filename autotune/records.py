@@ -300,13 +300,13 @@ class Measurement:
         if not self.usable:
             return f"{self.status}: {self.error or ''}".strip()
         text = (
-            f"median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, "
+            f"in-window median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, "
             f"CV {self.cv:.1%}, n={self.n} ({self.status})"
         )
         if self.ratio is not None and self.ratio_ci:
             text += (
                 f"; x{self.ratio:.3f} [{self.ratio_ci[0]:.3f}, {self.ratio_ci[1]:.3f}] "
-                f"of the reference ({self.reference_median_ms:.3f} ms)"
+                f"of the reference ({self.reference_median_ms:.3f} ms in-window)"
             )
         return text
 
