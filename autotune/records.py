@@ -84,6 +84,16 @@ class Protocol:
     # ... and pairs are added (up to max_retries more rounds) until the ratio's 95% interval is
     # within +-this share of it; wider -> "unstable"
     ratio_resolution: float = 0.02
+    # a ratio is timed in at least ``sessions`` independent pairs of sessions (both re-created;
+    # one session keeps its own speed for its life: docs/measurement.md, "Sessions") ...
+    sessions: int = 3
+    # ... adding sessions up to ``max_sessions`` until the interval over them is within
+    # +-session_resolution of the ratio; wider -> "unstable". Each session warms up for
+    # session_warmup_s and times pairs for session_pair_time_s (1 session: the fields above)
+    max_sessions: int = 6
+    session_resolution: float = 0.02
+    session_pair_time_s: float = 1.0
+    session_warmup_s: float = 0.25
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +106,14 @@ class Protocol:
     def quick(cls) -> Protocol:
         """A short protocol for tests and smoke runs (still stops on both thresholds)."""
         return cls(
-            warmup_s=0.05, warmup_runs=3, min_samples=16, min_time_s=0.05, max_retries=0, pair_min_time_s=0.05
+            warmup_s=0.05,
+            warmup_runs=3,
+            min_samples=16,
+            min_time_s=0.05,
+            max_retries=0,
+            pair_min_time_s=0.05,
+            sessions=1,
+            max_sessions=1,
         )
 
 
@@ -172,6 +189,8 @@ _IN_EXTRA: dict[str, str] = {
     "h2d_ms": "h2d_ms",
     "d2h_ms": "d2h_ms",
     "cuda_graph": "cuda_graph",
+    "ratio_ci_within": "ratio_ci_within",
+    "session_ratios": "session_ratios",
 }
 
 
@@ -209,7 +228,9 @@ class Measurement:
     # paired timing (docs/measurement.md): the candidate interleaved with a reference artifact in
     # one session; the statistics above are the candidate's, n counts pairs
     ratio: float | None = None  # median of per-pair candidate / reference
-    ratio_ci: list[float] | None = None  # [low, high] 95% interval of that median
+    # [low, high] 95% interval of the ratio: over sessions when several were timed
+    # (``session_ratios``), else the one session's order-statistic interval of its median
+    ratio_ci: list[float] | None = None
     reference_sha256: str | None = None
     reference_median_ms: float | None = None
     # -- read back by later stages; stored in ``extra`` (see _IN_EXTRA) -------------------------
@@ -230,6 +251,8 @@ class Measurement:
     h2d_ms: float | None = None  # ... and its parts (TensorRT)
     d2h_ms: float | None = None
     cuda_graph: str | None = None  # torch-cuda: "captured", "disabled", or why not
+    ratio_ci_within: list[float] | None = None  # one session's own interval (the first one's)
+    session_ratios: list[float] | None = None  # the ratio of each independent session
 
     @property
     def usable(self) -> bool:
@@ -277,13 +300,13 @@ class Measurement:
         if not self.usable:
             return f"{self.status}: {self.error or ''}".strip()
         text = (
-            f"median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, "
+            f"in-window median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, "
             f"CV {self.cv:.1%}, n={self.n} ({self.status})"
         )
         if self.ratio is not None and self.ratio_ci:
             text += (
                 f"; x{self.ratio:.3f} [{self.ratio_ci[0]:.3f}, {self.ratio_ci[1]:.3f}] "
-                f"of the reference ({self.reference_median_ms:.3f} ms)"
+                f"of the reference ({self.reference_median_ms:.3f} ms in-window)"
             )
         return text
 
@@ -299,6 +322,6 @@ def _typed(name: str, value: Any) -> Any:
         return LoadShares.from_dict(value)
     if name in ("reference_stats", "gpu_compute") and isinstance(value, dict):
         return LatencyStats.from_dict(value)
-    if name == "cpu_share_attempts":
+    if name in ("cpu_share_attempts", "ratio_ci_within", "session_ratios"):
         return [float(v) for v in value]
     return value

@@ -14,7 +14,14 @@
     no fine-tuning):
     trained on the first 30 measured candidates, its error on the next 20 (MAPE, share within
     +-10%); and trials per minute with and without it, replayed from the trials' recorded
-    costs (a skipped candidate costs no build, measurement or evaluation).
+    costs (a skipped candidate costs no build, measurement or evaluation);
+(f) calibration of the ratio's 95% interval (``--run DIR``, a main-job run directory): for
+    ``--pairs`` artifacts of the run (its baselines, then sampled candidates) against its
+    reference, one ``autotune measure A --reference B --device cpu --threads 1 --json`` per
+    protocol under test (``--sessions 1``: one session, the interval before issue 23; the
+    default: the interval over sessions) is compared with the median ratio of ``--remeasure``
+    fresh-process re-measurements (default protocol); coverage = the share of pairs whose
+    interval contains that median (target >= 90%).
 
 Models: the demo model (``autotune.task.demo.demo_task()``) and ResNet-18 at 224x224. Usage::
 
@@ -22,6 +29,7 @@ Models: the demo model (``autotune.task.demo.demo_task()``) and ResNet-18 at 224
     python benchmarks/profiler.py --models demo --repeats 5
     python benchmarks/profiler.py --models demo --checks d    # only the noisy-host check
     python benchmarks/profiler.py --models demo --checks e --search-trials 50
+    python benchmarks/profiler.py --checks f --run runs/main --pairs 10 --remeasure 10
 
 The figures depend on how quiet the machine is: the CPU load of other processes seen while
 measuring is printed beside them (a shared VM also drifts with its neighbours, which only the
@@ -271,6 +279,87 @@ def predictor_check(trials: int, train: int, budget_ratio: float, tmp: Path) -> 
     }
 
 
+def _measure_ratio(cand: Path, ref: Path, sessions: int | None) -> dict[str, Any]:
+    """One fresh-process ``autotune measure CAND --reference REF --json`` (cpu, 1 thread)."""
+    cmd = [sys.executable, "-m", "autotune", "measure", str(cand), "--reference", str(ref)]
+    cmd += ["--device", "cpu", "--threads", "1", "--json"]
+    cmd += ["--sessions", str(sessions)] if sessions else []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-800:])
+    d = json.loads(out.stdout)
+    return {
+        "ratio": d["ratio"],
+        "ci": d["ratio_ci"],
+        "status": d["status"],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def calibration_pairs(run_dir: Path, n: int) -> tuple[Path, list[Path]]:
+    """The run's reference artifact and up to ``n`` other distinct artifacts: baselines first."""
+    from autotune.result import ParetoSet
+
+    result = ParetoSet.load(run_dir)
+    ref_sha = (result.meta.reference or {}).get("sha256")
+    ref = run_dir / "artifacts" / f"{ref_sha}.onnx"
+    if not ref_sha or not ref.is_file():
+        raise SystemExit(f"{run_dir}: no reference artifact")
+    seen, out = {ref_sha}, []
+    for t in sorted(result.trials, key=lambda t: (t.baseline is None, t.number)):
+        if t.sha256 not in seen and t.artifact_path.is_file():
+            seen.add(t.sha256)
+            out.append(t.artifact_path)
+    return ref, out[:n]
+
+
+def calibration(run_dir: Path, pairs: int, remeasure: int) -> dict[str, Any]:
+    """(f) does one measurement's interval contain the median of fresh-process re-measurements?"""
+    ref, cands = calibration_pairs(run_dir, pairs)
+    rows = []
+    for cand in cands:
+        before = _measure_ratio(cand, ref, 1)
+        after = _measure_ratio(cand, ref, None)
+        again = [_measure_ratio(cand, ref, None)["ratio"] for _ in range(remeasure)]
+        truth = float(np.median(again))
+        row = {
+            "artifact": cand.name[:12],
+            "truth": truth,
+            "fresh_spread": max(again) / min(again) - 1,
+            "before": before,
+            "after": after,
+            "before_covers": before["ci"][0] <= truth <= before["ci"][1],
+            "after_covers": after["ci"][0] <= truth <= after["ci"][1],
+        }
+        rows.append(row)
+        print(
+            f"    {row['artifact']}: median of {remeasure} fresh {truth:.4f} "
+            f"(spread {row['fresh_spread']:.1%}); "
+            f"one session {before['ratio']:.4f} [{before['ci'][0]:.4f}, {before['ci'][1]:.4f}] "
+            f"{'covers' if row['before_covers'] else 'MISSES'}; over sessions {after['ratio']:.4f} "
+            f"[{after['ci'][0]:.4f}, {after['ci'][1]:.4f}] {'covers' if row['after_covers'] else 'MISSES'} "
+            f"({after['wall_s']:.1f} s)",
+            flush=True,
+        )
+    return {
+        "pairs": len(rows),
+        "before": sum(r["before_covers"] for r in rows) / max(len(rows), 1),
+        "after": sum(r["after_covers"] for r in rows) / max(len(rows), 1),
+        "half_before": float(
+            np.median(
+                [(r["before"]["ci"][1] - r["before"]["ci"][0]) / 2 / r["before"]["ratio"] for r in rows]
+            )
+        ),
+        "half_after": float(
+            np.median([(r["after"]["ci"][1] - r["after"]["ci"][0]) / 2 / r["after"]["ratio"] for r in rows])
+        ),
+        "wall_after": float(np.median([r["after"]["wall_s"] for r in rows])),
+        "wall_before": float(np.median([r["before"]["wall_s"] for r in rows])),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,resnet18", help="comma-separated: demo, resnet18")
@@ -279,6 +368,11 @@ def main() -> None:
     parser.add_argument("--search-trials", type=int, default=50, help="(e): trials of the demo search")
     parser.add_argument("--budget-ratio", type=float, default=0.6, help="(e): budget as a ratio to FP32")
     parser.add_argument("--keep", help="(e): keep the demo search in this directory (runs/predictor)")
+    parser.add_argument("--run", type=Path, help="(f): a main-job run directory (artifacts/, study.db)")
+    parser.add_argument("--pairs", type=int, default=10, help="(f): artifacts checked against the reference")
+    parser.add_argument(
+        "--remeasure", type=int, default=10, help="(f): fresh-process re-measurements per pair"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -330,6 +424,20 @@ def main() -> None:
                     f"{sorted({r['status'] for r in rows})}; pairs {[r['pairs'] for r in rows]}; other "
                     f"processes used {statistics.mean(r['foreign_cpu'] for r in rows):.0%} of the CPUs"
                 )
+
+    if "f" in args.checks:
+        if args.run is None:
+            raise SystemExit("(f) needs --run DIR")
+        with HostLoad() as load:
+            f = calibration(args.run, args.pairs, args.remeasure)
+        print(
+            f"(f) calibration on {f['pairs']} pairs, each against the median of {args.remeasure} "
+            f"fresh-process re-measurements: one session's interval (median +-{f['half_before']:.1%}, "
+            f"{f['wall_before']:.1f} s per process) covers {f['before']:.0%}; the interval over sessions "
+            f"(median +-{f['half_after']:.1%}, {f['wall_after']:.1f} s) covers {f['after']:.0%} "
+            "(target >= 90%); other processes used "
+            f"{load.to_dict()['foreign_cpu']:.0%} of the CPUs"
+        )
 
     if "e" in args.checks:
         with tempfile.TemporaryDirectory() as tmpdir:

@@ -389,6 +389,14 @@ def test_paired_timing_through_a_loopback_agent(tmp_path: Path) -> None:
                 cand, inputs_for(32), Reference(ref, inputs_for(256)), RuntimeOptions(), QUICK
             )
             assert again.paired and device.agents[0].stats["upload_skipped"] >= 0
+            # the agent's job subprocess times several fresh sessions too, and the wire keeps them
+            several = replace(
+                QUICK, sessions=3, max_sessions=3, session_pair_time_s=0.05, session_warmup_s=0.02
+            )
+            m = device.measure_paired(
+                cand, inputs_for(32), Reference(ref, inputs_for(256)), RuntimeOptions(), several
+            )
+            assert m.usable and len(m.session_ratios or []) == 3 and m.ratio_ci_within is not None, m.error
             stored = {p.stem for p in (agent.root / "models").glob("*.onnx")}
             assert stored == {sha256_of(cand), sha256_of(ref)}
         finally:

@@ -138,7 +138,7 @@ def test_export_writes_the_measured_artifact_and_its_record(tmp_path: Path) -> N
     out = best.export(tmp_path / "out" / "best.onnx")
     assert out.read_bytes() == best.artifact_path.read_bytes()
     record = json.loads(out.with_suffix(".json").read_text())
-    assert record["trial"] == best.number and record["latency_ms"]["median"] == best.measurement.median_ms
+    assert record["trial"] == best.number and record["in_window_ms"]["median"] == best.measurement.median_ms
     assert record["config"] == best.candidate.to_dict()
     # the study's latency: reference latency x ratio, with the ratio's interval and the reference
     lat, m = record["latency"], best.measurement
@@ -146,7 +146,7 @@ def test_export_writes_the_measured_artifact_and_its_record(tmp_path: Path) -> N
     assert lat["ratio_ci"][0] <= lat["ratio"] <= lat["ratio_ci"][1]
     assert lat["reference_median_ms"] * lat["ratio"] == pytest.approx(best.latency_ms)
     assert lat["reference_sha256"] == result.meta.reference["sha256"]
-    assert lat["window_median_ms"] == m.median_ms
+    assert lat["in_window_median_ms"] == m.median_ms
     assert lat["confirmed"]["ratio"] == result.confirmed[best.number]["ratio"]  # best is confirmed
     # the storage alone rebuilds the same result
     again = ParetoSet.load(tmp_path / "runs" / "exp")

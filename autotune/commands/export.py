@@ -30,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
     path = chosen.export(args.output)
     print(
         f"wrote {path} and {path.with_suffix('.json')} (trial {chosen.number}: "
-        f"{chosen.accuracy:.2f} {result.meta.metric}, {chosen.latency_ms:.3f} ms median)"
+        f"{chosen.accuracy:.2f} {result.meta.metric}, latency {chosen.latency_ms:.3f} ms)"
     )
     return 0

@@ -4,7 +4,7 @@ results are stamped. The backends differ only in what runs the model."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from autotune.devices._fingerprint import host_fingerprint
 from autotune.devices._lock import device_lock
 from autotune.devices._onnx_info import OnnxTraits, analyse
 from autotune.devices._protocol import Timer
-from autotune.devices._timing import timed_pair, timed_run
+from autotune.devices._sessions import SessionPair
+from autotune.devices._timing import timed_run, timed_sessions
 
 
 def default_cache_dir() -> Path:
@@ -75,13 +76,11 @@ class CudaDevice(Device):
         runtime: RuntimeOptions,
         protocol: Protocol,
     ) -> Measurement:
-        with (
-            device_lock(self.lock_name) as waited_s,
-            self.prepared(model_path, inputs, runtime) as p,
-            self.prepared(reference.path, reference.inputs, runtime) as r,
-        ):
+        with device_lock(self.lock_name) as waited_s, ExitStack() as first:
+            p = first.enter_context(self.prepared(model_path, inputs, runtime))
             if isinstance(p, Measurement):
                 return self.stamp(p, runtime, waited_s)
+            r = first.enter_context(self.prepared(reference.path, reference.inputs, runtime))
             if isinstance(r, Measurement):
                 failed = Measurement(
                     status="build_error",
@@ -89,7 +88,26 @@ class CudaDevice(Device):
                     error=f"the reference {reference.path.name} does not load: {r.status}: {r.error}",
                 )
                 return self.stamp(failed, runtime, waited_s)
-            m = timed_pair(p.run, r.run, protocol, self.backend, timer=p.timer)
+            pending: list[tuple[Prepared, Prepared, ExitStack]] = [(p, r, first.pop_all())]
+
+            def open_pair() -> SessionPair:
+                # engines, CUDA graphs and sessions are per-session too: every pair after the
+                # first is prepared anew, both sides (docs/measurement.md, "Sessions")
+                if pending:
+                    a, b, stack = pending.pop()
+                else:
+                    stack = ExitStack()
+                    a_or = stack.enter_context(self.prepared(model_path, inputs, runtime))
+                    b_or = stack.enter_context(self.prepared(reference.path, reference.inputs, runtime))
+                    for got in (a_or, b_or):
+                        if isinstance(got, Measurement):
+                            stack.close()
+                            raise RuntimeError(f"a fresh session did not load: {got.status}: {got.error}")
+                    assert isinstance(a_or, Prepared) and isinstance(b_or, Prepared)
+                    a, b = a_or, b_or
+                return a.run, b.run, stack.close
+
+            m = timed_sessions(open_pair, protocol, self.backend, timer=p.timer)
             self._finish(p, m)
             m.reference_sha256 = reference.sha256 or None
         return self.stamp(m, runtime, waited_s, **p.extra)

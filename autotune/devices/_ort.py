@@ -12,7 +12,8 @@ import onnxruntime as ort
 
 from autotune._util import error_line
 from autotune.devices._base import Measurement, Protocol, Reference, RuntimeOptions
-from autotune.devices._timing import load_failure, timed_pair, timed_run
+from autotune.devices._sessions import SessionPair
+from autotune.devices._timing import load_failure, timed_run, timed_sessions
 
 _GRAPH_OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -101,7 +102,8 @@ def timed_session_pair(
     protocol: Protocol,
     cpu_time: Callable[[], float] | None = None,
 ) -> Measurement:
-    """Load the candidate's and the reference's sessions and time them interleaved.
+    """Load the candidate's and the reference's sessions and time them interleaved, in
+    ``protocol.sessions`` or more pairs of fresh sessions (:mod:`autotune.devices._sessions`).
 
     ``cpu_time``: the calling thread's CPU clock when the sessions compute in that thread.
     """
@@ -122,14 +124,22 @@ def timed_session_pair(
         ref_feeds = feeds_for(ref_session, reference.inputs)
     except KeyError as exc:
         return Measurement(status="runtime_error", backend=backend, error=str(exc.args[0]))
-    m = timed_pair(
-        lambda: session.run(None, feeds),
-        lambda: ref_session.run(None, ref_feeds),
-        protocol,
-        backend,
-        cpu_time=cpu_time,
-    )
+    loaded = [(session, ref_session)]
+    created = {"sessions": 1}
+
+    def open_pair() -> SessionPair:
+        # the first pair is the one loaded above; every further one is created anew, both sides
+        if loaded:
+            a, b = loaded.pop()
+        else:
+            a, _ = load_session(model_path, so, providers)
+            b, _ = load_session(reference.path, so, providers)
+            created["sessions"] += 1
+        return lambda: a.run(None, feeds), lambda: b.run(None, ref_feeds), lambda: None
+
+    m = timed_sessions(open_pair, protocol, backend, cpu_time=cpu_time)
     m.load_ms = load_ms
     m.reference_sha256 = reference.sha256 or None
     m.extra["providers"] = session.get_providers()
+    m.extra["session_pairs"] = created["sessions"]
     return m

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from autotune._util import error_line
 from autotune.devices._base import Measurement, Protocol, Status
-from autotune.devices._paired import run_paired
 from autotune.devices._protocol import Timer, run_protocol
+from autotune.devices._sessions import SessionPair, run_sessions
 
 
 def load_failure(exc: BaseException, backend: str) -> Measurement:
@@ -54,25 +54,41 @@ def timed_run(
     return m
 
 
-def timed_pair(
-    run: Callable[[], object],
-    reference_run: Callable[[], object],
+def timed_sessions(
+    open_pair: Callable[[], SessionPair],
     protocol: Protocol,
     backend: str,
     timer: Timer | None = None,
     cpu_time: Callable[[], float] | None = None,
 ) -> Measurement:
-    """Time both first runs, then the paired protocol; a failing run is a ``runtime_error``."""
-    try:
-        t0 = time.perf_counter()
-        run()
-        first_run_ms = (time.perf_counter() - t0) * 1e3
+    """Paired timing (:mod:`autotune.devices._paired`) over ``protocol.sessions`` or more
+    fresh pairs of sessions (:func:`autotune.devices._sessions.run_sessions`).
+
+    ``open_pair()`` creates the candidate's and the reference's sessions anew; the caller
+    loads the first pair itself beforehand (so a load failure has its own status) and hands
+    it out first. The first run of the first session is timed (``first_run_ms``).
+    """
+    first: list[float] = []
+
+    def opened() -> SessionPair:
+        run, reference_run, close = open_pair()
         try:
-            reference_run()
-        except Exception as exc:
-            raise RuntimeError(f"the reference failed: {error_line(exc, with_type=False)}") from exc
-        m = run_paired(run, reference_run, protocol, backend, timer=timer, cpu_time=cpu_time)
+            t0 = time.perf_counter()
+            run()
+            if not first:
+                first.append((time.perf_counter() - t0) * 1e3)
+            try:
+                reference_run()
+            except Exception as exc:
+                raise RuntimeError(f"the reference failed: {error_line(exc, with_type=False)}") from exc
+        except BaseException:
+            close()
+            raise
+        return run, reference_run, close
+
+    try:
+        m = run_sessions(opened, protocol, backend, timer=timer, cpu_time=cpu_time)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is a result, not a crash
         return run_failure(exc, backend)
-    m.first_run_ms = first_run_ms
+    m.first_run_ms = first[0] if first else m.first_run_ms
     return m

@@ -111,9 +111,13 @@ def borderline(f: Figure, limit: Limit) -> bool:
 
 
 def confirmation_protocol(p: Protocol) -> Protocol:
-    """A longer interleaved protocol: three times the pairs and the time, a finer resolution."""
+    """A longer interleaved protocol: three times the pairs and the time, twice the sessions,
+    a finer resolution (docs/measurement.md, "Sessions")."""
     return replace(
         p,
+        sessions=p.sessions * 2,
+        max_sessions=p.max_sessions * 2,
+        session_resolution=p.session_resolution / 2,
         min_samples=p.min_samples * 3,
         min_time_s=p.min_time_s * 3,
         pair_min_time_s=p.pair_min_time_s * 3,

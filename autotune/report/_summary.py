@@ -24,7 +24,7 @@ def table(result: ParetoSet) -> str:
     rows = result.pareto if result.pareto else result.closest(5)
     ref = result.reference_accuracy
     header = (
-        f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'median ms':>9}  {'p90 ms':>8}  "
+        f"{'trial':>5}  {metric:>9}  {'Δ vs fp32':>9}  {'latency ms':>10}  {'p90 ms':>8}  "
         f"{'CV':>5}  {'size KiB':>9}  config"
     )
     lines = [header, "-" * len(header)]
@@ -34,7 +34,7 @@ def table(result: ParetoSet) -> str:
         tag = f" ({t.baseline})" if t.baseline else ""
         mark = "*" if result.best and t.number == result.best.number else " "
         lines.append(
-            f"{t.number:>4}{mark}  {t.accuracy:>9.2f}  {delta:>9}  {t.latency_ms:>9.3f}  "
+            f"{t.number:>4}{mark}  {t.accuracy:>9.2f}  {delta:>9}  {t.latency_ms:>10.3f}  "
             f"{_p90(t):>8.3f}  {t.measurement.cv:>5.1%}  {t.size_bytes / 1024:>9.1f}  "
             f"{t.describe()}{tag}{flag}"
         )

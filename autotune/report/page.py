@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from optuna.trial import TrialState
 
 from autotune._util import first_line
-from autotune.report._common import View, esc, latency_flags
+from autotune.report._common import View, esc, latency_flags, latency_line
 from autotune.report._summary import memory_line, predictor_line
 from autotune.study import DB_NAME, TrialRecord
 
@@ -128,7 +128,7 @@ def verdict(view: View) -> str:
     if c is None:
         fastest = view.focus[0] if view.focus else None
         extra = (
-            f" The fastest candidate, trial {fastest.number}, runs in {fastest.latency_ms:.3f} ms median "
+            f" The fastest candidate, trial {fastest.number}, has a latency of {fastest.latency_ms:.3f} ms "
             f"({fastest.latency_ms / view.budget_ms:.1f}x the budget) "
             f"at {esc(view.metric)} {fastest.accuracy:.2f}."
             if fastest and view.has_budget
@@ -187,10 +187,11 @@ def verdict(view: View) -> str:
     return (
         '<section class="verdict" id="verdict">'
         f"<h2>Ship trial {c.number}{esc(f' ({c.baseline})' if c.baseline else '')}: "
-        f"{esc(view.metric)} {c.accuracy:.2f} at {c.latency_ms:.3f} ms median, "
+        f"{esc(view.metric)} {c.accuracy:.2f} at a latency of {c.latency_ms:.3f} ms, "
         f"{c.size_bytes / 1024:.1f} KiB</h2>"
         f"<p><b>Why:</b> {why}</p>"
-        f"<p><b>How sure of its latency:</b> median {m.median_ms:.3f} ms, p90 {m.p90_ms:.3f} ms, "
+        f"<p><b>How sure of its latency:</b> {esc(latency_line(c))}; in-window median {m.median_ms:.3f} ms, "
+        f"in-window p90 {m.p90_ms:.3f} ms, "
         f"IQR/median {iqr_rel:.1%}, CV {m.cv:.1%}, n={m.n} samples of {m.runs_per_sample} run(s) each "
         f"on {device}; {tail}; {trust}.</p>"
         f"<p><b>Get it:</b> <code>{esc(export_command(r, c))}</code></p>"
@@ -276,6 +277,7 @@ def candidates_table(view: View) -> str:
             f"<td>{esc(t.baseline or '')}</td>"
             f'<td class="num">{t.accuracy:.2f}</td><td class="num">{delta}</td>'
             f'<td class="num">{esc(recovered)}</td>'
+            f'<td class="num">{t.latency_ms:.3f}</td>'
             f'<td class="num">{m.median_ms:.3f}</td><td class="num">{m.p90_ms:.3f}</td>'
             f'<td class="num">{m.p99_ms:.3f}</td><td class="num">{m.cv:.1%}</td><td>{trust}</td>'
             f'<td class="num">{t.size_bytes / 1024:.1f}</td>'
@@ -287,7 +289,8 @@ def candidates_table(view: View) -> str:
         '<tr><th class="num">trial</th><th>baseline</th>'
         f'<th class="num">{esc(view.metric)}</th><th class="num">\u0394 vs fp32</th>'
         '<th class="num">before recovery</th>'
-        '<th class="num">median ms</th><th class="num">p90 ms</th><th class="num">p99 ms</th>'
+        '<th class="num">latency ms</th><th class="num">in-window median ms</th>'
+        '<th class="num">in-window p90 ms</th><th class="num">in-window p99 ms</th>'
         '<th class="num">CV</th><th>latency</th><th class="num">size KiB</th>'
         '<th class="num">peak memory MiB</th><th>configuration (as onnxruntime runs it)</th>'
         "<th>export</th></tr>"

@@ -260,7 +260,7 @@ def objectives_figure(view: View) -> go.Figure:
                     # a short card: the front above carries the full one (configuration, spread)
                     hovertext=[
                         f"trial {trial_name(t)}<br>{view.metric} {t.accuracy:.2f}<br>"
-                        f"{t.latency_ms:.3f} ms median<br>{t.size_bytes / 1024:.1f} KiB"
+                        f"latency {t.latency_ms:.3f} ms<br>{t.size_bytes / 1024:.1f} KiB"
                         for t in trials
                     ],
                     hoverinfo="text",

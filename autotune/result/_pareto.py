@@ -103,9 +103,13 @@ class TrialResult:
             "ratio_ci": m.ratio_ci,
             "reference_median_ms": self.latency_ms / ratio if ratio else None,  # the study's estimate
             "reference_sha256": m.reference_sha256,
-            "window_median_ms": m.median_ms,  # the candidate's own, in its measuring window
-            "window_reference_median_ms": m.reference_median_ms,
+            # the raw figures of the measuring window(s): the candidate's and the reference's own
+            "in_window_median_ms": m.median_ms,
+            "in_window_reference_median_ms": m.reference_median_ms,
         }
+        if m.session_ratios:  # timed in several sessions: the interval above is over them
+            out["session_ratios"] = m.session_ratios
+            out["ratio_ci_within"] = m.ratio_ci_within
         if self.confirmed:
             out["confirmed"] = {k: self.confirmed.get(k) for k in ("latency_ms", "ratio", "ratio_ci")}
             out["borderline"] = bool(self.confirmed.get("borderline"))
@@ -123,7 +127,8 @@ class TrialResult:
             "trial": self.number,
             "sha256": self.sha256,
             "accuracy": self.accuracy,
-            "latency_ms": {"median": m.median_ms, "p90": m.p90_ms, "p99": m.p99_ms, "cv": m.cv, "n": m.n},
+            # the in-window figures (raw per-run times); the study's latency is "latency" below
+            "in_window_ms": {"median": m.median_ms, "p90": m.p90_ms, "p99": m.p99_ms, "cv": m.cv, "n": m.n},
             "latency_status": m.status,
             "latency": self.latency_record(),
             "size_bytes": self.size_bytes,
