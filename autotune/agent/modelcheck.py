@@ -72,23 +72,23 @@ def _attributes(model: Any) -> Iterator[Any]:
             yield from node.attribute
 
 
-def _sparse_tensors(model: Any) -> Iterator[Any]:
+def _tensors(model: Any, in_graph: str, one: str, many: str) -> Iterator[Any]:
+    """The tensors a graph lists under ``in_graph``, and node attributes hold as ``one``/``many``."""
     for graph in _graphs(model):
-        yield from graph.sparse_initializer
+        yield from getattr(graph, in_graph)
     for attr in _attributes(model):
-        if attr.HasField("sparse_tensor"):
-            yield attr.sparse_tensor
-        yield from attr.sparse_tensors
+        if attr.HasField(one):
+            yield getattr(attr, one)
+        yield from getattr(attr, many)
+
+
+def _sparse_tensors(model: Any) -> Iterator[Any]:
+    return _tensors(model, "sparse_initializer", "sparse_tensor", "sparse_tensors")
 
 
 def _dense_tensors(model: Any) -> Iterator[Any]:
     """Every dense TensorProto: initializers, attribute values, the parts of sparse tensors."""
-    for graph in _graphs(model):
-        yield from graph.initializer
-    for attr in _attributes(model):
-        if attr.HasField("t"):
-            yield attr.t
-        yield from attr.tensors
+    yield from _tensors(model, "initializer", "t", "tensors")
     for sparse in _sparse_tensors(model):
         yield sparse.values
         yield sparse.indices

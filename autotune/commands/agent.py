@@ -42,18 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-input-mb", type=float, default=64, help="input tensors cap per job (default: 64)")
     p.add_argument("--max-queue", type=int, default=64, help="queued jobs before 503 (default: 64)")
     p.add_argument(
-        "--startup-timeout", type=float, default=120, help="job process start, seconds (default: 120)"
-    )
-    p.add_argument(
-        "--prepare-timeout", type=float, default=60, help="job input preparation, seconds (default: 60)"
-    )
-    p.add_argument(
-        "--measure-timeout",
-        type=float,
-        default=900,
-        help="build + warm-up + sampling of one job, seconds (default: 900)",
-    )
-    p.add_argument(
         "--jobs-per-process",
         type=int,
         default=50,
@@ -72,28 +60,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-free-mb", type=float, default=256, help="free disk space uploads must leave (default: 256)"
     )
-    p.add_argument(
-        "--header-timeout", type=float, default=10,
-        help="seconds a connection has to send a complete request head (default: 10)",
-    )  # fmt: skip
-    p.add_argument(
-        "--max-connections-per-client", type=int, default=32,
-        help="open connections from one client address (default: 32)",
-    )  # fmt: skip
-    p.add_argument(
-        "--max-unauthenticated-connections", type=int, default=256,
-        help="open connections that have not shown the token, all addresses together; the oldest "
-        "idle one is closed beyond it (default: 256, at most 512)",
-    )  # fmt: skip
-    p.add_argument(
-        "--body-timeout", type=float, default=10,
-        help="a request body must bring 64 KiB per this many seconds, or end (default: 10)",
-    )  # fmt: skip
-    p.add_argument(
-        "--lock-timeout", type=float, default=60,
-        help="seconds a job waits for the device while another process measures on it, then "
-        "ends as timeout (default: 60; at most half the measure timeout)",
-    )  # fmt: skip
+    # time, connection and lock limits: (flag, type, default, what it bounds; help adds the default)
+    for flag, kind, default, what in (
+        ("--startup-timeout", float, 120, "job process start, seconds"),
+        ("--prepare-timeout", float, 60, "job input preparation, seconds"),
+        ("--measure-timeout", float, 900, "build + warm-up + sampling of one job, seconds"),
+        ("--header-timeout", float, 10, "seconds a connection has to send a complete request head"),
+        ("--max-connections-per-client", int, 32, "open connections from one client address"),
+        (
+            "--max-unauthenticated-connections", int, 256,
+            "open connections that have not shown the token, all addresses together; the oldest "
+            "idle one is closed beyond it (at most 512)",
+        ),
+        ("--body-timeout", float, 10, "a request body must bring 64 KiB per this many seconds, or end"),
+        (
+            "--lock-timeout", float, 60,
+            "seconds a job waits for the device while another process measures on it, then ends as "
+            "timeout (at most half the measure timeout)",
+        ),
+    ):  # fmt: skip
+        p.add_argument(flag, type=kind, default=default, help=f"{what} (default: {default})")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM): serve https")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for --tls-cert")
     p.add_argument(

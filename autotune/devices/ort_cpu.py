@@ -74,14 +74,10 @@ class OrtCpuDevice(Device):
         runtime: RuntimeOptions,
         protocol: Protocol,
     ) -> Measurement:
-        so = session_options(runtime)
-        # one thread: ORT computes in this thread, so its CPU clock shows preemption
-        cpu_time = time.thread_time if in_calling_thread(runtime) else None
-        return self._on_host(
+        cpu = ["CPUExecutionProvider"]
+        return self._timed(
             runtime,
-            lambda: timed_session(
-                model_path, inputs, so, ["CPUExecutionProvider"], self.backend, protocol, cpu_time=cpu_time
-            ),
+            lambda so, clock: timed_session(model_path, inputs, so, cpu, self.backend, protocol, clock),
         )
 
     def measure_paired(
@@ -92,15 +88,24 @@ class OrtCpuDevice(Device):
         runtime: RuntimeOptions,
         protocol: Protocol,
     ) -> Measurement:
-        so = session_options(runtime)
-        # one thread: ORT computes in this thread, so its CPU clock leaves preemption out of the ratio
-        cpu_time = time.thread_time if in_calling_thread(runtime) else None
-        return self._on_host(
+        cpu = ["CPUExecutionProvider"]
+        return self._timed(
             runtime,
-            lambda: timed_session_pair(
-                model_path, inputs, reference, so, ["CPUExecutionProvider"], self.backend, protocol, cpu_time
+            lambda so, clock: timed_session_pair(
+                model_path, inputs, reference, so, cpu, self.backend, protocol, clock
             ),
         )
+
+    def _timed(
+        self,
+        runtime: RuntimeOptions,
+        timed: Callable[[ort.SessionOptions, Callable[[], float] | None], Measurement],
+    ) -> Measurement:
+        """``timed(session options, CPU clock)`` on the host. With one thread ORT computes in this
+        thread, so its CPU clock shows preemption (and the paired ratio leaves it out)."""
+        so = session_options(runtime)
+        clock = time.thread_time if in_calling_thread(runtime) else None
+        return self._on_host(runtime, lambda: timed(so, clock))
 
     def _on_host(self, runtime: RuntimeOptions, measure: Callable[[], Measurement]) -> Measurement:
         """Run ``measure`` holding the CPU lock, pinned, watching the host's load."""

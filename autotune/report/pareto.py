@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -42,30 +42,26 @@ def front_figure(view: View) -> go.Figure:
     dominated = [t for t in r.trials if t.feasible and t.number not in pareto]
     members = sorted(r.pareto, key=lambda t: t.latency_ms)
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            name="over budget",
-            x=[t.latency_ms for t in infeasible],
-            y=[t.accuracy for t in infeasible],
+
+    def points(
+        name: str, trials: list[TrialResult], marker: dict[str, Any], error: dict[str, Any]
+    ) -> go.Scatter:
+        """Candidates at (latency, accuracy), with their latency interval and a hover card."""
+        return go.Scatter(
+            name=name,
+            x=[t.latency_ms for t in trials],
+            y=[t.accuracy for t in trials],
             mode="markers",
-            marker={"color": GREY, "size": 8, **OVER_BUDGET},
-            error_x=error_x(infeasible, GREY),
-            hovertext=[hover(t, view.metric) for t in infeasible],
+            marker=marker,
+            error_x=error,
+            hovertext=[hover(t, view.metric) for t in trials],
             hoverinfo="text",
         )
-    )
-    fig.add_trace(
-        go.Scatter(
-            name="under budget",
-            x=[t.latency_ms for t in dominated],
-            y=[t.accuracy for t in dominated],
-            mode="markers",
-            marker={**colour, "color": [t.size_bytes / 1024 for t in dominated], "size": 8, "opacity": 0.55},
-            error_x=error_x(dominated, GREY),
-            hovertext=[hover(t, view.metric) for t in dominated],
-            hoverinfo="text",
-        )
-    )
+
+    over = {"color": GREY, "size": 8, **OVER_BUDGET}
+    fig.add_trace(points("over budget", infeasible, over, error_x(infeasible, GREY)))
+    under = {**colour, "color": [t.size_bytes / 1024 for t in dominated], "size": 8, "opacity": 0.55}
+    fig.add_trace(points("under budget", dominated, under, error_x(dominated, GREY)))
     frontier = accuracy_latency_frontier(r.feasible)
     fig.add_trace(
         go.Scatter(
@@ -77,25 +73,16 @@ def front_figure(view: View) -> go.Figure:
             hoverinfo="skip",
         )
     )
-    fig.add_trace(
-        go.Scatter(
-            name="Pareto set (bars: the latency's 95% interval, ratio interval x reference)",
-            x=[t.latency_ms for t in members],
-            y=[t.accuracy for t in members],
-            mode="markers",
-            marker={
-                **colour,
-                "color": [t.size_bytes / 1024 for t in members],
-                "size": 14,
-                "line": {"width": 2, "color": PARETO},
-                "colorbar": {"title": {"text": "size KiB"}, "thickness": 14, "len": 0.8},
-                "showscale": True,
-            },
-            error_x=error_x(members, PARETO, 1.5),
-            hovertext=[hover(t, view.metric) for t in members],
-            hoverinfo="text",
-        )
-    )
+    front = {
+        **colour,
+        "color": [t.size_bytes / 1024 for t in members],
+        "size": 14,
+        "line": {"width": 2, "color": PARETO},
+        "colorbar": {"title": {"text": "size KiB"}, "thickness": 14, "len": 0.8},
+        "showscale": True,
+    }
+    name = "Pareto set (bars: the latency's 95% interval, ratio interval x reference)"
+    fig.add_trace(points(name, members, front, error_x(members, PARETO, 1.5)))
     baselines = sorted(r.baselines.values(), key=lambda t: t.latency_ms)
     fig.add_trace(
         go.Scatter(
