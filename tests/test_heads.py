@@ -32,7 +32,8 @@ from autotune.space._profiles import load_profile
 from autotune.space._space import build_space, load_preset
 from autotune.task._task import Runner, Task
 
-PRESET = "knobs:\n  width: [1.0, 0.5]\n  heads: [1.0, 0.5]\n  bits: [32, 8, 4]\n"
+# heads and width alone: no residual block is dropped, so every attention stays
+PRESET = "knobs:\n  width: [1.0, 0.5]\n  heads: [1.0, 0.5]\n  bits: [32, 8, 4]\n  depth: [keep]\n"
 #: the layers whose outputs are heads x head size, by naming convention
 PROJECTIONS = (".qkv", ".q_proj", ".k_proj", ".v_proj", ".query", ".key", ".value")
 MLP = (".fc1", ".intermediate.dense")
