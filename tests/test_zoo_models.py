@@ -32,7 +32,7 @@ def _params() -> list[object]:
         marks = []
         if MISSING:
             marks.append(
-                pytest.mark.skip(reason=f"{' and '.join(MISSING)} not installed (pip install -e '.[dev]')")
+                pytest.mark.skip(reason=f"{' and '.join(MISSING)} not installed (not in the dev extra)")
             )
         elif not (entry.quick or FULL):
             marks.append(
