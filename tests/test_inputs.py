@@ -131,9 +131,10 @@ def test_inputs_that_cannot_be_fed_are_one_line() -> None:
 
 
 def test_token_model_with_dict_inputs_is_searched_with_width_and_int8(tmp_path: Path) -> None:
-    """Measured, calibrated, pruned (recovery on int64 batches) and scored on its own inputs."""
+    """Measured, calibrated, pruned (recovery on int64 batches) and scored on its own inputs.
+    (6 trials: fp32, int8, the two floors, then w0.75.)"""
     result = autotune.search(
-        token_task(), budget="150%", trials=4, out_dir=tmp_path / "runs", protocol=QUICK,
+        token_task(), budget="150%", trials=6, out_dir=tmp_path / "runs", protocol=QUICK,
         progress=False, report=False, recover="kd", recover_steps=5,
     )  # fmt: skip
     trials = {t.user_attrs.get("baseline"): t for t in result.study.get_trials(deepcopy=False)}

@@ -92,6 +92,7 @@ def test_baselines_are_distinct_and_valid(cpu: object) -> None:
         "fp32",
         "int8",
         "floor",  # width 0.25, int8 and every residual block dropped: no uniform baseline is that
+        "floor-fp32",  # the same in fp32: int8 does not pay on every CPU's small layers
         "w0.75",
         "w0.5",
         "w0.75+int8",
@@ -102,6 +103,8 @@ def test_baselines_are_distinct_and_valid(cpu: object) -> None:
     floor = space.candidate(baselines["floor"])
     assert floor.value("layer3.1", "depth") == "drop" and floor.value("layer1.0.conv1", "width") == 0.25
     assert "dropx5" in floor.describe()
+    floor32 = space.candidate(baselines["floor-fp32"])
+    assert floor32.value("conv1", "bits") == 32 and floor32.value("layer3.1", "depth") == "drop"
     params = space.parameters()
     for values in baselines.values():
         assert all(v in params[k] for k, v in values.items())

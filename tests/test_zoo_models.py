@@ -56,7 +56,7 @@ def test_zoo_model_is_discovered_built_and_searched(entry: ZooModel, tmp_path: P
 
     # the most aggressive configuration (narrowest, fewest bits, every block dropped) builds and runs
     builder = ArtifactBuilder(task, space, tmp_path / "artifacts", keep_unrecovered=False)
-    floor = builder.build(space.candidate(space.baselines()["floor"]))
+    floor = builder.build(space.candidate(space.floor()))
     evaluate_artifact(task, floor.path)
 
     result = autotune.search(

@@ -189,40 +189,55 @@ class SearchSpace:
         return Candidate(layers=layers, runtime=runtime, recipe=recipe)
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """Uniform configurations enqueued first, so the result never loses to them, and the most
-        aggressive one the space allows ("floor"). Each is named by the values it really got: a
-        preset without width 1.0 has no "fp32" baseline, its narrowest uniform one is "w0.5".
+        """Uniform configurations, so the result never loses to them, and the most aggressive ones
+        the space allows (:meth:`floor`: with the fewest bits, "floor", and in fp32, "floor-fp32",
+        as int8 is slower than fp32 on small layers of many CPUs). Each is named by the values it
+        really got: a preset without width 1.0 has no "fp32" baseline, its narrowest uniform one
+        is "w0.5"; a floor equal to a uniform configuration keeps the uniform name.
 
-        The floor comes third, after fp32 and int8: the feasibility probe judges the budget on the
-        baselines a run measured, and a run of fewer trials than baselines must still see what
-        the space reaches at most (dropping blocks, which no uniform baseline does)."""
-        params = self.parameters()
+        The floors come third and fourth, after fp32 and int8: the feasibility probe judges the
+        budget on the baselines a run measured, and a run of fewer trials than baselines must still
+        see what the space reaches at most (dropping blocks, which no uniform baseline does)."""
         widths = sorted({w for layer in self.layers for w in layer.knobs.get("width", [])}, reverse=True)
         listed = {b for layer in self.layers for b in layer.knobs.get("bits", [])}  # int8, else fp16
         bits = (32, 8) if 8 in listed else (32, 16) if 16 in listed else (32,)
         recipes: list[dict[str, Any]] = [{"width": w, "bits": b} for w in widths or [1.0] for b in bits]
         # fp32, int8 (or fp16), then moderate widths, their int8 versions, then the narrow ones
         recipes.sort(key=lambda r: (float(r["width"]) < 0.5, r["width"] != 1.0, r["bits"] != 32))
+        uniform: list[tuple[str, dict[str, Any]]] = []
+        for recipe in recipes:
+            p = self._params(recipe)
+            if all(p != q for _, q in uniform):
+                uniform.append((self._uniform_name(self.candidate(p)), p))
+        floors = [
+            (next((n for n, q in uniform if q == p), name), p)
+            for name, p in (("floor", self.floor()), ("floor-fp32", self.floor(fp32=True)))
+        ]
         out: dict[str, dict[str, Any]] = {}
-        # the floor: narrowest width, fewest heads, lowest bit-width, shallowest depth
-        for recipe in [*recipes, {"width": "min", "bits": "min", "heads": "min", "depth": "min"}]:
-            p: dict[str, Any] = {}
-            for pname, choices in params.items():
-                knob = pname.rsplit(":", 1)[1]
-                default = LAYER_KNOBS[knob].default if knob in LAYER_KNOBS else choices[0]
-                want = recipe.get(knob, default)
-                if want == "min":
-                    p[pname] = LAYER_KNOBS[knob].most_aggressive(list(choices))
-                else:
-                    p[pname] = want if want in choices else (default if default in choices else choices[0])
+        for name, p in [*uniform[:2], *floors, *uniform[2:]]:
             if p not in out.values():
-                name = "floor" if recipe["width"] == "min" else self._uniform_name(self.candidate(p))
                 out[name if name not in out else f"{name}#{len(out)}"] = p
-        if "floor" in out:
-            order = [n for n in out if n != "floor"]
-            order.insert(min(2, len(order)), "floor")
-            out = {n: out[n] for n in order}
         return out
+
+    def floor(self, fp32: bool = False) -> dict[str, Any]:
+        """The most aggressive configuration: every knob at its most aggressive value (the
+        narrowest width, the fewest heads and bits, every droppable block dropped), sparsity left as it is
+        (it does not speed up dense kernels); with ``fp32``, every layer in 32 bits."""
+        return self._params({"width": "min", "heads": "min", "bits": 32 if fp32 else "min", "depth": "min"})
+
+    def _params(self, recipe: dict[str, Any]) -> dict[str, Any]:
+        """Optuna parameters with ``recipe``'s value (``"min"``: the most aggressive) for each knob
+        it names, the default for the others (the first choice where the default is not one)."""
+        p: dict[str, Any] = {}
+        for pname, choices in self.parameters().items():
+            knob = pname.rsplit(":", 1)[1]
+            default = LAYER_KNOBS[knob].default if knob in LAYER_KNOBS else choices[0]
+            want = recipe.get(knob, default)
+            if want == "min":
+                p[pname] = LAYER_KNOBS[knob].most_aggressive(list(choices))
+            else:
+                p[pname] = want if want in choices else (default if default in choices else choices[0])
+        return p
 
     def _uniform_name(self, candidate: Candidate) -> str:
         """``fp32``, ``int8``, ``fp16``, ``w0.5+int8``: what the configuration really is."""
