@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from tiny_tasks import conv_task
 
 from autotune.devices import RuntimeOptions
@@ -309,3 +310,50 @@ def test_onnx_models_are_told_apart_by_their_ops(model: tuple[Path, list[str]], 
     export_onnx(TinyTransformer().eval(), (torch.randn(1, 16, 64),), path)
     assert has_transformer(SimpleNamespace(source=path))
     assert not has_transformer(SimpleNamespace(source=model[0]))  # a CNN's ReduceMean is no LayerNorm
+
+
+class MaskedAttention(torch.nn.Module):
+    """One attention head whose padded keys get ``-inf`` before the Softmax, as Hugging Face
+    models do: the exporter writes a Where with a ``-inf`` constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(16, 16) for _ in range(3))
+        self.out = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / 4.0
+        scores = scores.masked_fill(mask[:, None, :] == 0, float("-inf"))
+        return self.out((scores.softmax(-1) @ self.v(x)).mean(1))
+
+
+@pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
+def test_attention_masks_stay_float_and_every_calibrator_quantizes_around_them(
+    calibration: str, cache: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model = MaskedAttention().eval()
+    x = torch.randn(32, 8, 16)
+    mask = (torch.arange(8)[None, :] < torch.randint(2, 9, (32,))[:, None]).to(torch.int64)
+    path = tmp_path / "attention.onnx"
+    export_onnx(model, (x[:1], mask[:1]), path)
+    graph = onnx.load(str(path))
+    assert any(n.op_type == "Where" for n in graph.graph.node)
+    out = tmp_path / "int8.onnx"
+    batches = [(x[i : i + 8].numpy(), mask[i : i + 8].numpy()) for i in range(0, 32, 8)]
+    quantize_model(path, out, dict.fromkeys([n.name for n in weighted_nodes(graph)], 8), batches,
+                   Recipe(calibration=calibration))  # fmt: skip
+    q = onnx.load(str(out)).graph
+    made_by = {o: n for n in q.node for o in n.output}
+    softmax = next(n for n in q.node if n.op_type == "Softmax")
+    # the masked scores reach the Softmax in float: no int8 scale covers [-inf, x]
+    assert made_by[softmax.input[0]].op_type not in ("DequantizeLinear", "QuantizeLinear")
+    assert sum(n.op_type == "QuantizeLinear" for n in q.node) >= 4  # the Linear layers are int8
+    feed = {"x": x.numpy(), "mask": mask.numpy()}
+    names = [i.name for i in ort.InferenceSession(str(path)).get_inputs()]
+    feed = dict(zip(names, feed.values(), strict=True))
+    want = ort.InferenceSession(str(path)).run(None, feed)[0]
+    got = ort.InferenceSession(str(out)).run(None, feed)[0]
+    assert np.isfinite(got).all()
+    # the int8 error of the Linear layers only
+    assert np.abs(got - want).mean() < 0.05 * np.abs(want).mean(), np.abs(got - want).mean()

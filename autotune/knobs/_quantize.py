@@ -32,6 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from autotune._memory import headroom
 from autotune.inputs import InputSpec, feeds, graph_inputs
+from autotune.knobs._masks import mask_path
 from autotune.knobs._recipe import FUSIONS_KEY, Recipe, calibration_cache, publish
 from autotune.task import weighted_nodes
 
@@ -104,6 +105,9 @@ class _Batches(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._iter, None)
+
+    def first(self) -> dict[str, np.ndarray]:
+        return self._all[0]
 
 
 def _split(feed: dict[str, np.ndarray], rows: int | None) -> list[dict[str, np.ndarray]]:
@@ -297,11 +301,14 @@ def _int8(
     scratch = cache.with_suffix(f".tmp{os.getpid()}")
     out = tmp / "int8.onnx"
     # the histogram calibrators print their progress: keep the CLI's output clean
+    batches = _Batches(specs, calibration, rows)
+    masked, finite = mask_path(prepared, batches.first(), tmp) if len(batches) else ([], None)
+    excluded = excluded + [n for n in masked if n not in excluded]
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            _quantize_static(
-                prepared, out, _Batches(specs, calibration, rows), excluded, recipe, cache, scratch
-            )
+            if finite is not None and not cache.is_file():  # ranges from the finite copy first
+                _quantize_static(finite, tmp / "calibrated.onnx", batches, excluded, recipe, scratch)
+            _quantize_static(prepared, out, batches, excluded, recipe, cache if cache.is_file() else scratch)
     finally:
         publish(scratch, cache)
     return out
@@ -314,8 +321,9 @@ def _quantize_static(
     excluded: list[str],
     recipe: Recipe,
     cache: Path,
-    scratch: Path,
 ) -> None:
+    """``quantize_static`` with the recipe's options; ranges from ``cache`` when it is a file,
+    else calibrated and written there."""
     quantize_static(
         str(prepared),
         str(out),
@@ -330,5 +338,5 @@ def _quantize_static(
         # one feed collected at a time (see _Batches); MinMax merges ranges exactly, the
         # histogram calibrators merge their histograms feed by feed
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibStridedMinMax": 1},
-        calibration_cache_path=cache if cache.is_file() else scratch,
+        calibration_cache_path=cache,
     )
