@@ -34,6 +34,7 @@ from autotune.task._task import Runner, Task
 
 # heads and width alone: no residual block is dropped, so every attention stays
 PRESET = "knobs:\n  width: [1.0, 0.5]\n  heads: [1.0, 0.5]\n  bits: [32, 8, 4]\n  depth: [keep]\n"
+CALIBRATIONS = "recipe:\n  calibration: [minmax, entropy, percentile]\n"
 #: the layers whose outputs are heads x head size, by naming convention
 PROJECTIONS = (".qkv", ".q_proj", ".k_proj", ".v_proj", ".query", ".key", ".value")
 MLP = (".fc1", ".intermediate.dense")
@@ -41,12 +42,15 @@ MLP = (".fc1", ".intermediate.dense")
 
 def attention_heads(path: Path, feed: dict[str, np.ndarray]) -> list[int]:
     """The head count of every attention in an ONNX file, as it runs: Softmax outputs are
-    (batch, heads, tokens, tokens)."""
+    (batch, heads, tokens, tokens). Inputs the graph no longer reads (every block dropped: no
+    attention mask) are left out of ``feed``."""
     model = onnx.load(str(path))
     softmax = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in softmax)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return [int(a.shape[1]) for a in session.run(softmax, feed)]
+    wanted = {i.name for i in session.get_inputs()}
+    outs = session.run(softmax, {k: v for k, v in feed.items() if k in wanted})
+    return [int(a.shape[1]) for a in outs if a.ndim == 4]  # not a classifier's Softmax over labels
 
 
 def masked_heads(model: nn.Module, pruned: nn.Module) -> nn.Module:
@@ -171,7 +175,9 @@ def test_image_transformer_searches_heads_and_mlp_width(name: str, tmp_path: Pat
     assert sampled and any("heads" in cfg for t in sampled for cfg in t.candidate.layers.values())
 
 
-def test_bert_on_token_ids_is_searched_with_heads_width_and_int8(tmp_path: Path) -> None:
+def test_bert_on_token_ids_is_searched_with_heads_width_depth_and_int8(tmp_path: Path) -> None:
+    """Issue 22's done-when: heads, MLP width, depth and int8 (every calibration: the masked
+    scores stay float), and the pruned candidates export and score."""
     torch.manual_seed(0)
     model = hf_bert().eval()
     ids = torch.randint(0, 1000, (32, 12))
@@ -183,9 +189,7 @@ def test_bert_on_token_ids_is_searched_with_heads_width_and_int8(tmp_path: Path)
         return float(np.mean(runner(data).argmax(-1) == reference) * 100)
 
     preset = tmp_path / "space.yaml"
-    # entropy and percentile calibration fail on BERT with an attention_mask input, pruned or not
-    # ("supplied range of [-inf, inf] is not finite"): not this knob's to fix, so minmax only
-    preset.write_text(PRESET + "recipe:\n  calibration: [minmax]\n")
+    preset.write_text(PRESET.replace("depth: [keep]", "depth: [keep, drop]") + CALIBRATIONS)
     result = autotune.search(
         model,
         {k: v[:1] for k, v in data.items()},
@@ -207,14 +211,18 @@ def test_bert_on_token_ids_is_searched_with_heads_width_and_int8(tmp_path: Path)
     layers = result.meta.space["layers"]
     heads = [layer["name"] for layer in layers if "heads" in layer["knobs"]]
     widths = [layer["name"] for layer in layers if "width" in layer["knobs"]]
-    print(f"hf-bert: heads searched in {len(heads)} layers, width in {len(widths)}: {widths}")
-    assert len(heads) == 2 and [w for w in widths if w.endswith(MLP)]
+    blocks = [layer["name"] for layer in layers if "depth" in layer["knobs"]]
+    print(f"hf-bert: heads searched in {len(heads)} layers, width in {len(widths)}, depth in {len(blocks)}")
+    assert len(heads) == 2 and [w for w in widths if w.endswith(MLP)] and blocks
     assert not result.failures, [(f.stage, f.reason) for f in result.failures]
-    floor = result.baselines["floor"]
-    assert "h0.5x2" in floor.candidate.describe() and "int8x" in floor.candidate.describe()
     feed = {k: v[:4].numpy() for k, v in data.items()}
-    assert attention_heads(floor.artifact_path, feed) == [HEADS // 2, HEADS // 2]
-    assert 0.0 <= floor.accuracy <= 100.0
+    for trial in result.trials:  # every candidate exported, runs on ids and a mask, and scored
+        assert set(attention_heads(trial.artifact_path, feed)) <= {HEADS, HEADS // 2}
+        assert 0.0 <= trial.accuracy <= 100.0
+    floor = result.baselines["floor"]
+    config = floor.candidate.describe()
+    assert "h0.5x2" in config and "int8x" in config and "drop" in config, config
+    assert set(attention_heads(floor.artifact_path, feed)) <= {HEADS // 2}
 
 
 def test_bert_heads_and_width_export_and_run_on_token_ids_in_int8_and_int4(tmp_path: Path) -> None:

@@ -73,9 +73,10 @@ def _sentinel_tensors(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) ->
     """Float tensors holding a value that is not finite or at least ``SENTINEL`` on ``feed``."""
     graph = model.graph
     have = {o.name for o in graph.output}
+    made = {o for n in graph.node for o in n.output}  # value_info may still name folded constants
     floats = [
         vi.name for vi in graph.value_info
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and vi.name not in have
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and vi.name in made - have
     ]  # fmt: skip
     graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in floats)
     names = [o.name for o in graph.output]
