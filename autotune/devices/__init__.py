@@ -28,6 +28,7 @@ from autotune.devices._base import (
     Status,
 )
 from autotune.devices._fingerprint import host_fingerprint
+from autotune.devices._lock import device_lock
 from autotune.devices._paired import median_ci
 
 if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run time)
@@ -132,6 +133,7 @@ __all__ = [
     "TensorrtDevice",
     "TorchCudaDevice",
     "device_for_profile",
+    "device_lock",
     "host_fingerprint",
     "median_ci",
     "session_options",
