@@ -2,7 +2,10 @@
 
 The search options (:class:`SearchConfig`), samplers, the latency predictor, sensitivity, the
 guide (reference, feasibility probe, baselines, final recovery) and the records a run stores
-in the Optuna study (:class:`RunMeta`, :class:`TrialRecord`).
+in the Optuna study (:class:`RunMeta`, :class:`TrialRecord`). For a study shared by workers:
+its database with heartbeats and reconnects (:func:`open_storage`), its artifact store
+(:class:`Store`), the settings a worker joins with (:class:`StudySettings`) and the slots that
+keep the count exact (:func:`surplus`, :func:`wait_for_slot`).
 """
 
 from autotune.study._config import SearchConfig
@@ -19,6 +22,24 @@ from autotune.study._guide import (
 from autotune.study._records import DB_NAME, FAILURES_DIR, META_KEY, RunMeta, TrialRecord
 from autotune.study._samplers import SAMPLERS, make_sampler
 from autotune.study._sensitivity import FILE_NAME, Table, candidate_probe, measure_sensitivity
+from autotune.study._settings import SETTINGS_KEY, StudySettings, refuse
+from autotune.study._slots import SURPLUS_KEY, surplus, wait_for_slot
+from autotune.study._storage import (
+    HEARTBEAT_S,
+    RECONNECT_S,
+    ResilientStorage,
+    StorageUnavailable,
+    lost,
+    open_storage,
+)
+from autotune.study._store import (
+    EXPORT_SUFFIX,
+    MEASUREMENTS_PREFIX,
+    TRACEBACK_SUFFIX,
+    Store,
+    normalize_url,
+    onnx_id,
+)
 from autotune.study._trials import (
     PREDICTED_KEY,
     PREDICTION_KEY,
@@ -30,16 +51,27 @@ from autotune.study._trials import (
 
 __all__ = [
     "DB_NAME",
+    "EXPORT_SUFFIX",
     "FAILURES_DIR",
     "FILE_NAME",
+    "HEARTBEAT_S",
+    "MEASUREMENTS_PREFIX",
     "META_KEY",
     "PREDICTED_KEY",
     "PREDICTION_KEY",
+    "RECONNECT_S",
     "SAMPLERS",
+    "SETTINGS_KEY",
+    "SURPLUS_KEY",
+    "TRACEBACK_SUFFIX",
     "Reference",
+    "ResilientStorage",
     "RunMeta",
     "SearchConfig",
+    "StorageUnavailable",
+    "Store",
     "StudyPredictor",
+    "StudySettings",
     "Table",
     "TrialRecord",
     "baseline_latencies",
@@ -49,10 +81,17 @@ __all__ = [
     "enqueue_baselines",
     "enqueue_final",
     "infeasible_message",
+    "lost",
     "make_sampler",
     "measure_reference",
     "measure_sensitivity",
+    "normalize_url",
+    "onnx_id",
+    "open_storage",
+    "refuse",
     "sensitivity_for_report",
     "sensitivity_guidance",
     "skipped",
+    "surplus",
+    "wait_for_slot",
 ]

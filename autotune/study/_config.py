@@ -46,6 +46,17 @@ class SearchConfig:
         predictor: skip sampled candidates the online latency predictor puts beyond the budget
             by its safe margin (recorded as pruned, with the predicted figure); False measures
             every candidate (``--no-predictor``).
+        artifacts: the artifact store every worker reaches (``file:///shared/dir``, a path, or
+            ``s3://bucket/prefix``); default: ``out_dir/<study>/artifacts``. Recorded with the
+            study; a joining worker uses the study's unless given another URL to the same store.
+        heartbeat: seconds between a running trial's heartbeats; a trial silent for 4 of them
+            (its worker was killed) is failed and retried once.
+        reconnect: how long a worker keeps retrying a lost database before it stops
+            (``"2m"``, ``"90s"`` or seconds).
+        task_ref: how a worker loads the task: ``module:function``, or the ``.onnx`` file
+            (with ``task_data``, its ``.npz``); the CLI sets it from ``--model``. Without it
+            ``autotune worker`` cannot join the study.
+        task_data: the ``.npz`` of an ONNX task (``--data``).
     """
 
     budget: str | float
@@ -71,9 +82,15 @@ class SearchConfig:
     sensitivity: bool = False
     timeout: str | float | None = None
     predictor: bool = True
+    artifacts: str | None = None
+    heartbeat: int = 30
+    reconnect: str | float = 120
+    task_ref: str | None = None
+    task_data: str | None = None
     budget_spec: Budget = field(init=False)  # absolute, or relative to the unmodified model
     floor: MaxDrop | None = field(init=False)
     timeout_s: float | None = field(init=False)
+    reconnect_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         from autotune.build import MODES
@@ -82,6 +99,14 @@ class SearchConfig:
         self.budget_spec = parse_budget_spec(self.budget)
         self.floor = None if self.max_drop is None else parse_max_drop(self.max_drop)
         self.timeout_s = None if self.timeout is None else parse_duration(self.timeout)
+        try:
+            self.reconnect_s = parse_duration(self.reconnect)
+        except UserError:
+            raise UserError(
+                f"--reconnect {self.reconnect!r}: expected a positive duration: 90s, 2m"
+            ) from None
+        if not _positive_int(self.heartbeat):
+            raise UserError(f"--heartbeat {self.heartbeat}: must be a whole number of seconds, at least 1")
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.recover not in MODES:
