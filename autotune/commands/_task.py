@@ -8,6 +8,9 @@ from pathlib import Path
 from autotune.errors import UserError
 from autotune.task import Task
 
+#: the built-in demo, as the task reference a worker loads (``--model`` left out)
+DEMO_TASK = "autotune.task.demo:demo_task"
+
 
 def load_task(spec: str | None, data: str | None = None) -> Task:
     """Resolve ``--model``: None (built-in demo), ``module:function`` or ``path.onnx``; ``data``:
