@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import socket
 import sys
 import time
 import traceback
@@ -67,6 +69,10 @@ from autotune.tune._join import TrialFiles, measurement_store, open_study, settl
 from autotune.tune._progress import ProgressBar
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in the study package, re-exported
+
+#: trial user attribute naming the worker that ran the trial: host and process id
+WORKER_KEY = "worker"
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
@@ -209,6 +215,7 @@ def _search(task: Task, cfg: SearchConfig, given: StudySettings | None) -> Paret
             trial.set_user_attr(SURPLUS_KEY, True)
             study.stop()
             raise optuna.TrialPruned("surplus: the study's trials are all claimed")
+        trial.set_user_attr(WORKER_KEY, WORKER)  # which worker ran it (a retry says its own)
         candidate = space.sample(trial)
         record = TrialRecord(candidate=candidate)
         record.save(trial)

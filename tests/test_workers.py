@@ -1,0 +1,220 @@
+"""The pieces a shared study stands on, without a database server (issue 24): the artifact
+store (content-addressed, atomic, checked on fetch, listed by optuna.artifacts), the storage's
+reconnect back-off and its one-line give-up, the exact-count slots, the re-entrant device lock,
+and ``autotune worker`` / a joining search refusing what does not match the study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy.exc
+
+from autotune.devices import device_lock
+from autotune.errors import UserError
+from autotune.measure import MeasurementCache
+from autotune.records import Measurement
+from autotune.study import (
+    MEASUREMENTS_PREFIX,
+    SearchConfig,
+    StorageUnavailable,
+    Store,
+    StudySettings,
+    open_storage,
+    surplus,
+)
+from autotune.study._storage import ResilientStorage
+
+TESTS = Path(__file__).parent
+
+
+def test_one_artifact_stored_once_fetched_checked_and_listed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", create=True)
+    src = tmp_path / "a.onnx"
+    src.write_bytes(b"model bytes")
+    from autotune._util import sha256_file
+
+    sha = sha256_file(src)
+    assert store.put_file(src, f"{sha}.onnx") is True
+    assert store.put_file(src, f"{sha}.onnx") is False  # content-addressed: stored once
+    assert store.put_onnx(src, sha) == f"{sha}.onnx"
+    assert [p.name for p in (tmp_path / "store").iterdir()] == [f"{sha}.onnx"]  # no temp files left
+    out = store.fetch(f"{sha}.onnx", tmp_path / "out" / "b.onnx", sha)
+    assert out.read_bytes() == b"model bytes"
+    (tmp_path / "store" / f"{sha}.onnx").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="corrupt"):
+        store.fetch(f"{sha}.onnx", tmp_path / "out" / "c.onnx", sha)
+    assert not (tmp_path / "out" / "c.onnx").exists()
+    with pytest.raises(UserError, match="not in the artifact store"):
+        store.fetch("missing.onnx", tmp_path / "out" / "d.onnx")
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    trial = study.ask()
+    store.link(trial, f"{sha}.onnx", f"trial{trial.number}.onnx", "application/octet-stream")
+    (tmp_path / "t.txt").write_text("Traceback ...")
+    store.upload(trial, tmp_path / "t.txt")
+    names = {m.filename for m in optuna.artifacts.get_all_artifact_meta(trial)}
+    assert names == {"trial0.onnx", "t.txt"}
+    frozen = study.trials[0]
+    assert Store.find(frozen, study._storage, ".onnx") == f"{sha}.onnx"
+
+
+def test_a_joining_worker_is_told_when_the_store_is_not_there(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a directory on this machine"):
+        Store(tmp_path / "not-mounted")
+    with pytest.raises(UserError, match="use a directory"):
+        Store("http://example.invalid/x")
+
+
+def test_the_measurement_cache_in_a_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", create=True)
+    cache = MeasurementCache(store=store.store, prefix=MEASUREMENTS_PREFIX)
+    assert cache.get("k") is None
+    cache.put("k", {"artifact": "x"}, Measurement(status="ok", backend="ort-cpu", n=3, median_ms=1.0))
+    hit = cache.get("k")
+    assert hit is not None and hit.cached and hit.median_ms == 1.0
+    assert (tmp_path / "store" / "measurements" / "k.json").is_file()
+
+
+class _Flaky:
+    """A storage backend whose calls fail ``fails`` times with a dropped connection."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails, self.calls = fails, 0
+
+    def get_all_studies(self) -> list[Any]:
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise sqlalchemy.exc.OperationalError(
+                "SELECT 1", {}, ConnectionRefusedError("connection refused")
+            )
+        return []
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, ConnectionRefusedError("connection refused"))
+
+
+def test_a_lost_connection_is_retried_with_back_off_then_given_up_in_one_line() -> None:
+    flaky = _Flaky(fails=2)
+    storage = ResilientStorage(flaky, "postgresql+psycopg://u:secret@db/x", reconnect_s=30)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    assert storage.get_all_studies() == []
+    assert flaky.calls == 3 and storage.reconnects == 1
+    assert 1.0 <= time.monotonic() - t0 < 5  # 0.5 s, then 1 s
+    storage.record_heartbeat(1)  # a missed heartbeat is no error
+
+    down = ResilientStorage(_Flaky(fails=10**6), "postgresql+psycopg://u:secret@db/x", reconnect_s=1.2)  # type: ignore[arg-type]
+    with pytest.raises(StorageUnavailable) as info:
+        down.get_all_studies()
+    message = str(info.value)
+    assert "\n" not in message and "lost the study's database" in message
+    assert "secret" not in message  # no password in the line
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        down.get_all_studies()  # on its way out: no second wait
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_a_storage_that_never_answers_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot open"):
+        open_storage("postgresql+psycopg://postgres@127.0.0.1:9/none", reconnect_s=1)
+
+
+def test_a_trial_past_the_target_is_surplus() -> None:
+    study = optuna.create_study()
+    for _ in range(3):
+        study.enqueue_trial({})
+    first = study.ask()  # pops queued trial 0; trials 1, 2 still queued
+    assert not surplus(study, first.number, target=3)
+    extra = study.ask()  # trial 1 (queued)
+    extra2 = study.ask()  # trial 2 (queued)
+    fourth = study.ask()  # a new trial 3: 0, 1, 2 hold every slot
+    assert not surplus(study, extra.number, 3) and not surplus(study, extra2.number, 3)
+    assert surplus(study, fourth.number, target=3)
+
+
+def test_the_device_lock_is_reentrant_in_a_thread_and_exclusive_across_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOTUNE_LOCK_DIR", str(tmp_path))
+    order: list[str] = []
+
+    def other() -> None:
+        with device_lock("dev"):
+            order.append("other")
+
+    with device_lock("dev"), device_lock("dev"):  # the measurer, then the device inside it
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.3)
+        order.append("main")
+    thread.join(timeout=10)
+    assert order == ["main", "other"]
+
+
+def _settings(tmp_path: Path, **change: Any) -> StudySettings:
+    cfg = SearchConfig(budget="50ms", trials=4, task_ref="tiny_tasks:conv_task")
+    s = StudySettings.from_config(cfg, {"ref": "tiny_tasks:conv_task"}, (tmp_path / "store").as_uri(), False)
+    for k, v in change.items():
+        setattr(s, k, v)
+    return s
+
+
+def test_settings_name_every_difference(tmp_path: Path) -> None:
+    study_settings = _settings(tmp_path)
+    mine = _settings(tmp_path, seed=1, sampler="random", trials=99)
+    diffs = study_settings.differences(mine)
+    assert diffs == ["seed 0 (this worker: 1)", "sampler 'auto' (this worker: 'random')"]  # trials may grow
+
+
+def _cli(args: list[str], cwd: Path, pythonpath: list[Path]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath)), "AUTOTUNE_LOCK_DIR": str(cwd)}
+    return subprocess.run(
+        [sys.executable, "-m", "autotune", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_worker_that_cannot_load_the_task_says_so_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    (tmp_path / "store").mkdir()
+    _settings(tmp_path).save(study)
+    # tests/ is not on this worker's path: tiny_tasks does not import
+    done = _cli(["worker", "--storage", url, "--study", "s"], tmp_path, [TESTS.parent])
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert (
+        done.stderr.startswith("autotune: error: cannot load the study's task")
+        and "tiny_tasks" in done.stderr
+    )
+
+
+def test_a_worker_for_a_study_that_is_not_there(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="other", storage=url)
+    done = _cli(["worker", "--storage", url, "--study", "s"], tmp_path, [TESTS.parent])
+    assert done.returncode == 2 and "no such study" in done.stderr and "found: other" in done.stderr
+
+
+def test_a_search_joining_with_other_settings_is_refused_naming_them(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url, directions=["maximize", "minimize", "minimize"])
+    (tmp_path / "store").mkdir()
+    _settings(tmp_path).save(study)
+    args = ["--model", "tiny_tasks:conv_task", "--budget", "50ms", "--trials", "4", "--quick", "--seed", "3"]
+    done = _cli([*args, "--storage", url, "--study", "s", "--no-progress"], tmp_path, [TESTS.parent, TESTS])
+    assert done.returncode == 2, done.stderr
+    assert "study 's' was created with other settings: seed 0 (this worker: 3)" in done.stderr
+    assert "Traceback" not in done.stderr
