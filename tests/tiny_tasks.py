@@ -73,6 +73,23 @@ def slow_conv_task() -> Task:
     return task
 
 
+def eval_heavy_task() -> Task:
+    """Like conv_task, but evaluation does fixed CPU work: the scored ONNX model runs over the
+    inputs ``TINY_TASK_EVAL_REPEAT`` times (benchmarks/scaling.py sets it to about 2 s here)."""
+    task = conv_task()
+    inner = task.evaluate
+    repeat = int(os.environ.get("TINY_TASK_EVAL_REPEAT", "1"))
+
+    def evaluate(runner: Runner) -> float:
+        for _ in range(repeat - 1):
+            inner(runner)
+        return inner(runner)
+
+    task.evaluate = evaluate
+    task.name = "tiny-evalheavy"
+    return task
+
+
 def flaky_task() -> Task:
     """Evaluation fails on every int8 candidate: failure is data, the study goes on."""
     task = conv_task()
