@@ -255,7 +255,9 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat_and_retried(
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed[0]]
     assert len(retries) == 1  # retried once (RetryHeartbeatStaleTrialCallback(max_retry=1))
     assert retries[0].state == TrialState.COMPLETE or "surplus" in retries[0].user_attrs
-    assert retries[0].params == trials[killed[0]].params
+    # the same candidate: what the killed trial had chosen (a retry of an enqueued baseline
+    # suggests the knobs the queue left open when it runs)
+    assert trials[killed[0]].params.items() <= retries[0].params.items()
     assert counted(study) == 30
 
 

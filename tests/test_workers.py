@@ -218,3 +218,27 @@ def test_a_search_joining_with_other_settings_is_refused_naming_them(tmp_path: P
     assert done.returncode == 2, done.stderr
     assert "study 's' was created with other settings: seed 0 (this worker: 3)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_silent_trial_is_failed_by_the_heartbeat_and_retried_once(tmp_path: Path) -> None:
+    """What a ``kill -9`` leaves behind (a RUNNING trial whose heartbeats stopped), without the
+    processes: tests/test_distributed.py kills a real worker."""
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1)  # stale after 4 s
+    study = optuna.create_study(storage=storage)
+    x = optuna.distributions.FloatDistribution(0, 1)
+    killed = study.ask({"x": x})
+    killed.set_user_attr("config", {"layers": {}})
+    storage.record_heartbeat(killed._trial_id)  # one beat, then its worker is gone
+    time.sleep(5)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retry = trials[1]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["failed_trial"] == 0
+    assert retry.params == trials[0].params and retry.user_attrs == {"config": {"layers": {}}}
+    again = study.ask()  # a worker takes the retry, and dies too: no third try
+    assert again.number == retry.number
+    storage.record_heartbeat(again._trial_id)
+    time.sleep(5)
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
