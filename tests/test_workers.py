@@ -242,3 +242,65 @@ def test_a_silent_trial_is_failed_by_the_heartbeat_and_retried_once(tmp_path: Pa
     time.sleep(5)
     optuna.storages.fail_stale_trials(study)
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_an_s3_store_through_boto3(tmp_path: Path) -> None:
+    """``--artifacts s3://bucket/prefix`` on Optuna's Boto3ArtifactStore, against moto's in-process
+    S3 (no network). boto3 is the optional ``s3`` extra; without it and moto this is skipped."""
+    pytest.importorskip("boto3", reason="boto3 not installed (pip install 'autotune-hw[s3]')")
+    moto = pytest.importorskip("moto", reason="moto not installed: no local S3 to test against")
+    import boto3
+
+    with moto.mock_aws():
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        boto3.client("s3").create_bucket(Bucket="models")
+        store = Store("s3://models/autotune")
+        src = tmp_path / "a.onnx"
+        src.write_bytes(b"bytes")
+        from autotune._util import sha256_file
+
+        sha = sha256_file(src)
+        assert store.put_file(src, f"{sha}.onnx") and not store.put_file(src, f"{sha}.onnx")
+        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="models")["Contents"]]
+        assert keys == [f"autotune/{sha}.onnx"]
+        assert store.fetch(f"{sha}.onnx", tmp_path / "b.onnx", sha).read_bytes() == b"bytes"
+
+
+def test_an_onnx_task_travels_through_the_store(tmp_path: Path) -> None:
+    """``--model file.onnx --data x.npz``: the creator puts both in the store by sha256; a worker
+    elsewhere fetches them (checked) and loads the same task."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from autotune.commands.worker import _load
+    from autotune.tune._join import _task_entry
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    creator = tmp_path / "creator"
+    creator.mkdir()
+    onnx.save(model, creator / "net.onnx")
+    np.savez(creator / "data.npz", x=np.ones((8, 4), np.float32), labels=np.zeros(8, np.int64))
+    store = Store(tmp_path / "store", create=True)
+    cfg = SearchConfig(budget="50ms", task_ref=str(creator / "net.onnx"), task_data=str(creator / "data.npz"))
+    entry = _task_entry(cfg, store)
+    assert entry["onnx"]["name"] == "net.onnx" and entry["data"]["name"] == "data.npz"
+    settings = StudySettings.from_config(cfg, entry, store.url, shared=True)
+    (creator / "net.onnx").unlink()  # the worker has only the store
+    worker_cfg = settings.to_config(tmp_path / "worker" / "s", study_name="s")
+    task = _load(settings, worker_cfg, tmp_path / "worker" / "s")
+    assert task.name and (tmp_path / "worker" / "s" / ".settings" / "task" / "net.onnx").is_file()
+    # the device profile and space travel as YAML and load under their own names
+    from autotune.space import load_preset, load_profile
+
+    assert load_profile(worker_cfg.device).name == "cpu"
+    load_preset(worker_cfg.space)

@@ -43,6 +43,7 @@ from autotune.study import (
     PREDICTION_KEY,
     SURPLUS_KEY,
     Reference,
+    ResilientStorage,
     RunMeta,
     SearchConfig,
     StorageUnavailable,
@@ -121,17 +122,22 @@ def _save_traceback(run_dir: Path, number: int, exc: BaseException) -> str:
 def run_search(task: Task, cfg: SearchConfig, settings: StudySettings | None = None) -> ParetoSet:
     """Run (or resume, or join) the search; ``settings``: a worker's, read from the study."""
     # Ctrl-C lands in our code, never inside Optuna's storage writes (a held SQLite lock, a traceback)
+    opened: list[ResilientStorage] = []
     with _quiet_optuna(), interrupts_outside_optuna():
         try:
-            return _search(task, cfg, settings)
+            return _search(task, cfg, settings, opened)
         except Exception as exc:
-            # the database stayed away: one line, whatever Optuna raised while cleaning up after it
-            if (gone := lost(exc)) is not None and gone is not exc:
+            # the database stayed away: one line, whatever Optuna raised while cleaning up after
+            # it (its trial loop can end in an UnboundLocalError that hides the cause)
+            gone = lost(exc) or next((s.lost for s in opened if s.lost is not None), None)
+            if gone is not None and gone is not exc:
                 raise gone from None
             raise
 
 
-def _search(task: Task, cfg: SearchConfig, given: StudySettings | None) -> ParetoSet:
+def _search(
+    task: Task, cfg: SearchConfig, given: StudySettings | None, opened: list[ResilientStorage]
+) -> ParetoSet:
     profile = load_profile(cfg.device)
     device = device_for_profile(profile, agent=cfg.agent)
     preset = load_preset(cfg.space)
@@ -141,6 +147,7 @@ def _search(task: Task, cfg: SearchConfig, given: StudySettings | None) -> Paret
 
     storage_url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
     storage = open_storage(storage_url, cfg.heartbeat, cfg.reconnect_s)
+    opened.append(storage)
     space = build_space(task, preset, profile, threads=cfg.threads)
     sampler = make_sampler(cfg.sampler, cfg.seed)
     study, created = open_study(study_name, storage, sampler)
@@ -276,7 +283,7 @@ def _search(task: Task, cfg: SearchConfig, given: StudySettings | None) -> Paret
                 objective, n_trials=n, timeout=timeout, catch=(CandidateError,), callbacks=callbacks
             )
         except Exception as exc:
-            if lost(exc) is not None or not _taken_over(exc):
+            if lost(exc) is not None or storage.lost is not None or not _taken_over(exc):
                 raise
             number = current[0] if current else "?"
             print(
