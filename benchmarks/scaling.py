@@ -1,9 +1,10 @@
 """Trials per minute with 1, 2 and 3 workers on one study, where evaluation dominates.
 
-The task is tests/tiny_tasks.py's ``eval_heavy_task``: a small conv net whose evaluation runs the
-scored ONNX model over its inputs enough times to take about ``--eval-s`` seconds here
-(calibrated first, on one core); builds and the quick measurement protocol take well under a
-second. One measurement thread (``--threads 1``), the predictor off (every trial is evaluated).
+The task is tests/tiny_tasks.py's ``eval_heavy_task``: a small conv net whose evaluation scores
+the ONNX model and does a fixed amount of single-threaded CPU work, about ``--eval-s`` seconds of
+CPU (calibrated first on the thread's CPU clock); builds and the quick measurement protocol take
+well under a second. One measurement thread (``--threads 1``), the predictor off and no recovery
+(every trial is evaluated once).
 Each run is a fresh study on a PostgreSQL server this script starts (tests/pg_server.py); the
 first worker creates it with ``autotune search``, the others join with ``autotune worker``.
 
@@ -32,24 +33,20 @@ sys.path[:0] = [str(ROOT), str(TESTS)]
 
 
 def calibrate(eval_s: float) -> tuple[int, float]:
-    """How many passes over the inputs take ``eval_s`` seconds, and one pass's seconds."""
+    """Units of tiny_tasks.cpu_work that take ``eval_s`` seconds of CPU time, and one unit's.
+
+    Timed on the thread's CPU clock, so other engineers' load on this host stretches the wall
+    time of an evaluation but not the amount of work each one is given."""
     import tiny_tasks
 
-    from autotune.task import evaluate_artifact, export_onnx
-
-    task = tiny_tasks.conv_task()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        export_onnx(task.model.eval(), task.example_inputs, path)
-        evaluate_artifact(task, path)  # warm
-        t0 = time.perf_counter()
-        for _ in range(5):
-            evaluate_artifact(task, path)
-        one = (time.perf_counter() - t0) / 5
+    tiny_tasks.cpu_work(20)  # warm
+    t0 = time.thread_time()
+    tiny_tasks.cpu_work(100)
+    one = (time.thread_time() - t0) / 100
     return max(1, round(eval_s / one)), one
 
 
-def run(url: str, workers: int, trials: int, repeat: int, work: Path) -> dict[str, float]:
+def run(url: str, workers: int, trials: int, units: int, work: Path) -> dict[str, float]:
     import optuna
     from optuna.trial import TrialState
 
@@ -58,12 +55,14 @@ def run(url: str, workers: int, trials: int, repeat: int, work: Path) -> dict[st
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]),
-        "TINY_TASK_EVAL_REPEAT": str(repeat),
+        "TINY_TASK_EVAL_WORK": str(units),
         "AUTOTUNE_LOCK_DIR": str(work / "locks"),
     }
     study = f"scaling-{workers}w"
     args = ["--model", "tiny_tasks:eval_heavy_task", "--budget", "50ms", "--trials", str(trials), "--quick"]
-    args += ["--threads", "1", "--no-predictor", "--no-progress", "--storage", url, "--study", study]
+    # one evaluation per trial (no recovery, so no second score of the unrecovered candidate)
+    args += ["--threads", "1", "--no-predictor", "--recover", "none", "--no-progress"]
+    args += ["--storage", url, "--study", study]
     args += ["--artifacts", str(work / "store"), "--report", str(work / f"{study}.html")]
     t0 = time.time()
     procs = [
@@ -118,9 +117,9 @@ def main() -> None:
 
     if (reason := skip_reason()) is not None:
         raise SystemExit(f"needs PostgreSQL: {reason}")
-    repeat, one = calibrate(args.eval_s)
+    units, one = calibrate(args.eval_s)
     print(
-        f"evaluation: {repeat} passes x {one * 1000:.0f} ms = {repeat * one:.2f} s alone;"
+        f"evaluation: {units} units x {one * 1000:.1f} ms = {units * one:.2f} s of CPU;"
         f" load {os.getloadavg()}"
     )
     results = []
@@ -128,7 +127,7 @@ def main() -> None:
         for n in args.workers:
             work = Path(tmp) / f"{n}w"
             work.mkdir()
-            results.append(run(pg.url, n, args.trials, repeat, work))
+            results.append(run(pg.url, n, args.trials, units, work))
             print(json.dumps(results[-1]), f"load {os.getloadavg()}", flush=True)
     base = results[0]["trials_per_min"]
     print("\nworkers  trials/min  speed-up  evaluate s  measure s")

@@ -73,16 +73,26 @@ def slow_conv_task() -> Task:
     return task
 
 
+def cpu_work(units: int) -> float:
+    """A fixed amount of single-threaded CPU work (numpy elementwise, no BLAS threads)."""
+    import numpy as np
+
+    a = np.linspace(0.0, 1.0, 200_000)
+    total = 0.0
+    for _ in range(units):
+        total += float(np.sin(a).sum())
+    return total
+
+
 def eval_heavy_task() -> Task:
-    """Like conv_task, but evaluation does fixed CPU work: the scored ONNX model runs over the
-    inputs ``TINY_TASK_EVAL_REPEAT`` times (benchmarks/scaling.py sets it to about 2 s here)."""
+    """Like conv_task, but each evaluation also does ``TINY_TASK_EVAL_WORK`` units of fixed CPU
+    work, the same for every candidate (benchmarks/scaling.py sets it to about 2 s of CPU)."""
     task = conv_task()
     inner = task.evaluate
-    repeat = int(os.environ.get("TINY_TASK_EVAL_REPEAT", "1"))
+    units = int(os.environ.get("TINY_TASK_EVAL_WORK", "0"))
 
     def evaluate(runner: Runner) -> float:
-        for _ in range(repeat - 1):
-            inner(runner)
+        cpu_work(units)
         return inner(runner)
 
     task.evaluate = evaluate
