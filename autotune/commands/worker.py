@@ -1,5 +1,8 @@
-"""Join a study as one more worker: everything else (task, device, space, budget, seed, protocol,
-recovery) is read from the study."""
+"""Join a study as one more worker: the task, device, space, budget and the rest come from it.
+
+Everything a worker needs (task reference, device profile, space, budget, seed, protocol,
+recovery options, heartbeat, artifact store) was recorded with the study when it was created.
+"""
 
 from __future__ import annotations
 
