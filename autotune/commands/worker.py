@@ -7,7 +7,6 @@ recovery options, heartbeat, artifact store) was recorded with the study when it
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reconnect", default="2m", help="how long to keep retrying a lost database, e.g. 90s (default: 2m)"
     )
+    p.add_argument(
+        "--max-memory",
+        help="the most memory this worker may hold: a size (8GiB) or a share of the memory this "
+        "machine has available at the start (50%%); a candidate that needs more fails with stage "
+        "'memory' and the study goes on (default: 80%%)",
+    )
     p.add_argument("--report", type=Path, help="HTML report path (default: reports/STUDY.html)")
     p.add_argument("--no-report", action="store_true", help="write no report when the study is done")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar on a terminal, no line per trial on stdout when it is not one",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         study_name=args.study,
         out_dir=args.out,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,  # the bar or a line per trial: tune/_progress.py decides
         report=False if args.no_report else args.report,
         timeout=args.timeout,
         reconnect=args.reconnect,
+        max_memory=args.max_memory,  # this machine's: not a study setting
         agent=args.agent,
         artifacts=args.artifacts,
     )
