@@ -41,7 +41,10 @@ def search(
             ``device``, ``trials``, ``space``, ``storage``, ``study_name``, ``out_dir``, ``seed``,
             ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``,
             ``max_drop``, ``keep_going``, ``sampler``, ``recover``, ``recover_steps``,
-            ``recover_final_steps``, ``sensitivity``, ``timeout``, ``predictor``, ``max_memory``.
+            ``recover_final_steps``, ``sensitivity``, ``timeout``, ``predictor``, ``max_memory``; for
+            a study several workers share (docs/distributed.md): ``artifacts``, ``heartbeat``,
+            ``reconnect`` and ``task_ref`` (``"module:function"``, so ``autotune worker`` can load
+            the task).
 
     Returns:
         The :class:`ParetoSet`: ``.pareto``, ``.best``, ``.report()``, ``.best.export()``.

@@ -17,6 +17,7 @@ from autotune.errors import UserError
 #: verb -> (module, one-line help). A module defines ``add_arguments(parser)`` and ``run(args)``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("autotune.commands.search", "search for the best model under a latency budget (default)"),
+    "worker": ("autotune.commands.worker", "join a study by its storage URL and name: one more worker"),
     "report": ("autotune.commands.report", "rebuild the HTML report of a run from its storage"),
     "export": ("autotune.commands.export", "write one trial's ONNX artifact and its JSON record"),
     "devices": ("autotune.commands.devices", "list device profiles and whether each is usable here"),

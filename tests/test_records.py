@@ -200,3 +200,10 @@ def test_baselines_are_typed_and_stored_as_their_names() -> None:
     skipped = TrialRecord(predicted={"ratio": 0.9}, predicted_ratio=None).to_attrs()
     assert skipped == {"predicted": {"ratio": 0.9}}
     assert TrialRecord.from_attrs({"predicted_ratio": 0.51}).predicted_ratio == 0.51
+
+
+def test_a_distributed_trial_records_its_worker_and_a_surplus_mark() -> None:
+    record = TrialRecord(worker="host:123", surplus=True)
+    assert record.to_attrs() == {"worker": "host:123", "surplus": True}  # under the keys they had
+    assert TrialRecord.from_attrs(json.loads(json.dumps(record.to_attrs()))) == record
+    assert TrialRecord().to_attrs() == {}  # not a surplus, no worker: nothing stored

@@ -100,6 +100,33 @@ def gated_conv_task() -> Task:
     return task
 
 
+def cpu_work(units: int) -> float:
+    """A fixed amount of single-threaded CPU work (numpy elementwise, no BLAS threads)."""
+    import numpy as np
+
+    a = np.linspace(0.0, 1.0, 200_000)
+    total = 0.0
+    for _ in range(units):
+        total += float(np.sin(a).sum())
+    return total
+
+
+def eval_heavy_task() -> Task:
+    """Like conv_task, but each evaluation also does ``TINY_TASK_EVAL_WORK`` units of fixed CPU
+    work, the same for every candidate (benchmarks/scaling.py sets it to about 2 s of CPU)."""
+    task = conv_task()
+    inner = task.evaluate
+    units = int(os.environ.get("TINY_TASK_EVAL_WORK", "0"))
+
+    def evaluate(runner: Runner) -> float:
+        cpu_work(units)
+        return inner(runner)
+
+    task.evaluate = evaluate
+    task.name = "tiny-evalheavy"
+    return task
+
+
 def flaky_task() -> Task:
     """Evaluation fails on every int8 candidate: failure is data, the study goes on."""
     task = conv_task()

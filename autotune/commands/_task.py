@@ -9,6 +9,9 @@ from pathlib import Path
 from autotune.errors import UserError
 from autotune.task import Task
 
+#: the built-in demo, as the task reference a worker loads (``--model`` left out)
+DEMO_TASK = "autotune.task.demo:demo_task"
+
 
 def add_task_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
     """``--model`` and ``--data``: the same for every verb that loads a task."""

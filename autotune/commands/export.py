@@ -14,13 +14,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--storage", help="Optuna storage URL instead of a runs directory")
     p.add_argument("--study", help="study name within --storage")
+    p.add_argument(
+        "--artifacts",
+        help="the study's artifact store as this machine reaches it, when not at the URL recorded "
+        "with the study (file:///path or s3://bucket/prefix)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from autotune.errors import UserError
     from autotune.result import ParetoSet
 
-    result = ParetoSet.load(args.run, args.storage, args.study)
+    result = ParetoSet.load(args.run, args.storage, args.study, artifacts=args.artifacts)
     if args.trial is None:
         chosen = result.best
         if chosen is None:

@@ -82,6 +82,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--timeout", help="wall-clock limit, e.g. 30m; the search ends cleanly and keeps everything"
     )
     p.add_argument(
+        "--artifacts",
+        help="artifact store every worker reaches: a shared directory (file:///path) or "
+        "s3://bucket/prefix (default: OUT/STUDY/artifacts); recorded with the study",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between a running trial's heartbeats; a trial silent for 4 of them (its worker "
+        "was killed) is failed and retried once (default: 30)",
+    )
+    p.add_argument(
+        "--reconnect",
+        default="2m",
+        help="how long to keep retrying a lost database before stopping, e.g. 90s (default: 2m)",
+    )
+    p.add_argument(
         "--no-predictor",
         action="store_true",
         help="measure every candidate (default: candidates the online latency predictor puts beyond "
@@ -98,6 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # check the cheap arguments before loading torch or the model, so bad input fails fast
+    from autotune.commands._task import DEMO_TASK
     from autotune.records import Protocol
     from autotune.study import SearchConfig
 
@@ -126,6 +144,12 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         predictor=not args.no_predictor,
         max_memory=args.max_memory,
+        artifacts=args.artifacts,
+        heartbeat=args.heartbeat,
+        reconnect=args.reconnect,
+        # what a worker started with 'autotune worker' loads (docs/distributed.md)
+        task_ref=args.model or DEMO_TASK,
+        task_data=args.data,
     )
     from autotune.commands._task import load_task
     from autotune.devices import device_for_profile
@@ -143,5 +167,10 @@ def run(args: argparse.Namespace) -> int:
     if result.report_path:
         print(f"report: {result.report_path}")
     if result.best is not None:
-        print(f"export the best: autotune export {result.run_dir} --trial {result.best.number} -o best.onnx")
+        where = (
+            str(result.run_dir)
+            if args.storage is None
+            else f"--storage URL --study {result.study.study_name}"
+        )
+        print(f"export the best: autotune export {where} --trial {result.best.number} -o best.onnx")
     return 0

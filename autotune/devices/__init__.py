@@ -29,7 +29,7 @@ from autotune.devices._base import (
 )
 from autotune.devices._fingerprint import host_fingerprint
 from autotune.devices._lock import TIMEOUT_ENV as LOCK_TIMEOUT_ENV
-from autotune.devices._lock import DeviceBusy
+from autotune.devices._lock import DeviceBusy, device_lock
 from autotune.devices._paired import median_ci
 
 if TYPE_CHECKING:  # the public names, for type checkers (resolved lazily at run time)
@@ -146,6 +146,7 @@ __all__ = [
     "TensorrtDevice",
     "TorchCudaDevice",
     "device_for_profile",
+    "device_lock",
     "host_fingerprint",
     "median_ci",
     "optimized_graph",

@@ -76,6 +76,9 @@ class Device(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities(measures="latency")
     #: whether :meth:`measure_paired` times a candidate interleaved with a reference
     supports_paired: ClassVar[bool] = False
+    #: measures on this host, under :attr:`lock_name`'s cross-process lock; False for a remote
+    #: device, whose agent queues the jobs of every client itself
+    measures_locally: ClassVar[bool] = True
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

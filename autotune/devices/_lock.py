@@ -1,8 +1,10 @@
 """One measurement per device at a time, across processes (an advisory file lock).
 
 Two studies, a benchmark and ``autotune measure`` on one machine take turns instead of slowing
-each other down. The lock is per process-open-file: do not nest two locks of the same name in
-one process (it would wait for itself).
+each other down, and so do the workers of one distributed study on one machine. The lock is
+re-entrant within a thread: the measurement stage holds it around "is this cached? else
+measure", and the device takes it again inside (a flock on a second open file of the same
+name would wait for itself); another thread of the same process waits like another process.
 
 The lock files live in a directory private to the user, ``<tmp>/autotune-<uid>`` (mode 0700,
 checked to be this user's and not a link), and are opened without following symlinks: another
@@ -18,6 +20,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,13 +68,26 @@ def _timeout_from_env() -> float | None:
     return value if value >= 0 else None
 
 
+_held = threading.local()  # per thread: lock name -> depth
+
+
 @contextmanager
 def device_lock(name: str, timeout_s: float | None = None, poll_s: float = 0.05) -> Iterator[float]:
     """Hold an exclusive lock named after the device while measuring on it.
 
-    Yields the seconds spent waiting for it. Raises :class:`DeviceBusy` when ``timeout_s`` (None:
-    ``$AUTOTUNE_LOCK_TIMEOUT``, else no limit) passes first.
+    Yields the seconds spent waiting for it (nested: what the outer one waited). Raises
+    :class:`DeviceBusy` when ``timeout_s`` (None: ``$AUTOTUNE_LOCK_TIMEOUT``, else no limit)
+    passes first.
     """
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    waited: dict[str, float] = _held.__dict__.setdefault("waited", {})
+    if depth.get(name):
+        depth[name] += 1
+        try:
+            yield waited[name]
+        finally:
+            depth[name] -= 1
+        return
     if timeout_s is None:
         timeout_s = _timeout_from_env()
     t0 = time.monotonic()
@@ -92,9 +108,11 @@ def device_lock(name: str, timeout_s: float | None = None, poll_s: float = 0.05)
                             f"over {timeout_s:g} s (its lock is held); retry later"
                         ) from None
                     time.sleep(poll_s)
+        depth[name], waited[name] = 1, time.monotonic() - t0
         try:
-            yield time.monotonic() - t0
+            yield waited[name]
         finally:
+            depth[name] = 0
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -110,10 +110,12 @@ class OrtCpuDevice(Device):
     def _on_host(self, runtime: RuntimeOptions, measure: Callable[[], Measurement]) -> Measurement:
         """Run ``measure`` holding the CPU lock, pinned, watching the host's load."""
         with device_lock(self.lock_name) as waited_s, pinned(runtime.affinity), HostLoad() as load:
+            start = time.time()
             state = host_state()
             m = measure()
+            held = [start, time.time()]  # wall clock, inside the lock: no two spans overlap
         m.runtime = runtime.to_dict()
         m.fingerprint = self.fingerprint()
         m.host_load = LoadShares.from_dict(load.to_dict())
-        m.extra.update(host_state=state, lock_wait_s=round(waited_s, 3))
+        m.extra.update(host_state=state, lock_wait_s=round(waited_s, 3), measured_at=held)
         return m

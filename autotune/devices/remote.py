@@ -65,6 +65,7 @@ class RemoteDevice(Device):
 
     backend = "remote"
     supports_paired = True  # the job names the reference by sha256 (agents since paired timing)
+    measures_locally = False  # the agent's queue runs one job at a time (agent/scheduler.py)
     capabilities = Capabilities(
         measures="the agent's backend on the remote device (see `autotune agent`); round trips excluded",
         bits=(32, 16, 8, 4),

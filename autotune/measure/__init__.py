@@ -52,7 +52,7 @@ import numpy as np
 
 from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import sha256_file
-from autotune.devices import Device, Measurement, Protocol, Reference, RuntimeOptions
+from autotune.devices import Device, Measurement, Protocol, Reference, RuntimeOptions, device_lock
 from autotune.measure._cache import MeasurementCache, cache_key
 from autotune.measure._canary import CANARY_VERSION, canary_inputs, write_canary
 from autotune.measure._reference import ReferenceLatency, pair_separately
@@ -92,6 +92,8 @@ class Measurer:
             None: :data:`DEFAULT_CANARY_EVERY`.
         drift_threshold: flag a measurement when the canary ratio leaves [1/t, t].
         reference: time every candidate against this artifact (paired timing).
+        cache: where measurements persist, overriding ``cache_dir``'s folder (a distributed
+            study's artifact store); ``cache_dir`` still holds the canary.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class Measurer:
         canary_every: int | None = None,
         drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
         reference: Reference | None = None,
+        cache: MeasurementCache | None = None,
     ) -> None:
         self.device = device
         self.protocol = protocol
@@ -110,7 +113,9 @@ class Measurer:
         self.remeasure = remeasure
         self.canary_every = DEFAULT_CANARY_EVERY if canary_every is None else canary_every
         self.drift_threshold = drift_threshold
-        self.cache = MeasurementCache(self.cache_dir) if self.cache_dir is not None else None
+        if cache is None and self.cache_dir is not None:
+            cache = MeasurementCache(self.cache_dir)
+        self.cache = cache
         if reference is not None and not reference.sha256:
             reference = Reference(reference.path, reference.inputs, sha256_file(reference.path))
         self.reference = reference
@@ -151,6 +156,16 @@ class Measurer:
         ``protocol`` overrides the Measurer's (e.g. a longer one to confirm a result).
         """
         protocol = protocol or self.protocol
+        if not self.device.measures_locally:
+            return self._cached_or_measured(model_path, inputs, runtime, protocol)
+        # "cached? else measure" under the device's lock: the workers of a study on this host
+        # take turns, and the second to want an artifact finds the first one's measurement
+        with device_lock(self.device.lock_name):
+            return self._cached_or_measured(model_path, inputs, runtime, protocol)
+
+    def _cached_or_measured(
+        self, model_path: Path, inputs: dict[str, np.ndarray], runtime: RuntimeOptions, protocol: Protocol
+    ) -> Measurement:
         rkey = _runtime_key(runtime)
         key = parts = None
         if self.cache is not None:

@@ -4,11 +4,16 @@ A resumed or repeated study finds its measurements here (``runs/STUDY/measuremen
 measuring an identical artifact again. The key is a sha256 over the parts, which are stored
 beside the measurement so an entry explains itself. Writes are atomic (temp file + rename), so
 parallel workers and a killed process never leave a half-written entry.
+
+A distributed study keeps its cache in the study's artifact store instead (any object with the
+``open_reader`` / ``write`` methods of an Optuna ``ArtifactStore``), so no worker, on any
+machine, measures an artifact another one measured on the same device.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -74,26 +79,39 @@ class MeasurementCache:
         m = cache.get(key) or cache.put(key, parts, device.measure(...))
     """
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
+    def __init__(self, directory: str | Path | None = None, store: Any = None, prefix: str = "") -> None:
+        if (directory is None) == (store is None):
+            raise ValueError("give a directory or an artifact store")
+        self.directory = Path(directory) if directory is not None else None
+        self.store, self.prefix = store, prefix
 
     def path(self, key: str) -> Path:
+        assert self.directory is not None, "a store-backed cache has no paths"
         return self.directory / f"{key}.json"
 
     def get(self, key: str) -> Measurement | None:
         """The stored measurement (``cached=True``), or None if absent or unreadable."""
         try:
-            entry = json.loads(self.path(key).read_text())
+            if self.store is not None:
+                with self.store.open_reader(f"{self.prefix}{key}.json") as fh:
+                    entry = json.loads(fh.read())
+            else:
+                entry = json.loads(self.path(key).read_text())
             m = Measurement.from_dict(entry["measurement"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except Exception:  # noqa: BLE001 - absent (ArtifactNotFound), unreadable or old: measure again
             return None
         m.cached = True
         return m
 
     def put(self, key: str, parts: dict[str, Any], m: Measurement) -> Measurement:
         """Store ``m`` atomically; returns it unchanged."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         entry = {"key": parts, "measurement": m.to_dict(max_samples=MAX_CACHED_SAMPLES)}
+        if self.store is not None:
+            blob = json.dumps(entry, default=_json_default).encode()
+            self.store.write(f"{self.prefix}{key}.json", io.BytesIO(blob))
+            return m
+        assert self.directory is not None
+        self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=self.directory)
         try:
             with os.fdopen(fd, "w") as fh:
@@ -105,6 +123,8 @@ class MeasurementCache:
         return m
 
     def __len__(self) -> int:
+        if self.directory is None:
+            raise TypeError("a store-backed cache cannot count its entries")
         return sum(1 for _ in self.directory.glob("*.json")) if self.directory.is_dir() else 0
 
 

@@ -145,7 +145,8 @@ def run_round(
     for t in result.trials:
         if t.number not in keys:
             continue
-        m = measurer.measure(t.artifact_path, inputs, t.candidate.runtime, protocol=longer)
+        # local_file(): fetched from the study's artifact store when another worker built it
+        m = measurer.measure(t.local_file(), inputs, t.candidate.runtime, protocol=longer)
         if not m.usable:
             continue
         f = figure(t.number, t.accuracy, measurer.latency_ms(m, t.candidate.runtime), t.size_bytes, m)

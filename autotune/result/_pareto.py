@@ -1,7 +1,10 @@
 """Results: trials read back from the Optuna study, the Pareto set, export.
 
 Everything here is rebuilt from storage, so a finished, interrupted or remote study reads the
-same way: ``ParetoSet.load("runs/my-study")``.
+same way: ``ParetoSet.load("runs/my-study")``. Artifacts and tracebacks another worker stored are
+fetched from the study's artifact store (:class:`~autotune.study.Store`) when a file is needed:
+``ParetoSet.load(storage=URL, study_name=NAME).best.export("best.onnx")`` works on any machine
+that reaches the database and the store.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,17 @@ from autotune.records import Measurement
 from autotune.report import summary_table, summary_text
 from autotune.result import _precision
 from autotune.space import Candidate
-from autotune.study import DB_NAME, RunMeta, TrialRecord, load_confirmed, skipped
+from autotune.study import (
+    DB_NAME,
+    TRACEBACK_SUFFIX,
+    RunMeta,
+    Store,
+    StudySettings,
+    TrialRecord,
+    load_confirmed,
+    onnx_id,
+    skipped,
+)
 
 
 @dataclass
@@ -48,23 +61,40 @@ class TrialResult:
     peak_memory_bytes: int | None = None  # the search process's peak during the trial
     #: layer -> the precision onnxruntime runs it in (CPU searches); None: not inspected
     precision: dict[str, str] | None = None
+    #: where the artifact is when it is not on this disk (opened on first use)
+    store: Callable[[], Store | None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial, run_dir: Path) -> TrialResult:
         """A COMPLETE trial: its record has a candidate, an artifact and a measurement."""
         record = TrialRecord.from_trial(trial)
+        path = Path(record.artifact_path or "")
+        values = (trial.values[0], trial.values[1], trial.values[2])
+        return cls.of(
+            trial.number, record, values, trial.constraints, path if path.is_absolute() else run_dir / path
+        )
+
+    @classmethod
+    def of(
+        cls,
+        number: int,
+        record: TrialRecord,
+        values: tuple[float, float, float],
+        constraints: dict[str, float],
+        artifact_path: Path,
+    ) -> TrialResult:
+        """A trial's result from its record and objective values (also before Optuna stores them)."""
         assert record.candidate and record.artifact_path and record.sha256 and record.measurement
-        accuracy, latency, size = trial.values
-        path = Path(record.artifact_path)
+        accuracy, latency, size = values
         return cls(
-            number=trial.number,
+            number=number,
             candidate=record.candidate,
             accuracy=accuracy,
             latency_ms=latency,
             size_bytes=int(size),
-            feasible=all(c <= 0 for c in trial.constraints.values()),
+            feasible=all(c <= 0 for c in constraints.values()),
             measurement=record.measurement,
-            artifact_path=path if path.is_absolute() else run_dir / path,
+            artifact_path=artifact_path,
             sha256=record.sha256,
             baseline=record.baseline,
             timings=record.timings,
@@ -115,13 +145,33 @@ class TrialResult:
             out["borderline"] = bool(self.confirmed.get("borderline"))
         return out
 
+    def _here(self) -> bool:
+        return self.artifact_path.is_file() and self.artifact_path.stat().st_size == self.size_bytes
+
+    def _fetch(self, dest: Path) -> Path:
+        store = self.store() if self.store is not None else None
+        if store is None:
+            raise UserError(f"artifact of trial {self.number} is missing: {self.artifact_path}")
+        return store.fetch(onnx_id(self.sha256), dest, self.sha256)
+
+    def local_file(self) -> Path:
+        """The artifact on this disk: fetched from the study's store into the run folder if
+        another worker built it."""
+        return self.artifact_path if self._here() else self._fetch(self.artifact_path)
+
     def export(self, path: str | Path) -> Path:
         """Copy the ONNX artifact to ``path`` and write ``path.json`` beside it (config, figures)."""
         path = Path(path)
-        if not self.artifact_path.is_file():
-            raise UserError(f"artifact of trial {self.number} is missing: {self.artifact_path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.artifact_path, path)
+        if self._here():
+            shutil.copyfile(self.artifact_path, path)
+        else:
+            self._fetch(path)  # from the store, checked against its sha256
+        path.with_suffix(".json").write_text(json.dumps(self.export_info(path), indent=2, default=str))
+        return path
+
+    def export_info(self, artifact: Path | None = None) -> dict[str, Any]:
+        """The export JSON: configuration, figures, session options (``artifact``: a local copy)."""
         m = self.measurement
         info = {
             "trial": self.number,
@@ -145,9 +195,8 @@ class TrialResult:
                 "changed": {k: {"chosen": c, "runs": r} for k, (c, r) in self.precision_changes.items()},
                 "config_as_run": self.as_run.to_dict(),
             }
-        info.update(export_fields(self.candidate, m, self.artifact_path, self.number))
-        path.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str))
-        return path
+        info.update(export_fields(self.candidate, m, artifact or self.artifact_path, self.number))
+        return info
 
 
 @dataclass
@@ -221,11 +270,24 @@ class ParetoSet:
     size down). Iterating the set, or ``len()``, covers the Pareto members only.
     """
 
-    def __init__(self, study: optuna.Study, run_dir: Path | None = None, storage: str | None = None) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        run_dir: Path | None = None,
+        storage: str | None = None,
+        artifacts: str | Store | None = None,
+    ) -> None:
         self.study = study
         self.meta = RunMeta.from_study(study) or RunMeta()
+        self.settings = StudySettings.from_study(study)
+        if run_dir is None and not Path(self.meta.run_dir).is_dir():
+            # another machine's run folder: fetched files land in ./runs/<study>
+            run_dir = Path("runs") / study.study_name
         self.run_dir = Path(run_dir or self.meta.run_dir)
         self.storage = storage  # the storage URL, when known (the report names it)
+        #: the artifact store: given, or the one recorded with the study (opened when first needed)
+        self._store: Store | None = artifacts if isinstance(artifacts, Store) else None
+        self._store_url = artifacts if isinstance(artifacts, str) else None
         self.budget_ms: float = float(self.meta.budget_ms)
         #: where feasibility is decided: a relative budget on the ratio alone
         self.limit = Limit(self.budget_ms, self.meta.budget_fraction)
@@ -250,6 +312,7 @@ class ParetoSet:
         self.confirmed: dict[int, dict[str, Any]] = load_confirmed(study)
         for t in self.trials:
             t.confirmed = self.confirmed.get(t.number)
+            t.store = self.store
         # noise-aware: a latency difference inside the two candidates' resolution does not count
         front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
@@ -259,10 +322,46 @@ class ParetoSet:
 
     @classmethod
     def load(
-        cls, run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
+        cls,
+        run_dir: str | Path | None = None,
+        storage: str | None = None,
+        study_name: str | None = None,
+        artifacts: str | None = None,
     ) -> ParetoSet:
+        """A study from its runs folder, or its storage URL and name; ``artifacts``: the artifact
+        store's URL when it differs from the one recorded with the study (another mount point)."""
         study = load_study(run_dir, storage, study_name)
-        return cls(study, Path(run_dir) if run_dir else None, storage=storage_url(run_dir, storage))
+        run = Path(run_dir) if run_dir else None
+        return cls(study, run, storage=storage_url(run_dir, storage), artifacts=artifacts)
+
+    def store(self) -> Store | None:
+        """The study's artifact store (None when the study recorded none and none was given)."""
+        if self._store is None:
+            url = self._store_url or (self.settings.artifacts if self.settings else None)
+            if url is not None:
+                self._store = Store(url)
+        return self._store
+
+    def store_reachable(self) -> bool:
+        """Whether the study's artifact store opens here (a summary needs none)."""
+        try:
+            return self.store() is not None
+        except UserError:
+            return False
+
+    def fetch_tracebacks(self) -> int:
+        """Fetch the failed candidates' tracebacks missing here from the store; returns how many."""
+        fetched = 0
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        for f in self.failures:
+            if f.traceback_path is None or f.traceback_path.is_file() or f.number not in by_number:
+                continue
+            store = self.store()
+            found = store and Store.find(by_number[f.number], self.study._storage, TRACEBACK_SUFFIX)
+            if store is not None and found:
+                store.fetch(found, f.traceback_path)
+                fetched += 1
+        return fetched
 
     # -- the questions people ask ---------------------------------------------------------
 

@@ -3,7 +3,10 @@
 The search options (:class:`SearchConfig`), samplers, the latency predictor, sensitivity, the
 guide (reference, feasibility probe, baselines, final recovery) and the records a run stores
 in the Optuna study (:class:`RunMeta`, :class:`TrialRecord`, :class:`Baseline`, the confirmation
-round): the one module that reads and writes the study's attributes.
+round): the one module that reads and writes the study's attributes. For a study shared by
+workers: its database with heartbeats and reconnects (:func:`open_storage`), its artifact store
+(:class:`Store`), the settings a worker joins with (:class:`StudySettings`) and the slots that
+keep the count exact (:func:`surplus`, :func:`wait_for_slot`).
 """
 
 from autotune.study._config import SearchConfig
@@ -23,6 +26,8 @@ from autotune.study._records import (
     META_KEY,
     PREDICTED_KEY,
     PREDICTION_KEY,
+    SETTINGS_KEY,
+    SURPLUS_KEY,
     Baseline,
     Reference,
     RunMeta,
@@ -32,6 +37,24 @@ from autotune.study._records import (
 )
 from autotune.study._samplers import SAMPLERS, SamplerFactory, make_sampler
 from autotune.study._sensitivity import FILE_NAME, Table, candidate_probe, measure_sensitivity
+from autotune.study._settings import StudySettings, refuse
+from autotune.study._slots import surplus, wait_for_slot
+from autotune.study._storage import (
+    HEARTBEAT_S,
+    RECONNECT_S,
+    ResilientStorage,
+    StorageUnavailable,
+    lost,
+    open_storage,
+)
+from autotune.study._store import (
+    EXPORT_SUFFIX,
+    MEASUREMENTS_PREFIX,
+    TRACEBACK_SUFFIX,
+    Store,
+    normalize_url,
+    onnx_id,
+)
 from autotune.study._trials import (
     StudyPredictor,
     counted,
@@ -42,18 +65,29 @@ from autotune.study._trials import (
 __all__ = [
     "CONFIRMED_KEY",
     "DB_NAME",
+    "EXPORT_SUFFIX",
     "FAILURES_DIR",
     "FILE_NAME",
+    "HEARTBEAT_S",
+    "MEASUREMENTS_PREFIX",
     "META_KEY",
     "PREDICTED_KEY",
     "PREDICTION_KEY",
+    "RECONNECT_S",
     "SAMPLERS",
+    "SETTINGS_KEY",
+    "SURPLUS_KEY",
+    "TRACEBACK_SUFFIX",
     "Baseline",
     "Reference",
+    "ResilientStorage",
     "RunMeta",
     "SamplerFactory",
     "SearchConfig",
+    "StorageUnavailable",
+    "Store",
     "StudyPredictor",
+    "StudySettings",
     "Table",
     "TrialRecord",
     "baseline_latencies",
@@ -64,11 +98,18 @@ __all__ = [
     "enqueue_final",
     "infeasible_message",
     "load_confirmed",
+    "lost",
     "make_sampler",
     "measure_reference",
     "measure_sensitivity",
+    "normalize_url",
+    "onnx_id",
+    "open_storage",
+    "refuse",
     "save_confirmed",
     "sensitivity_for_report",
     "sensitivity_guidance",
     "skipped",
+    "surplus",
+    "wait_for_slot",
 ]

@@ -53,6 +53,17 @@ class SearchConfig:
             memory available at the start, or bytes; default ``"80%"``): a candidate whose build
             or evaluation needs more fails (stage ``memory``) and the search goes on
             (docs/memory.md).
+        artifacts: the artifact store every worker reaches (``file:///shared/dir``, a path, or
+            ``s3://bucket/prefix``); default: ``out_dir/<study>/artifacts``. Recorded with the
+            study; a joining worker uses the study's unless given another URL to the same store.
+        heartbeat: seconds between a running trial's heartbeats; a trial silent for 4 of them
+            (its worker was killed) is failed and retried once.
+        reconnect: how long a worker keeps retrying a lost database before it stops
+            (``"2m"``, ``"90s"`` or seconds).
+        task_ref: how a worker loads the task: ``module:function``, or the ``.onnx`` file
+            (with ``task_data``, its ``.npz``); the CLI sets it from ``--model``. Without it
+            ``autotune worker`` cannot join the study.
+        task_data: the ``.npz`` of an ONNX task (``--data``).
     """
 
     budget: str | float
@@ -79,10 +90,16 @@ class SearchConfig:
     timeout: str | float | None = None
     predictor: bool = True
     max_memory: str | float | None = None
+    artifacts: str | None = None
+    heartbeat: int = 30
+    reconnect: str | float = 120
+    task_ref: str | None = None
+    task_data: str | None = None
     budget_spec: Budget = field(init=False)  # absolute, or relative to the unmodified model
     floor: MaxDrop | None = field(init=False)
     timeout_s: float | None = field(init=False)
     memory_spec: MemorySpec = field(init=False)
+    reconnect_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         # the registries, not lists kept here: a registered name is accepted as the CLI accepts it
@@ -95,6 +112,14 @@ class SearchConfig:
         self.memory_spec = parse_max_memory(self.max_memory)
         SAMPLERS.check(self.sampler)
         RECOVERIES.check(self.recover)
+        try:
+            self.reconnect_s = parse_duration(self.reconnect)
+        except UserError:
+            raise UserError(
+                f"--reconnect {self.reconnect!r}: expected a positive duration: 90s, 2m"
+            ) from None
+        if not _positive_int(self.heartbeat):
+            raise UserError(f"--heartbeat {self.heartbeat}: must be a whole number of seconds, at least 1")
         for name in ("recover_steps", "recover_final_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

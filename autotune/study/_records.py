@@ -1,8 +1,11 @@
 """What a run stores in its Optuna study, typed; the one module that knows the stored keys.
 
 Optuna keeps autotune's records as JSON user attributes: the study's (the run's metadata under
-:data:`META_KEY`, the confirmation round under :data:`CONFIRMED_KEY`) and each trial's (its
-candidate, artifact, measurement, baseline, failure and prediction, :meth:`TrialRecord.to_attrs`).
+:data:`META_KEY`, the confirmation round under :data:`CONFIRMED_KEY`, a distributed study's
+settings under :data:`SETTINGS_KEY`) and each trial's (its candidate, artifact, measurement,
+baseline, failure, prediction, worker and surplus mark, :meth:`TrialRecord.to_attrs`). A file in
+the study's artifact store is linked to a trial by a system attribute in the format of
+``optuna.artifacts`` (:func:`link_artifact`).
 Every one of those keys is read and written here and nowhere else, the way
 ``Measurement.to_dict`` / ``from_dict`` is for a measurement; the search writes these records,
 the result and the report read them (tests/test_records.py checks that no other module touches
@@ -18,6 +21,7 @@ hold these records: it must not import optuna or a Candidate (the agent imports 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +37,12 @@ META_KEY = "autotune"  # study user attribute holding the run's metadata
 CONFIRMED_KEY = "confirmed"  # study user attribute: the confirmation round's figures, by trial number
 PREDICTED_KEY = "predicted"  # trial user attribute of a candidate the predictor skipped: its figure
 PREDICTION_KEY = "predicted_ratio"  # trial user attribute: the ratio predicted before it was measured
+SETTINGS_KEY = "autotune:settings"  # study user attribute: what a worker joins with (StudySettings)
+SURPLUS_KEY = "surplus"  # trial user attribute of a trial started after every slot was claimed
+WORKER_KEY = "worker"  # trial user attribute: the worker that ran the trial (host:pid)
+#: the trial system attribute prefix under which optuna.artifacts links a file to a trial (the
+#: format upload_artifact writes; tests/test_distributed.py checks get_all_artifact_meta reads it)
+ARTIFACT_LINK_PREFIX = "artifacts:"
 DB_NAME = "study.db"  # the Optuna SQLite database in runs/<study>/
 FAILURES_DIR = "failures"  # runs/<study>/failures/<trial>.txt: full tracebacks of failed candidates
 MAX_STORED_SAMPLES = 256  # latency samples kept per trial, for the report's distributions
@@ -205,6 +215,10 @@ class TrialRecord:
     #: layer -> the precision onnxruntime's CPU provider runs it in ("int8", "fp32", ...), read
     #: off its optimised graph (devices/_ort_graph.py); None where not inspected
     precision: dict[str, str] | None = None
+    worker: str | None = None  # the worker that ran it, host:pid (a retry names its own)
+    #: started after every slot was claimed by other workers' trials: pruned, never counted
+    #: (study/_slots.py)
+    surplus: bool = False
 
     @property
     def failed_by_candidate(self) -> bool:
@@ -242,6 +256,10 @@ class TrialRecord:
             attrs[PREDICTED_KEY] = self.predicted
         if self.predicted_ratio is not None:
             attrs[PREDICTION_KEY] = self.predicted_ratio
+        if self.worker is not None:
+            attrs[WORKER_KEY] = self.worker
+        if self.surplus:
+            attrs[SURPLUS_KEY] = True
         return attrs
 
     @classmethod
@@ -266,6 +284,8 @@ class TrialRecord:
             predicted_ratio=attrs.get(PREDICTION_KEY),
             peak_memory_bytes=attrs.get("peak_memory_bytes"),
             precision=attrs.get("precision"),
+            worker=attrs.get(WORKER_KEY),
+            surplus=bool(attrs.get(SURPLUS_KEY, False)),
         )
 
     @classmethod
@@ -297,3 +317,22 @@ def load_confirmed(study: optuna.Study) -> dict[int, dict[str, Any]]:
 def save_confirmed(study: optuna.Study, confirmed: Mapping[int, Mapping[str, Any]]) -> None:
     # JSON keys are strings: stored as "12", read back as 12
     study.set_user_attr(CONFIRMED_KEY, {str(k): dict(v) for k, v in confirmed.items()})
+
+
+def load_settings(study: optuna.Study) -> dict[str, Any] | None:
+    """A distributed study's settings as stored (:class:`~autotune.study.StudySettings` reads
+    them); None when the study has none (created before them, or from Python)."""
+    stored = study.user_attrs.get(SETTINGS_KEY)
+    return dict(stored) if stored else None
+
+
+def save_settings(study: optuna.Study, settings: Mapping[str, Any]) -> None:
+    study.set_user_attr(SETTINGS_KEY, dict(settings))
+
+
+def link_artifact(trial: optuna.Trial, artifact_id: str, filename: str, mimetype: str) -> None:
+    """List a file already in the study's artifact store among ``trial``'s artifacts, as
+    :func:`optuna.artifacts.upload_artifact` would (``get_all_artifact_meta`` and
+    optuna-dashboard read it)."""
+    meta = {"artifact_id": artifact_id, "filename": filename, "mimetype": mimetype, "encoding": None}
+    trial.storage.set_trial_system_attr(trial._trial_id, ARTIFACT_LINK_PREFIX + artifact_id, json.dumps(meta))

@@ -3,6 +3,8 @@
 Objectives: accuracy (max), latency median (min), size in bytes (min); one constraint,
 ``latency - budget <= 0``, set with ``trial.set_constraint``. Baselines are enqueued first.
 Re-running with the same study name resumes and continues to the requested trial count.
+Several workers share a study through its storage (docs/distributed.md): :mod:`._join` creates
+or joins it, and every trial's files go to the study's artifact store.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -32,16 +36,19 @@ from autotune.build import FINAL_RECOVERY, Artifact, ArtifactBuilder, Recovery
 from autotune.devices import Device, device_for_profile
 from autotune.devices import Reference as TimingReference
 from autotune.errors import CandidateError, UserError
-from autotune.measure import Measurer, confirm
+from autotune.measure import MeasurementCache, Measurer, confirm
 from autotune.records import Measurement
-from autotune.result import ParetoSet
+from autotune.result import ParetoSet, TrialResult
 from autotune.space import Candidate, DeviceProfile, SearchSpace, build_space, load_preset, load_profile
 from autotune.study import (
     DB_NAME,
     FAILURES_DIR,
+    ResilientStorage,
     RunMeta,
     SearchConfig,
+    StorageUnavailable,
     StudyPredictor,
+    StudySettings,
     TrialRecord,
     baseline_latencies,
     baselines_within,
@@ -49,16 +56,24 @@ from autotune.study import (
     enqueue_baselines,
     enqueue_final,
     infeasible_message,
+    lost,
     make_sampler,
     measure_reference,
+    open_storage,
     save_confirmed,
     sensitivity_for_report,
     sensitivity_guidance,
+    surplus,
+    wait_for_slot,
 )
 from autotune.task import Task, evaluate_artifact
+from autotune.tune._join import TrialFiles, measurement_store, open_study, settle
 from autotune.tune._progress import Progress
 
 __all__ = ["SearchConfig", "run_search"]  # SearchConfig lives in the study package, re-exported
+
+#: the worker that runs a trial (:attr:`TrialRecord.worker`): host and process id
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
@@ -67,20 +82,19 @@ def _trial_inputs(task: Task) -> dict[str, np.ndarray]:
     return task.example_feeds()
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    # heartbeats let a later run mark trials of a killed worker FAILED instead of RUNNING forever
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            # workers starting together race to create the schema: the loser retries
-            if attempt == 4 or "duplicate" not in str(exc).lower():
-                raise UserError(f"--storage {url}: cannot open ({error_line(exc)})") from None
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+def _taken_over(exc: BaseException) -> bool:
+    """Our running trial was failed by another worker's heartbeat check (this one was too slow
+    to beat): Optuna cannot tell it, and the retry it queued redoes the candidate."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, optuna.exceptions.UpdateFinishedTrialError):
+            return True
+        if isinstance(cur, ValueError) and str(cur).startswith("Cannot tell a"):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -116,14 +130,30 @@ def _make_run_dir(run_dir: Path, out_dir: str | Path) -> None:
         raise UserError(f"--out {out_dir}: cannot write the run directory {run_dir}: {why}") from None
 
 
-def run_search(task: Task, cfg: SearchConfig) -> ParetoSet:
+def run_search(task: Task, cfg: SearchConfig, settings: StudySettings | None = None) -> ParetoSet:
+    """Run (or resume, or join) the search; ``settings``: a worker's, read from the study."""
     # Ctrl-C lands in our code, never inside Optuna's storage writes (a held SQLite lock, a traceback);
     # the memory budget holds for the whole search, the unmodified model's build included
+    opened: list[ResilientStorage] = []
     with _quiet_optuna(), interrupts_outside_optuna(), memory_limit(resolve(cfg.memory_spec)) as memory:
-        return _search(task, cfg, memory)
+        try:
+            return _search(task, cfg, memory, settings, opened)
+        except Exception as exc:
+            # the database stayed away: one line, whatever Optuna raised while cleaning up after
+            # it (its trial loop can end in an UnboundLocalError that hides the cause)
+            gone = lost(exc) or next((s.lost for s in opened if s.lost is not None), None)
+            if gone is not None and gone is not exc:
+                raise gone from None
+            raise
 
 
-def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
+def _search(
+    task: Task,
+    cfg: SearchConfig,
+    memory: MemoryBudget,
+    given: StudySettings | None,
+    opened: list[ResilientStorage],
+) -> ParetoSet:
     profile = load_profile(cfg.device)
     preset = load_preset(cfg.space)
     study_name = cfg.study_name or f"{task.name}-{profile.name}-{cfg.budget_spec.slug}"
@@ -132,16 +162,18 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
     device = device_for_profile(profile, agent=cfg.agent)
 
     storage_url = cfg.storage or f"sqlite:///{run_dir / DB_NAME}"
-    storage = _storage(storage_url)
+    storage = open_storage(storage_url, cfg.heartbeat, cfg.reconnect_s)
+    opened.append(storage)
     space = build_space(task, preset, profile, threads=cfg.threads)
     sampler = make_sampler(cfg.sampler, cfg.seed)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        directions=["maximize", "minimize", "minimize"],
-        sampler=sampler,
-        load_if_exists=True,
-    )
+    study, created = open_study(study_name, storage, sampler)
+    try:
+        settings, store = settle(study, created, cfg, run_dir, given)
+    except BaseException:
+        device.close()
+        raise
+    files = TrialFiles(store, run_dir)
+    shared = measurement_store(settings, store)
     recovery = Recovery(mode=cfg.recover, steps=cfg.recover_steps)
     # what each layer really runs in is read off onnxruntime's CPU optimiser: for CPU searches only
     inspect = profile.backend == "ort-cpu"
@@ -162,6 +194,8 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
             cache_dir=run_dir / "measurements",
             remeasure=cfg.remeasure,
             reference=TimingReference(unmodified.path, inputs, unmodified.sha256),
+            # a shared study: one cache in the study's store, so no worker measures an artifact twice
+            cache=MeasurementCache(store=shared[0], prefix=shared[1]) if shared else None,
         )
         # the unmodified model first, whatever the preset says: it defines "Δ vs FP32" and "50%"
         old = RunMeta.from_study(study)
@@ -205,14 +239,23 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
         raise
 
     out_of_memory = False  # the last trial failed for memory: collect its leftovers first
+    current: list[int] = []  # the number of the trial this worker is running
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         nonlocal out_of_memory
+        current[:] = [trial.number]
         if out_of_memory:
             gc.collect()  # tensors held in reference cycles with the failure's traceback
             out_of_memory = False
-        candidate = space.sample(trial)
         record = TrialRecord.from_trial(trial)  # an enqueued trial starts with its baseline's
+        if record.final_of is None and surplus(study, trial.number, cfg.trials):
+            # other workers' trials fill every slot: give it back (docs/distributed.md)
+            record.surplus = True
+            record.save(trial)
+            study.stop()
+            raise optuna.TrialPruned("surplus: the study's trials are all claimed")
+        record.worker = WORKER  # which worker ran it (a retry says its own)
+        candidate = space.sample(trial)
         record.candidate = candidate
         record.save(trial)
         peak = PeakMeter()
@@ -227,6 +270,7 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
             out_of_memory = failure.stage == "memory"
             record.fail_stage, record.fail_reason = failure.stage, str(failure)
             record.traceback = _save_traceback(run_dir, trial.number, exc)
+            files.traceback(trial, run_dir / record.traceback)
             if failure is exc:
                 raise
             raise failure from exc
@@ -234,16 +278,21 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
             record.peak_memory_bytes = peak.bytes
             record.save(trial)
         latency_ms = measurer.latency_ms(m, candidate.runtime)  # reference latency x ratio
-        trial.set_constraint("latency_budget", limit.excess(latency_ms, m.ratio))
+        constraints = {"latency_budget": limit.excess(latency_ms, m.ratio)}
         if floor is not None:
-            trial.set_constraint("accuracy_floor", floor - accuracy)
-        return accuracy, latency_ms, float(artifact.size_bytes)
+            constraints["accuracy_floor"] = floor - accuracy
+        for name, value in constraints.items():
+            trial.set_constraint(name, value)
+        values = (accuracy, latency_ms, float(artifact.size_bytes))
+        files.export_json(trial, TrialResult.of(trial.number, record, values, constraints, artifact.path))
+        return values
 
     def _trial(
         trial: optuna.Trial, candidate: Candidate, record: TrialRecord
     ) -> tuple[Artifact, Measurement, float]:
         """Build, measure and score one candidate, filling ``record`` as it goes."""
         artifact = (final_builder if record.final_of is not None else builder).build(candidate)
+        files.onnx(trial, artifact)  # stored once per sha256, linked to this trial
         timings = record.timings = artifact.timings
         record.artifact_path = str(artifact.path.relative_to(run_dir))
         record.sha256, record.size_bytes = artifact.sha256, artifact.size_bytes
@@ -276,7 +325,27 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
         if counted(study) >= cfg.trials:
             study.stop()
 
+    def run_trials(n: int, timeout: float | None, callbacks: list[Any]) -> None:
+        try:
+            study.optimize(
+                objective, n_trials=n, timeout=timeout, catch=(CandidateError,), callbacks=callbacks
+            )
+        except Exception as exc:
+            if lost(exc) is not None or storage.lost is not None or not _taken_over(exc):
+                raise
+            number = current[0] if current else "?"
+            print(
+                f"autotune: trial {number} was failed by the heartbeat while this worker ran it "
+                "(it missed its beats); the retry redoes it",
+                file=sys.stderr,
+            )
+
+    def progress(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if not TrialRecord.from_trial(frozen).surplus:  # a slot given back is no progress
+            bar.update(study, frozen)
+
     deadline = None if cfg.timeout_s is None else started + cfg.timeout_s
+    poll_s = max(1.0, cfg.heartbeat / 2)
     bar = Progress(cfg.trials - counted(study), run_dir, cfg.progress)  # a bar, or a line per trial
     meta.stopped = None
     trial_stats: dict[str, Any] = {}
@@ -292,13 +361,10 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
                 if left is not None and left <= 0:
                     meta.stopped = "timeout"
                     break
-                study.optimize(
-                    objective,
-                    n_trials=n,
-                    timeout=left,
-                    catch=(CandidateError,),
-                    callbacks=[bar.update, stop_at_target],
-                )
+                # every slot claimed by trials in flight elsewhere: wait for them (or a stale one)
+                if not wait_for_slot(study, cfg.trials, poll_s, deadline):
+                    continue
+                run_trials(n, left, [progress, stop_at_target])
                 if phase == "probe":
                     break
             if meta.stopped:
@@ -311,11 +377,11 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
                     break
         # more recovery for the finalists under the budget (guide.enqueue_final), as new trials
         if cfg.recover_final_steps and not meta.stopped and (n := enqueue_final(study, budget_ms)):
-            study.optimize(objective, n_trials=n, catch=(CandidateError,), callbacks=[bar.update])
+            run_trials(n, None, [progress])
         # confirmation round: the candidates that decide the outcome, measured again for longer
         # (its measurements are counted apart from the trials')
         trial_stats = dict(measurer.stats)
-        found = ParetoSet(study, run_dir, storage=storage_url)
+        found = ParetoSet(study, run_dir, storage=storage_url, artifacts=store)
         confirmed = confirm.run_round(found, measurer, inputs, limit, cfg.protocol)
         save_confirmed(study, confirmed)
         trial_stats["confirmed"] = len(confirmed)
@@ -329,9 +395,13 @@ def _search(task: Task, cfg: SearchConfig, memory: MemoryBudget) -> ParetoSet:
         meta.wall_s += time.time() - started
         meta.measurer = trial_stats or dict(measurer.stats)
         meta.search["predictor"] = predictor.stats if predictor is not None else {"enabled": False}
-        meta.save(study)
-        device.close()
-    result = ParetoSet(study, run_dir, storage=storage_url)
+        try:
+            meta.save(study)
+        except StorageUnavailable:
+            pass  # the database is gone: the error on its way out says so
+        finally:
+            device.close()
+    result = ParetoSet(study, run_dir, storage=storage_url, artifacts=store)
     if cfg.report is not False:
         result.report_path = result.report(None if cfg.report is True else cfg.report)
     return result
