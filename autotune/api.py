@@ -42,6 +42,8 @@ def search(
             ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``,
             ``max_drop``, ``keep_going``, ``sampler``, ``recover``, ``recover_steps``,
             ``recover_final_steps``, ``sensitivity``, ``timeout``, ``predictor``, ``max_memory``.
+            The default ``max_drop="5%"`` is the accuracy floor (None turns it off);
+            docs/accuracy-floor.md.
 
     Returns:
         The :class:`ParetoSet`: ``.pareto``, ``.best``, ``.report()``, ``.best.export()``.

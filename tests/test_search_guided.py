@@ -28,7 +28,12 @@ def test_a_relative_budget_is_a_share_of_the_measured_unmodified_model(tmp_path:
     assert result.study.study_name.endswith("-60pct")
     # a relative budget is decided on the ratio alone (not on reference estimate x ratio)
     assert result.meta.budget_fraction == 0.6 and result.limit.fraction == 0.6
-    assert all(t.ratio is not None and t.feasible == (t.ratio <= 0.6) for t in result.trials)
+    # (and feasible also means at or above the accuracy floor, 5% below FP32 by default)
+    floor = result.floor
+    assert floor == pytest.approx(95.0)
+    assert all(
+        t.ratio is not None and t.feasible == (t.ratio <= 0.6 and t.accuracy >= floor) for t in result.trials
+    )
     # recovery ran on the pruned baselines and both accuracies are recorded
     narrow = result.baselines["w0.5"]
     assert narrow.recovery is not None and narrow.recovery["ran"] == ["bn"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autotune.budget import ACCEPTED_ANY
+from autotune.budget import ACCEPTED_ANY, DEFAULT_MAX_DROP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-drop",
-        help="accuracy floor: points below the unmodified model (1.0), or a share of its score (1%%)",
+        default=DEFAULT_MAX_DROP,
+        help="accuracy floor: points below the unmodified model (1.0), or a share of its score (1%%); "
+        "nothing below it is ever called the best (default: %(default)s; none: no floor)",
     )
     p.add_argument(
         "--keep-going",

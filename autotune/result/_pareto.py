@@ -62,7 +62,9 @@ class TrialResult:
             accuracy=accuracy,
             latency_ms=latency,
             size_bytes=int(size),
-            feasible=all(c <= 0 for c in trial.constraints.values()),
+            # the accuracy floor is the run's (ParetoSet applies meta.floor), not the trial's own
+            # constraint: a resumed run with another --max-drop re-decides every trial alike
+            feasible=all(c <= 0 for k, c in trial.constraints.items() if k != "accuracy_floor"),
             measurement=record.measurement,
             artifact_path=path if path.is_absolute() else run_dir / path,
             sha256=record.sha256,
@@ -248,8 +250,12 @@ class ParetoSet:
         ]
         #: the confirmation round's figures, by trial number (latency_ms, ratio, ratio_ci, borderline)
         self.confirmed: dict[int, dict[str, Any]] = load_confirmed(study)
+        #: the lowest acceptable score (--max-drop, default 5% below the unmodified model); None: off
+        self.floor: float | None = self.meta.floor
         for t in self.trials:
             t.confirmed = self.confirmed.get(t.number)
+            if self.floor is not None and t.accuracy < self.floor:
+                t.feasible = False  # never the best, never in the Pareto set, never exported by default
         # noise-aware: a latency difference inside the two candidates' resolution does not count
         front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
@@ -272,8 +278,9 @@ class ParetoSet:
 
     @property
     def best(self) -> TrialResult | None:
-        """Most accurate candidate under the budget; among equally accurate ones, those as fast as
-        the fastest (inside their latency resolution) are decided by size. None if none meets it."""
+        """Most accurate candidate under the budget and at or above the accuracy floor; among
+        equally accurate ones, those as fast as the fastest (inside their latency resolution) are
+        decided by size. None if none meets both."""
         figures = [self._confirmed_figure(t) for t in self.feasible]  # confirmed figures win
         chosen = confirm.best([f for f in figures if confirm.within(f, self.limit)])
         return next(t for t in self.feasible if t.number == chosen.key) if chosen else None
@@ -295,9 +302,26 @@ class ParetoSet:
         return sorted(self.trials, key=lambda t: t.latency_ms)[:k]
 
     def closest(self, k: int = 5) -> list[TrialResult]:
-        """When nothing meets every limit: the most accurate under budget, else the fastest."""
+        """When nothing meets every limit: the most accurate under budget (else the fastest),
+        and the fastest above the floor."""
         under = [t for t in self.trials if self.limit.within(t.latency_ms, t.ratio)]
-        return sorted(under, key=lambda t: -t.accuracy)[:k] if under else self.fastest(k)
+        rows = sorted(under, key=lambda t: -t.accuracy)[:k] if under else self.fastest(k)
+        above = self.fastest_above_floor()
+        if above is not None and above not in rows:
+            rows = [*rows[: k - 1], above]
+        return rows
+
+    def most_accurate_under_budget(self) -> TrialResult | None:
+        """The most accurate candidate that meets the latency budget, whatever its accuracy."""
+        under = [t for t in self.trials if self.limit.within(t.latency_ms, t.ratio)]
+        return max(under, key=lambda t: (t.accuracy, -t.latency_ms)) if under else None
+
+    def fastest_above_floor(self) -> TrialResult | None:
+        """The fastest candidate at or above the accuracy floor (None without a floor)."""
+        if self.floor is None:
+            return None
+        above = [t for t in self.trials if t.accuracy >= self.floor]
+        return min(above, key=lambda t: t.latency_ms) if above else None
 
     @property
     def reference_accuracy(self) -> float | None:

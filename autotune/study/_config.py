@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotune._memory import MemorySpec, parse_max_memory
-from autotune.budget import Budget, MaxDrop, parse_budget_spec, parse_duration, parse_max_drop
+from autotune.budget import (
+    DEFAULT_MAX_DROP,
+    Budget,
+    MaxDrop,
+    parse_budget_spec,
+    parse_duration,
+    parse_floor_option,
+)
 from autotune.errors import UserError
 from autotune.records import Protocol
 
@@ -35,7 +42,10 @@ class SearchConfig:
         progress: show progress: a bar when stderr is a terminal, and one line per finished
             trial on stdout when stdout is not that terminal (a log file, a pipe, CI).
         report: where to write the HTML report (default ``reports/<study>.html``; False: none).
-        max_drop: accuracy floor: points below the unmodified model (``1.0``) or relative (``"1%"``).
+        max_drop: accuracy floor: points below the unmodified model (``1.0``) or relative
+            (``"1%"``); default ``"5%"`` (docs/accuracy-floor.md); None or ``"none"``: no floor.
+            ``best``, the summary's ``*``, the report's "Ship trial N" and ``export`` without
+            ``--trial`` never name a candidate below it.
         keep_going: search on when the feasibility probe finds the budget out of reach.
         sampler: a name of :data:`autotune.study.SAMPLERS` (``autotune --help`` lists them).
         recover: recovery of pruned candidates, a name of :data:`autotune.build.RECOVERIES`
@@ -69,7 +79,7 @@ class SearchConfig:
     remeasure: bool = False
     progress: bool = True
     report: str | Path | bool | None = None
-    max_drop: str | float | None = None
+    max_drop: str | float | None = DEFAULT_MAX_DROP
     keep_going: bool = False
     sampler: str = "auto"
     recover: str = "bn"
@@ -90,7 +100,7 @@ class SearchConfig:
         from autotune.study._samplers import SAMPLERS
 
         self.budget_spec = parse_budget_spec(self.budget)
-        self.floor = None if self.max_drop is None else parse_max_drop(self.max_drop)
+        self.floor = parse_floor_option(self.max_drop)
         self.timeout_s = None if self.timeout is None else parse_duration(self.timeout)
         self.memory_spec = parse_max_memory(self.max_memory)
         SAMPLERS.check(self.sampler)
