@@ -41,8 +41,10 @@ def search(
             ``device``, ``trials``, ``space``, ``storage``, ``study_name``, ``out_dir``, ``seed``,
             ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``,
             ``max_drop``, ``keep_going``, ``sampler``, ``recover``, ``recover_steps``,
-            ``recover_final_steps``, ``sensitivity``, ``timeout``, ``predictor``, ``max_memory``.
-            The default ``max_drop="5%"`` is the accuracy floor (None turns it off);
+            ``recover_final_steps``, ``recover_final_share``, ``sensitivity``, ``timeout``,
+            ``predictor``, ``max_memory``. Defaults that guard the result: ``max_drop="5%"`` (the
+            accuracy floor; None turns it off) and final recovery (``recover_final_steps=300``
+            within ``recover_final_share="20%"`` of the search's wall time);
             docs/accuracy-floor.md.
 
     Returns:

@@ -193,6 +193,21 @@ def parse_floor_option(value: str | float | None) -> MaxDrop | None:
     return parse_max_drop(value)
 
 
+def parse_share(text: str | float, option: str) -> float:
+    """A share of something as a fraction: ``20%`` or ``0.2`` -> 0.2; ``0`` turns it off. A bare
+    number above 1 is refused (``20`` is ambiguous: write ``20%``)."""
+    accepted = "a share such as 20% or 0.2 (0: off)"
+    s = str(text).strip()
+    relative = s.endswith("%")
+    try:
+        value = float(s[:-1] if relative else s) / (100.0 if relative else 1.0)
+    except ValueError:
+        raise UserError(f"{option} {text!r}: not a share; expected {accepted}") from None
+    if isinstance(text, bool) or not math.isfinite(value) or value < 0 or (not relative and value > 1):
+        raise UserError(f"{option} {text!r}: out of range; expected {accepted}")
+    return value
+
+
 _DURATION = re.compile(r"^\s*(\d*\.?\d+)\s*(s|m|min|h)?\s*$")
 
 

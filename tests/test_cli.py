@@ -126,6 +126,8 @@ def test_ctrl_c_keeps_completed_trials_and_the_same_command_resumes(tmp_path: Pa
         "--quick",
         "--study",
         "cc",
+        "--recover-final-steps",  # the trial count is asserted; final recovery adds a timed number
+        "0",
     ]
     proc = _started(args, tmp_path, {}, complete=3)
     db = tmp_path / "runs" / "cc" / "study.db"

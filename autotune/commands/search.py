@@ -71,9 +71,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recover-final-steps",
         type=int,
-        default=0,
-        help="distill the 2 most accurate and the 2 largest pruned candidates under the budget this "
-        "many steps, as extra trials at the end (default: 0, off)",
+        default=300,
+        help="final recovery: when a pruned candidate under the budget is below the floor, distill the "
+        "most promising pruned finalists this many steps on unlabeled inputs and re-measure them as "
+        "extra trials at the end (default: %(default)s; 0: off)",
+    )
+    p.add_argument(
+        "--recover-final-share",
+        default="20%",
+        help="time final recovery may take, as a share of the search's wall time "
+        "(default: %(default)s; 0: off)",
     )
     p.add_argument(
         "--sensitivity",
@@ -124,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         recover=args.recover,
         recover_steps=args.recover_steps,
         recover_final_steps=args.recover_final_steps,
+        recover_final_share=args.recover_final_share,
         sensitivity=args.sensitivity,
         timeout=args.timeout,
         predictor=not args.no_predictor,

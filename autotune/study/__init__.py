@@ -1,16 +1,22 @@
 """Study: how a search chooses and records trials.
 
 The search options (:class:`SearchConfig`), samplers, the latency predictor, sensitivity, the
-guide (reference, feasibility probe, baselines, final recovery) and the records a run stores
+guide (reference, feasibility probe, baselines), final recovery and the records a run stores
 in the Optuna study (:class:`RunMeta`, :class:`TrialRecord`, :class:`Baseline`, the confirmation
 round): the one module that reads and writes the study's attributes.
 """
 
 from autotune.study._config import SearchConfig
+from autotune.study._final import (
+    FinalRecovery,
+    enqueue_final,
+    final_candidates,
+    final_recovery,
+    recovery_of_final,
+)
 from autotune.study._guide import (
     baseline_latencies,
     baselines_within,
-    enqueue_final,
     infeasible_message,
     measure_reference,
     sensitivity_for_report,
@@ -49,6 +55,7 @@ __all__ = [
     "PREDICTION_KEY",
     "SAMPLERS",
     "Baseline",
+    "FinalRecovery",
     "Reference",
     "RunMeta",
     "SamplerFactory",
@@ -62,11 +69,14 @@ __all__ = [
     "counted",
     "enqueue_baselines",
     "enqueue_final",
+    "final_candidates",
+    "final_recovery",
     "infeasible_message",
     "load_confirmed",
     "make_sampler",
     "measure_reference",
     "measure_sensitivity",
+    "recovery_of_final",
     "save_confirmed",
     "sensitivity_for_report",
     "sensitivity_guidance",
