@@ -41,10 +41,13 @@ def search(
             ``device``, ``trials``, ``space``, ``storage``, ``study_name``, ``out_dir``, ``seed``,
             ``threads``, ``protocol``, ``agent``, ``remeasure``, ``progress``, ``report``,
             ``max_drop``, ``keep_going``, ``sampler``, ``recover``, ``recover_steps``,
-            ``recover_final_steps``, ``sensitivity``, ``timeout``, ``predictor``, ``max_memory``; for
-            a study several workers share (docs/distributed.md): ``artifacts``, ``heartbeat``,
-            ``reconnect`` and ``task_ref`` (``"module:function"``, so ``autotune worker`` can load
-            the task).
+            ``recover_final_steps``, ``recover_final_share``, ``sensitivity``, ``timeout``,
+            ``predictor``, ``max_memory``; for a study several workers share
+            (docs/distributed.md): ``artifacts``, ``heartbeat``, ``reconnect`` and ``task_ref``
+            (``"module:function"``, so ``autotune worker`` can load the task). Defaults that guard
+            the result: ``max_drop="5%"`` (the accuracy floor; None turns it off) and final
+            recovery (``recover_final_steps=300`` within ``recover_final_share="20%"`` of the
+            search's wall time); docs/accuracy-floor.md.
 
     Returns:
         The :class:`ParetoSet`: ``.pareto``, ``.best``, ``.report()``, ``.best.export()``.

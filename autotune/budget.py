@@ -141,6 +141,16 @@ def format_ms(ms: float) -> str:
     return f"{ms:g}ms"
 
 
+#: The default accuracy floor (``--max-drop``): 5% of the unmodified model's score. Relative, so
+#: it means the same for any metric's scale; loose enough for what int8 and moderate pruning
+#: usually lose, tight enough that no collapsed candidate (chance level on 10 classes is a 90%
+#: drop) is ever called the best. A quality target is tighter: MLPerf's 99% of FP32 is ``1%``.
+#: docs/accuracy-floor.md
+DEFAULT_MAX_DROP = "5%"
+#: what turns the floor off: ``--max-drop none``
+NO_FLOOR = ("none", "off")
+
+
 @dataclass(frozen=True)
 class MaxDrop:
     """``--max-drop``: the accuracy floor, in points (``1.0``) or relative to FP32 (``1%``)."""
@@ -149,10 +159,12 @@ class MaxDrop:
     fraction: float | None = None
 
     def floor(self, reference: float) -> float:
-        """Lowest acceptable score given the unmodified model's ``reference`` score."""
+        """Lowest acceptable score given the unmodified model's ``reference`` score. A relative
+        drop is taken from the reference's magnitude, so a negative score (a negated loss) gets
+        a floor below it, not above."""
         if self.points is not None:
             return reference - self.points
-        return reference * (1.0 - float(self.fraction))  # type: ignore[arg-type]
+        return reference - abs(reference) * float(self.fraction)  # type: ignore[arg-type]
 
     @property
     def label(self) -> str:
@@ -168,10 +180,32 @@ def parse_max_drop(text: str | float) -> MaxDrop:
     try:
         value = float(s[:-1] if relative else s)
     except ValueError:
-        raise UserError(f"--max-drop {text!r}: not a number; expected {accepted}") from None
+        raise UserError(f"--max-drop {text!r}: not a number; expected {accepted}, or none") from None
     if not math.isfinite(value) or value < 0 or (relative and value >= 100):
         raise UserError(f"--max-drop {text!r}: out of range; expected {accepted}")
     return MaxDrop(fraction=value / 100) if relative else MaxDrop(points=value)
+
+
+def parse_floor_option(value: str | float | None) -> MaxDrop | None:
+    """``max_drop`` as the search takes it: None or ``"none"`` turns the floor off."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in NO_FLOOR):
+        return None
+    return parse_max_drop(value)
+
+
+def parse_share(text: str | float, option: str) -> float:
+    """A share of something as a fraction: ``20%`` or ``0.2`` -> 0.2; ``0`` turns it off. A bare
+    number above 1 is refused (``20`` is ambiguous: write ``20%``)."""
+    accepted = "a share such as 20% or 0.2 (0: off)"
+    s = str(text).strip()
+    relative = s.endswith("%")
+    try:
+        value = float(s[:-1] if relative else s) / (100.0 if relative else 1.0)
+    except ValueError:
+        raise UserError(f"{option} {text!r}: not a share; expected {accepted}") from None
+    if isinstance(text, bool) or not math.isfinite(value) or value < 0 or (not relative and value > 1):
+        raise UserError(f"{option} {text!r}: out of range; expected {accepted}")
+    return value
 
 
 _DURATION = re.compile(r"^\s*(\d*\.?\d+)\s*(s|m|min|h)?\s*$")

@@ -68,8 +68,10 @@ def write_profile(path: Path, agents: list[str], **options: Any) -> Path:
 
 
 def search(profile: Path, out: Path, trials: int = 4, agent: str | None = None) -> ParetoSet:
+    # trial counts are asserted: no final recovery (its extra trials are as many as time allows)
     cfg = SearchConfig(budget="50ms", device=str(profile), trials=trials, out_dir=out, agent=agent,
-                       protocol=Protocol.quick(), report=False, progress=False)  # fmt: skip
+                       protocol=Protocol.quick(), report=False, progress=False,
+                       recover_final_steps=0)  # fmt: skip
     return run_search(tiny_task(), cfg)
 
 

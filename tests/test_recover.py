@@ -70,6 +70,9 @@ def test_a_users_finetune_takes_precedence_over_distillation() -> None:
     student = copy.deepcopy(task.model)
     assert recover(student, task.model, task, Recovery(mode="kd", steps=5)) == ["bn", "finetune"]
     assert calls == ["finetune"]
+    # final recovery distils on top of the task's finetune, and says how many steps ran
+    ran = recover(student, task.model, task, Recovery(mode="kd", steps=3, after_finetune=True))
+    assert ran == ["bn", "finetune", "kd"] and ran.info == {"kd_steps": 3} and calls == ["finetune"] * 2
     task.finetune = None
     assert recover(student, task.model, task, Recovery(mode="none")) == []
 

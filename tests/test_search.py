@@ -24,6 +24,9 @@ QUICK = Protocol.quick()
 def run(task: autotune.Task, tmp_path: Path, **kw: object) -> autotune.ParetoSet:
     kw.setdefault("budget", "50ms")
     kw.setdefault("trials", 8)
+    # trial counts are asserted here: final recovery (extra trials, as many as its share of the
+    # wall time fits) is tested on its own in test_floor.py and test_search_guided.py
+    kw.setdefault("recover_final_steps", 0)
     return autotune.search(
         task, out_dir=tmp_path / "runs", protocol=QUICK, progress=False, report=False, **kw
     )

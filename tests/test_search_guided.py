@@ -14,6 +14,7 @@ from autotune.records import Protocol
 def run(tmp_path: Path, **kw: object) -> autotune.ParetoSet:
     kw.setdefault("budget", "50ms")
     kw.setdefault("trials", 10)
+    kw.setdefault("recover_final_steps", 0)  # trial counts are asserted (final recovery: test_floor.py)
     return autotune.search(
         conv_task(), out_dir=tmp_path / "runs", protocol=Protocol.quick(), progress=False, report=False, **kw
     )
@@ -28,7 +29,12 @@ def test_a_relative_budget_is_a_share_of_the_measured_unmodified_model(tmp_path:
     assert result.study.study_name.endswith("-60pct")
     # a relative budget is decided on the ratio alone (not on reference estimate x ratio)
     assert result.meta.budget_fraction == 0.6 and result.limit.fraction == 0.6
-    assert all(t.ratio is not None and t.feasible == (t.ratio <= 0.6) for t in result.trials)
+    # (and feasible also means at or above the accuracy floor, 5% below FP32 by default)
+    floor = result.floor
+    assert floor == pytest.approx(95.0)
+    assert all(
+        t.ratio is not None and t.feasible == (t.ratio <= 0.6 and t.accuracy >= floor) for t in result.trials
+    )
     # recovery ran on the pruned baselines and both accuracies are recorded
     narrow = result.baselines["w0.5"]
     assert narrow.recovery is not None and narrow.recovery["ran"] == ["bn"]
@@ -102,12 +108,20 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
             run(tmp_path, **kw)
 
 
-def test_the_most_accurate_pruned_candidates_get_a_longer_recovery_at_the_end(tmp_path: Path) -> None:
-    result = run(tmp_path, trials=8, recover_final_steps=5)
+def test_the_most_accurate_pruned_candidates_get_a_longer_recovery_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no floor: final recovery runs whenever pruned candidates meet the budget; the whole search's
+    # wall time again is allowed for it and no absolute minimum, so the first finalist fits
+    monkeypatch.setattr("autotune.study._final.MIN_FINAL_TRAIN_S", 0.0)
+    result = run(tmp_path, trials=8, recover_final_steps=5, recover_final_share="100%", max_drop=None)
     finals = [t for t in result.trials if t.baseline and t.baseline.startswith("final-kd#")]
     assert 1 <= len(finals) <= 5
+    final = result.meta.search["final"]
+    assert final["status"] == "ran" and final["trials"] == [t.number for t in finals]
     for t in finals:
         assert t.recovery is not None and t.recovery["ran"] == ["bn", "kd"]
+        assert 1 <= t.recovery["kd_steps"] <= 5
         original = result.trial(int(t.baseline.split("#")[1]))
         assert original.candidate == t.candidate
 
@@ -118,7 +132,7 @@ def test_final_recovery_takes_the_most_accurate_and_the_largest_pruned_candidate
     ones never are."""
     import optuna
 
-    from autotune.study._guide import enqueue_final
+    from autotune.study import enqueue_final
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     dist = {"w": optuna.distributions.CategoricalDistribution([0.25, 0.5, 0.75, 1.0])}

@@ -9,6 +9,10 @@ headline figures are also written out below. Labels renamed since (issue 23, one
 figure: "latency" is the study's figure, "in-window" the measuring window's raw ones; the export's
 ``latency_ms``/``window_*`` keys became ``in_window_ms``/``in_window_*``, and the report's table
 gained the latency column) were updated in ``expected.json``; the numbers are that version's.
+The report's prose on the accuracy floor that study recorded (issue 26: the "accuracy floor" and
+"final recovery" facts, "under the budget and above the floor") was updated there too; its
+summary, table, Pareto set, best and export are that version's exactly (a study stored before
+final recovery's record counts its final trials in the recovery line, as it did).
 """
 
 from __future__ import annotations

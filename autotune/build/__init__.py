@@ -9,6 +9,7 @@ from autotune.build._builder import Artifact, ArtifactBuilder
 from autotune.build._recover import (
     FINAL_RECOVERY,
     RECOVERIES,
+    Ran,
     Recovery,
     RecoveryMethod,
     distill,
@@ -21,6 +22,7 @@ __all__ = [
     "RECOVERIES",
     "Artifact",
     "ArtifactBuilder",
+    "Ran",
     "Recovery",
     "RecoveryMethod",
     "distill",

@@ -29,7 +29,7 @@ import torch
 from autotune._memory import memory_failure
 from autotune._tempdir import OwnedTemporaryDirectory
 from autotune._util import error_line, sha256_file
-from autotune.build._recover import Recovery, recover
+from autotune.build._recover import Ran, Recovery, recover
 from autotune.devices import runs_in
 from autotune.errors import CandidateError
 from autotune.knobs import LAYER_KNOBS, BuildContext, KnobValue, OnnxKnob, changes_weights, torch_knobs
@@ -60,6 +60,7 @@ class Artifact:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     recovery: list[str] = field(default_factory=list)  # what recovery ran: bn, kd, finetune
     unrecovered: Path | None = None  # the same candidate built without recovery (scratch file)
+    recovery_info: dict[str, Any] = field(default_factory=dict)  # e.g. kd_steps: distillation steps run
     #: layer -> the precision onnxruntime's CPU provider runs it in (builds with ``inspect``)
     precision: dict[str, str] | None = None
 
@@ -87,7 +88,8 @@ class ArtifactBuilder:
         self._unmodified: Path | None = task.source if isinstance(task.source, Path) else None
         self._workdir = OwnedTemporaryDirectory("build")  # the next build removes it after a kill
 
-    def build(self, candidate: Candidate) -> Artifact:
+    def build(self, candidate: Candidate, recovery: Recovery | None = None) -> Artifact:
+        """``recovery``: instead of the builder's own, for this build (final recovery)."""
         timings: dict[str, float] = {}
 
         @contextmanager
@@ -107,7 +109,7 @@ class ArtifactBuilder:
             finally:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
-        ran: list[str] = []
+        ran = Ran()
         unrecovered: Path | None = None
         with tempfile.TemporaryDirectory(dir=self._workdir.name) as tmp:
             if not self._changes_torch_model(candidate):
@@ -120,7 +122,7 @@ class ArtifactBuilder:
             else:
                 fp32 = Path(tmp) / "model.onnx"
                 before = Path(tmp) / "unrecovered.onnx" if self.keep_unrecovered else None
-                model, ran = self._compress(candidate, stage, before)
+                model, ran = self._compress(candidate, stage, before, recovery or self.recovery)
                 with stage("export"):
                     export_onnx(model, self.task.example_inputs, fp32)
                 if ran and before is not None:
@@ -147,8 +149,9 @@ class ArtifactBuilder:
             sha256=digest,
             size_bytes=target.stat().st_size,
             timings=timings,
-            recovery=ran,
+            recovery=list(ran),
             unrecovered=unrecovered,
+            recovery_info=dict(ran.info),
             precision=precision,
         )
 
@@ -182,8 +185,8 @@ class ArtifactBuilder:
         return changes_weights(candidate.layers)
 
     def _compress(
-        self, candidate: Candidate, stage: Callable[[str], Any], before: Path | None
-    ) -> tuple[torch.nn.Module, list[str]]:
+        self, candidate: Candidate, stage: Callable[[str], Any], before: Path | None, recovery: Recovery
+    ) -> tuple[torch.nn.Module, Ran]:
         """Pruned (and recovered) copy of the model; ``before`` gets the un-recovered export."""
         teacher = self.task.model.eval()
         ctx = self._context(candidate)
@@ -192,7 +195,6 @@ class ArtifactBuilder:
             model = copy.deepcopy(teacher)
             for knob in knobs:
                 knob.apply(model, self._choices(candidate, knob.name), ctx)
-        ran: list[str] = []
         if before is not None:
             with stage("export"):
                 unrecovered = copy.deepcopy(model)
@@ -200,7 +202,7 @@ class ArtifactBuilder:
                     knob.finish(unrecovered)
                 export_onnx(unrecovered.eval(), self.task.example_inputs, before)
         with stage("finetune"):  # the stage name the cost split already uses for recovery
-            ran = recover(model, teacher, self.task, self.recovery)
+            ran = recover(model, teacher, self.task, recovery)
         with stage("compress"):
             for knob in knobs:
                 knob.finish(model)

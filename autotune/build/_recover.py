@@ -7,7 +7,8 @@ the CLI's choices and help, and :func:`recover`:
   the activations (cheap: forward passes only). The default.
 * ``kd``: the same, then knowledge distillation from the unmodified model (soft targets, no
   labels) for a bounded number of steps, with the package's one distillation loop
-  (:func:`autotune.task.knowledge_distill`). The finalists' longer recovery uses it too.
+  (:func:`autotune.task.knowledge_distill`). Final recovery (``--recover-final-steps``) uses it
+  too, for the finalists: on top of a task's own ``finetune``, within a time limit.
 * ``none``.
 
 Data: ``Task.recovery_data``, defaulting to the calibration batches. A task's own ``finetune``
@@ -17,9 +18,9 @@ BatchNorm before it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +46,10 @@ class Recovery:
     steps: int = 100  # distillation steps per trial
     lr: float = 3e-3
     temperature: float = 4.0
+    #: distillation stops within this many seconds (the schedule shrinks to fit); None: no limit
+    time_limit_s: float | None = None
+    #: distil after the task's own ``finetune`` too (final recovery), instead of in its place
+    after_finetune: bool = False
 
     def __post_init__(self) -> None:
         RECOVERIES.check(self.mode)
@@ -52,10 +57,24 @@ class Recovery:
             raise UserError(f"--recover-steps {self.steps}: must be zero or more")
 
     def to_dict(self) -> dict[str, object]:
-        return {"mode": self.mode, "steps": self.steps, "lr": self.lr, "temperature": self.temperature}
+        out: dict[str, object] = {"mode": self.mode, "steps": self.steps, "lr": self.lr}
+        out["temperature"] = self.temperature
+        if self.time_limit_s is not None:
+            out["time_limit_s"] = self.time_limit_s
+        return out
 
 
-#: A recovery method: (pruned student, unmodified teacher, task, settings) -> what ran, in place.
+class Ran(list[str]):
+    """What a recovery method ran (``["bn", "kd"]``: a list, as a method may return), with what
+    it counted in :attr:`info` (``kd_steps``: the distillation steps that ran)."""
+
+    def __init__(self, names: Iterable[str] = (), **info: Any) -> None:
+        super().__init__(names)
+        self.info: dict[str, Any] = dict(info)
+
+
+#: A recovery method: (pruned student, unmodified teacher, task, settings) -> what ran, in place
+#: (a list of names, or a :class:`Ran` with what it counted).
 RecoveryMethod = Callable[[nn.Module, nn.Module, Task, Recovery], list[str]]
 
 #: name -> (method, one-line help); ``--recover`` and ``SearchConfig.recover`` choose from it
@@ -116,13 +135,14 @@ def distill(
     batches: Sequence[ModelInputs],
     recovery: Recovery,
     seed: int = 0,
-) -> None:
-    """``recovery.steps`` steps of soft-target distillation on ``batches``, in place."""
+) -> int:
+    """Up to ``recovery.steps`` steps of soft-target distillation on ``batches`` (fewer when
+    ``recovery.time_limit_s`` runs out first), in place; returns the steps run."""
     if not batches:
-        return
+        return 0
     columns = [_tensors(b) for b in batches]
     pool = _rebuild(batches[0], [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))])
-    knowledge_distill(
+    return knowledge_distill(
         student,
         teacher,
         pool,
@@ -131,6 +151,7 @@ def distill(
         temperature=recovery.temperature,
         batch_size=KD_BATCH,
         seed=seed,
+        time_limit_s=recovery.time_limit_s,
     )
 
 
@@ -150,13 +171,16 @@ def _bn(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) 
 @RECOVERIES.register("kd", "bn, then distillation from the unmodified model (--recover-steps steps)")
 def _kd(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
     batches = recovery_batches(task)
-    ran = ["bn"] if recalibrate_bn(student, batches) else []
+    ran = Ran(["bn"] if recalibrate_bn(student, batches) else [])
     if task.finetune is not None:  # the task's own training knows its data better
-        return ran + _task_finetune(student, teacher, task)
+        ran.extend(_task_finetune(student, teacher, task))
+        if not recovery.after_finetune:  # final recovery distils on top of it
+            return ran
     if recovery.steps > 0:
-        distill(student, teacher, batches, recovery)
-        recalibrate_bn(student, batches)  # training-mode updates left an EMA of few batches
-        ran.append("kd")
+        ran.info["kd_steps"] = steps = distill(student, teacher, batches, recovery)
+        if steps:
+            recalibrate_bn(student, batches)  # training-mode updates left an EMA of few batches
+            ran.append("kd")
     return ran
 
 
@@ -165,6 +189,8 @@ def _none(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery
     return _task_finetune(student, teacher, task)
 
 
-def recover(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> list[str]:
-    """Apply ``recovery`` to a pruned ``student`` in place; returns what ran (``["bn", "kd"]``)."""
-    return RECOVERIES.get(recovery.mode)(student, teacher, task, recovery)
+def recover(student: nn.Module, teacher: nn.Module, task: Task, recovery: Recovery) -> Ran:
+    """Apply ``recovery`` to a pruned ``student`` in place; returns what ran (``["bn", "kd"]``)
+    and what it counted (:attr:`Ran.info`)."""
+    ran = RECOVERIES.get(recovery.mode)(student, teacher, task, recovery)
+    return ran if isinstance(ran, Ran) else Ran(ran)

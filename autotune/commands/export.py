@@ -8,7 +8,9 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", type=Path, help="runs directory of the study (runs/STUDY)")
-    p.add_argument("--trial", type=int, help="trial number (default: the best under the budget)")
+    p.add_argument(
+        "--trial", type=int, help="trial number (default: the best under the budget and above the floor)"
+    )
     p.add_argument(
         "-o", "--output", type=Path, default=Path("best.onnx"), help="output .onnx path (default: best.onnx)"
     )
@@ -29,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     if args.trial is None:
         chosen = result.best
         if chosen is None:
-            raise UserError("no trial met the budget; pick one with --trial N (see the summary table)")
+            floor = "" if result.floor is None else f" and the accuracy floor ({result.floor:.2f})"
+            raise UserError(
+                f"no trial met the budget{floor}; pick one with --trial N (see the summary table)"
+            )
     else:
         chosen = result.trial(args.trial)
     path = chosen.export(args.output)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autotune.budget import ACCEPTED_ANY
+from autotune.budget import ACCEPTED_ANY, DEFAULT_MAX_DROP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-drop",
-        help="accuracy floor: points below the unmodified model (1.0), or a share of its score (1%%)",
+        default=DEFAULT_MAX_DROP,
+        help="accuracy floor: points below the unmodified model (1.0), or a share of its score (1%%); "
+        "nothing below it is ever called the best (default: %(default)s; none: no floor)",
     )
     p.add_argument(
         "--keep-going",
@@ -69,9 +71,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recover-final-steps",
         type=int,
-        default=0,
-        help="distill the 2 most accurate and the 2 largest pruned candidates under the budget this "
-        "many steps, as extra trials at the end (default: 0, off)",
+        default=300,
+        help="final recovery: when a pruned candidate under the budget is below the floor, distill the "
+        "most promising pruned finalists this many steps on unlabeled inputs and re-measure them as "
+        "extra trials at the end (default: %(default)s; 0: off)",
+    )
+    p.add_argument(
+        "--recover-final-share",
+        default="20%",
+        help="time final recovery may take, as a share of the search's wall time "
+        "(default: %(default)s; 0: off)",
     )
     p.add_argument(
         "--sensitivity",
@@ -140,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         recover=args.recover,
         recover_steps=args.recover_steps,
         recover_final_steps=args.recover_final_steps,
+        recover_final_share=args.recover_final_share,
         sensitivity=args.sensitivity,
         timeout=args.timeout,
         predictor=not args.no_predictor,

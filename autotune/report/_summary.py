@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from autotune._memory import format_bytes
 from autotune.measure import HOST_BUSY_SHARE
+from autotune.report._floor import final_line, floor_gap
 
 if TYPE_CHECKING:
     from autotune.result import ParetoSet, TrialResult
@@ -54,18 +55,26 @@ def _verdict(result: ParetoSet) -> list[str]:
         )
     elif result.meta.stopped == "timeout":
         lines.append("stopped by --timeout (everything is saved; run the same command to continue)")
-    recovered = [t for t in result.trials if t.recovery and t.recovery.get("accuracy_before") is not None]
+    final = final_line(result)  # None for a run that predates final recovery's record
+    recovered = [
+        t
+        for t in result.trials
+        if t.recovery
+        and t.recovery.get("accuracy_before") is not None
+        # final recovery has its own line (a study stored before it counts them here, as it did)
+        and (final is None or not str(t.baseline).startswith("final-kd"))
+    ]
     if recovered:
         gain = sum(t.accuracy - t.recovery["accuracy_before"] for t in recovered) / len(recovered)  # type: ignore[index]
         ran = sorted({r for t in recovered for r in t.recovery["ran"]})  # type: ignore[index]
         lines.append(f"recovery ({'+'.join(ran)}) in {len(recovered)} trials: {gain:+.2f} points on average")
+    if final is not None:
+        lines.append(final)
     if result.pareto:
         lines.append(f"Pareto set under the budget ({len(result.pareto)} candidates, * = best):")
-    elif floor is not None and any(result.limit.within(t.latency_ms, t.ratio) for t in result.trials):
-        lines.append(
-            f"NO candidate meets both the budget of {budget} and the accuracy floor of {floor:.2f}: "
-            "none is the one to ship. The most accurate under the budget (everything is saved):"
-        )
+    elif (gap := floor_gap(result)) is not None:
+        lines.append(gap)
+        lines.append("The most accurate under the budget, and the fastest above the floor:")
     else:
         lines.append(
             f"NO candidate met the budget of {budget}. The fastest candidates found "

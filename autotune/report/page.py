@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from autotune._util import first_line
 from autotune.report._common import View, esc, latency_flags, latency_line
+from autotune.report._floor import final_line, floor_gap
 from autotune.report._summary import memory_line, predictor_line
 from autotune.study import DB_NAME, TrialRecord
 
@@ -116,14 +117,15 @@ def verdict(view: View) -> str:
     fp32 = r.baselines.get("fp32")
     c = view.chosen
     ref = r.reference_accuracy
-    floor = r.meta.floor
-    if c is None and floor is not None and any(r.limit.within(t.latency_ms, t.ratio) for t in r.trials):
+    if c is None and (gap := floor_gap(r)) is not None:
+        head, *rest = gap.split("\n")
         return (
             '<section class="verdict none" id="verdict">'
-            f"<h2>No trial met both the budget of {budget} and the accuracy floor of {floor:.2f} on "
-            f"{device}.</h2><p>None of the {len(r.trials)} candidates is one to ship: every one under the "
-            f"budget loses more than {esc(r.meta.max_drop or '')} of {esc(view.metric)}. The most accurate "
-            "under the budget are shown below (everything is saved).</p></section>"
+            f"<h2>No trial met both the budget and the accuracy floor on {device}.</h2>"
+            f"<p>{esc(head)}</p>"
+            + "".join(f"<p>{esc(line)}</p>" for line in rest)
+            + (f"<p class='muted'>{esc(line)}</p>" if (line := final_line(r)) else "")
+            + "</section>"
         )
     if c is None:
         fastest = view.focus[0] if view.focus else None
@@ -147,6 +149,7 @@ def verdict(view: View) -> str:
     n_feasible = len(r.feasible)
     why = (
         f"It is the most accurate of the {n_feasible} candidates under the budget"
+        + (f" and above the accuracy floor of {r.floor:.2f}" if r.floor is not None else "")
         + (" (ties broken by latency)" if sum(t.accuracy == c.accuracy for t in r.feasible) > 1 else "")
         + "."
     )
@@ -211,7 +214,11 @@ def facts(view: View) -> str:
     for state in ("running", "waiting"):
         if counts.get(state):
             count_text += f", {counts[state]} {state}"
-    count_text += f"; {len(r.feasible)} under budget, {len(r.pareto)} on the Pareto front"
+    count_text += (
+        f"; {len(r.feasible)} under budget"
+        + (" and above the floor" if r.floor is not None else "")
+        + f", {len(r.pareto)} on the Pareto front"
+    )
     fp_text = ", ".join(f"{k} {v}" for k, v in meta.fingerprint.items())
     budget = meta.budget + (f" ({meta.budget_ms:g} ms median)" if math.isfinite(meta.budget_ms) else "")
     protocol = meta.protocol
@@ -227,13 +234,18 @@ def facts(view: View) -> str:
         ("device", f"{meta.device} (backend {meta.backend})"),
         ("device fingerprint", fp_text or "?"),
         ("latency budget", budget),
+        (
+            "accuracy floor",
+            f"{r.floor:.2f} (the unmodified model minus {meta.max_drop})" if r.floor is not None else "none",
+        ),
+        ("final recovery", final_line(r) or "not recorded"),
         ("trials", count_text),
         ("wall time", _fmt_s(meta.wall_s)),
         (
             "chosen candidate",
             f"trial {view.chosen.number}: {view.chosen.describe()}"
             if view.chosen
-            else "none (no trial met the budget)",
+            else "none (no trial met the budget" + (" and the floor)" if r.floor is not None else ")"),
         ),
         ("measurement protocol", proto_text),
         ("latency predictor", predictor_line(r) or "not recorded"),

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.budget import Limit
+from autotune.budget import Limit, parse_floor_option
 from autotune.errors import UserError
 from autotune.knobs import export_fields
 from autotune.measure import confirm
@@ -39,6 +39,9 @@ from autotune.study import (
     onnx_id,
     skipped,
 )
+
+#: ``max_drop`` of :class:`ParetoSet`: the floor the run recorded
+RECORDED = "recorded"
 
 
 @dataclass
@@ -92,7 +95,9 @@ class TrialResult:
             accuracy=accuracy,
             latency_ms=latency,
             size_bytes=int(size),
-            feasible=all(c <= 0 for c in constraints.values()),
+            # the accuracy floor is the run's (ParetoSet applies meta.floor, or the max_drop it
+            # is given), not the trial's own constraint: every trial is decided alike
+            feasible=all(c <= 0 for k, c in constraints.items() if k != "accuracy_floor"),
             measurement=record.measurement,
             artifact_path=artifact_path,
             sha256=record.sha256,
@@ -276,6 +281,7 @@ class ParetoSet:
         run_dir: Path | None = None,
         storage: str | None = None,
         artifacts: str | Store | None = None,
+        max_drop: str | float | None = RECORDED,
     ) -> None:
         self.study = study
         self.meta = RunMeta.from_study(study) or RunMeta()
@@ -310,9 +316,18 @@ class ParetoSet:
         ]
         #: the confirmation round's figures, by trial number (latency_ms, ratio, ratio_ci, borderline)
         self.confirmed: dict[int, dict[str, Any]] = load_confirmed(study)
+        #: the lowest acceptable score (--max-drop, default 5% below the unmodified model); None: off.
+        #: The run's, unless ``max_drop`` re-decides the finished study with another one
+        self.floor: float | None = self.meta.floor
+        reference = self.meta.reference_record
+        if max_drop != RECORDED and reference is not None:
+            drop = parse_floor_option(max_drop)
+            self.floor = None if drop is None else drop.floor(reference.accuracy)
         for t in self.trials:
             t.confirmed = self.confirmed.get(t.number)
             t.store = self.store
+            if self.floor is not None and t.accuracy < self.floor:
+                t.feasible = False  # never the best, never in the Pareto set, never exported by default
         # noise-aware: a latency difference inside the two candidates' resolution does not count
         front = {f.key for f in confirm.pareto([_figure(t) for t in self.feasible])}
         #: feasible, non-dominated trials, fastest first
@@ -327,12 +342,14 @@ class ParetoSet:
         storage: str | None = None,
         study_name: str | None = None,
         artifacts: str | None = None,
+        max_drop: str | float | None = RECORDED,
     ) -> ParetoSet:
         """A study from its runs folder, or its storage URL and name; ``artifacts``: the artifact
-        store's URL when it differs from the one recorded with the study (another mount point)."""
+        store's URL when it differs from the one recorded with the study (another mount point);
+        ``max_drop``: another accuracy floor than the run's (None: none), to see what it names."""
         study = load_study(run_dir, storage, study_name)
         run = Path(run_dir) if run_dir else None
-        return cls(study, run, storage=storage_url(run_dir, storage), artifacts=artifacts)
+        return cls(study, run, storage=storage_url(run_dir, storage), artifacts=artifacts, max_drop=max_drop)
 
     def store(self) -> Store | None:
         """The study's artifact store (None when the study recorded none and none was given)."""
@@ -371,8 +388,9 @@ class ParetoSet:
 
     @property
     def best(self) -> TrialResult | None:
-        """Most accurate candidate under the budget; among equally accurate ones, those as fast as
-        the fastest (inside their latency resolution) are decided by size. None if none meets it."""
+        """Most accurate candidate under the budget and at or above the accuracy floor; among
+        equally accurate ones, those as fast as the fastest (inside their latency resolution) are
+        decided by size. None if none meets both."""
         figures = [self._confirmed_figure(t) for t in self.feasible]  # confirmed figures win
         chosen = confirm.best([f for f in figures if confirm.within(f, self.limit)])
         return next(t for t in self.feasible if t.number == chosen.key) if chosen else None
@@ -394,9 +412,26 @@ class ParetoSet:
         return sorted(self.trials, key=lambda t: t.latency_ms)[:k]
 
     def closest(self, k: int = 5) -> list[TrialResult]:
-        """When nothing meets every limit: the most accurate under budget, else the fastest."""
+        """When nothing meets every limit: the most accurate under budget (else the fastest),
+        and the fastest above the floor."""
         under = [t for t in self.trials if self.limit.within(t.latency_ms, t.ratio)]
-        return sorted(under, key=lambda t: -t.accuracy)[:k] if under else self.fastest(k)
+        rows = sorted(under, key=lambda t: -t.accuracy)[:k] if under else self.fastest(k)
+        above = self.fastest_above_floor()
+        if above is not None and above not in rows:
+            rows = [*rows[: k - 1], above]
+        return rows
+
+    def most_accurate_under_budget(self) -> TrialResult | None:
+        """The most accurate candidate that meets the latency budget, whatever its accuracy."""
+        under = [t for t in self.trials if self.limit.within(t.latency_ms, t.ratio)]
+        return max(under, key=lambda t: (t.accuracy, -t.latency_ms)) if under else None
+
+    def fastest_above_floor(self) -> TrialResult | None:
+        """The fastest candidate at or above the accuracy floor (None without a floor)."""
+        if self.floor is None:
+            return None
+        above = [t for t in self.trials if t.accuracy >= self.floor]
+        return min(above, key=lambda t: t.latency_ms) if above else None
 
     @property
     def reference_accuracy(self) -> float | None:

@@ -1,7 +1,7 @@
 """Study: how a search chooses and records trials.
 
 The search options (:class:`SearchConfig`), samplers, the latency predictor, sensitivity, the
-guide (reference, feasibility probe, baselines, final recovery) and the records a run stores
+guide (reference, feasibility probe, baselines), final recovery and the records a run stores
 in the Optuna study (:class:`RunMeta`, :class:`TrialRecord`, :class:`Baseline`, the confirmation
 round): the one module that reads and writes the study's attributes. For a study shared by
 workers: its database with heartbeats and reconnects (:func:`open_storage`), its artifact store
@@ -10,10 +10,16 @@ keep the count exact (:func:`surplus`, :func:`wait_for_slot`).
 """
 
 from autotune.study._config import SearchConfig
+from autotune.study._final import (
+    FinalRecovery,
+    enqueue_final,
+    final_candidates,
+    final_recovery,
+    recovery_of_final,
+)
 from autotune.study._guide import (
     baseline_latencies,
     baselines_within,
-    enqueue_final,
     infeasible_message,
     measure_reference,
     sensitivity_for_report,
@@ -79,6 +85,7 @@ __all__ = [
     "SURPLUS_KEY",
     "TRACEBACK_SUFFIX",
     "Baseline",
+    "FinalRecovery",
     "Reference",
     "ResilientStorage",
     "RunMeta",
@@ -96,6 +103,8 @@ __all__ = [
     "counted",
     "enqueue_baselines",
     "enqueue_final",
+    "final_candidates",
+    "final_recovery",
     "infeasible_message",
     "load_confirmed",
     "lost",
@@ -105,6 +114,7 @@ __all__ = [
     "normalize_url",
     "onnx_id",
     "open_storage",
+    "recovery_of_final",
     "refuse",
     "save_confirmed",
     "sensitivity_for_report",

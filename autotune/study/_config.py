@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotune._memory import MemorySpec, parse_max_memory
-from autotune.budget import Budget, MaxDrop, parse_budget_spec, parse_duration, parse_max_drop
+from autotune.budget import (
+    DEFAULT_MAX_DROP,
+    Budget,
+    MaxDrop,
+    parse_budget_spec,
+    parse_duration,
+    parse_floor_option,
+    parse_share,
+)
 from autotune.errors import UserError
 from autotune.records import Protocol
 
@@ -35,14 +43,23 @@ class SearchConfig:
         progress: show progress: a bar when stderr is a terminal, and one line per finished
             trial on stdout when stdout is not that terminal (a log file, a pipe, CI).
         report: where to write the HTML report (default ``reports/<study>.html``; False: none).
-        max_drop: accuracy floor: points below the unmodified model (``1.0``) or relative (``"1%"``).
+        max_drop: accuracy floor: points below the unmodified model (``1.0``) or relative
+            (``"1%"``); default ``"5%"`` (docs/accuracy-floor.md); None or ``"none"``: no floor.
+            ``best``, the summary's ``*``, the report's "Ship trial N" and ``export`` without
+            ``--trial`` never name a candidate below it.
         keep_going: search on when the feasibility probe finds the budget out of reach.
         sampler: a name of :data:`autotune.study.SAMPLERS` (``autotune --help`` lists them).
         recover: recovery of pruned candidates, a name of :data:`autotune.build.RECOVERIES`
             (``autotune --help`` lists them; default ``bn``, BatchNorm re-estimation).
         recover_steps: distillation steps per pruned candidate with ``recover="kd"``.
-        recover_final_steps: distillation steps for the 2 most accurate and the 2 largest pruned
-            candidates under the budget, re-built as extra trials at the end (0: off).
+        recover_final_steps: final recovery: distillation steps (from the unmodified model, on
+            unlabeled inputs) for the most promising pruned finalists under the budget,
+            re-built, re-measured and re-scored as extra trials at the end; it runs when a
+            pruned candidate under the budget is below the floor (every time without a floor).
+            Default 300; 0: off.
+        recover_final_share: how much time final recovery may take, as a share of the search's
+            wall time (``"20%"``, the default, or ``0.2``; 0: off). The most promising finalists
+            go first and the last one's distillation is cut short to fit.
         sensitivity: measure per-layer sensitivity first; it drops values that alone break the
             floor and enqueues greedy candidates after the baselines.
         timeout: wall-clock limit (``"30m"``, ``"90s"`` or seconds); the search ends cleanly.
@@ -80,12 +97,13 @@ class SearchConfig:
     remeasure: bool = False
     progress: bool = True
     report: str | Path | bool | None = None
-    max_drop: str | float | None = None
+    max_drop: str | float | None = DEFAULT_MAX_DROP
     keep_going: bool = False
     sampler: str = "auto"
     recover: str = "bn"
     recover_steps: int = 100
-    recover_final_steps: int = 0
+    recover_final_steps: int = 300  # 300 steps, not 100, recovered width 0.25 on the demo
+    recover_final_share: str | float = "20%"
     sensitivity: bool = False
     timeout: str | float | None = None
     predictor: bool = True
@@ -100,6 +118,7 @@ class SearchConfig:
     timeout_s: float | None = field(init=False)
     memory_spec: MemorySpec = field(init=False)
     reconnect_s: float = field(init=False)
+    final_share: float = field(init=False)  # recover_final_share as a fraction
 
     def __post_init__(self) -> None:
         # the registries, not lists kept here: a registered name is accepted as the CLI accepts it
@@ -107,7 +126,8 @@ class SearchConfig:
         from autotune.study._samplers import SAMPLERS
 
         self.budget_spec = parse_budget_spec(self.budget)
-        self.floor = None if self.max_drop is None else parse_max_drop(self.max_drop)
+        self.floor = parse_floor_option(self.max_drop)
+        self.final_share = parse_share(self.recover_final_share, "--recover-final-share")
         self.timeout_s = None if self.timeout is None else parse_duration(self.timeout)
         self.memory_spec = parse_max_memory(self.max_memory)
         SAMPLERS.check(self.sampler)

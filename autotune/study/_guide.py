@@ -1,6 +1,7 @@
 """What the search learns before the sampler takes over: the unmodified model as the reference
 (always measured and evaluated, whatever the preset says), the budget it resolves, the accuracy
 floor, and the feasibility verdict after the baselines and the most aggressive configuration.
+What it does after the sampler, final recovery, is in :mod:`autotune.study._final`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from optuna.trial import TrialState
 
 from autotune.build import ArtifactBuilder
 from autotune.errors import UserError
-from autotune.knobs import changes_weights
 from autotune.measure import Measurer
 from autotune.records import RuntimeOptions
 from autotune.space import Candidate, SearchSpace
@@ -167,31 +167,3 @@ def baselines_within(study: optuna.Study) -> bool:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if _probed(t) is not None
     )
-
-
-def enqueue_final(study: optuna.Study, budget_ms: float, k: int = 2) -> int:
-    """Re-queue the ``k`` most accurate and the ``k`` largest pruned trials under the budget, and
-    the most accurate pruned uniform baseline, for a longer recovery (:meth:`Baseline.final`);
-    returns how many were queued."""
-    records = {t.number: TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)}
-    done = {r.final_of for r in records.values()}
-    pruned = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if (_within(t) if "latency_budget" in t.constraints else t.values[1] <= budget_ms)
-        and records[t.number].final_of is None
-        and (cand := records[t.number].candidate) is not None
-        and changes_weights(cand.layers)
-    ]
-    # accuracy before distillation ranks heavily pruned candidates poorly (BatchNorm-only scores
-    # of collapsed models are noise), and distillation recovers what the kept weights can hold:
-    # the largest candidates under the budget are finalists too (benchmarks/search_quality.py)
-    # ... and so is the best uniform one, so the distilled result never loses to uniform pruning
-    uniform = [t for t in pruned if (b := records[t.number].enqueued) is not None and b.role != "greedy"]
-    best: list[optuna.trial.FrozenTrial] = []
-    for pool, key, n in ((pruned, 0, k), (pruned, 2, k), (uniform, 0, 1)):
-        best += [t for t in sorted(pool, key=lambda t: -t.values[key])[:n] if t not in best]
-    for t in best:
-        if t.number not in done:
-            TrialRecord.of_baseline(Baseline.final(t.number)).enqueue(study, t.params, skip_if_exists=False)
-    return sum(t.number not in done for t in best)

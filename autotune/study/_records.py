@@ -183,6 +183,7 @@ _PLAIN_KEYS = (
     "sensitivity",
     "recovery",
     "final_of",
+    "final_time_s",
     "peak_memory_bytes",
     "precision",
 )
@@ -206,6 +207,8 @@ class TrialRecord:
     #: recovery that ran ("bn", "kd", "finetune") and the accuracy of the same candidate before it
     recovery: dict[str, Any] | None = None
     final_of: int | None = None  # a final recovery: the trial it builds again (see Baseline)
+    #: a final recovery: the seconds its distillation may take (study/_final.py)
+    final_time_s: float | None = None
     #: skipped by the latency predictor (built, never measured): the predicted ratio and latency,
     #: the budget ratio, the margin and how many candidates it was trained on
     predicted: dict[str, Any] | None = None
@@ -280,6 +283,7 @@ class TrialRecord:
             sensitivity=attrs.get("sensitivity"),
             recovery=attrs.get("recovery"),
             final_of=None if final_of is None else int(final_of),
+            final_time_s=attrs.get("final_time_s"),
             predicted=attrs.get(PREDICTED_KEY),
             predicted_ratio=attrs.get(PREDICTION_KEY),
             peak_memory_bytes=attrs.get("peak_memory_bytes"),

@@ -9,6 +9,7 @@ the task stage may not import the builder).
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from autotune.inputs import ModelInputs
 
 TEACHER_CHUNK = 64  # inputs per teacher forward pass when its outputs are computed up front
+#: steps timed before a time-limited distillation fits its schedule to the time left
+CALIBRATION_STEPS = 5
 
 
 def _rows(inputs: ModelInputs, idx: torch.Tensor | slice) -> ModelInputs:
@@ -69,8 +72,10 @@ def knowledge_distill(
     alpha: float = 0.7,
     seed: int = 0,
     targets: torch.Tensor | None = None,
-) -> None:
-    """Distill ``teacher`` into ``student`` in place; leaves the student in eval mode.
+    time_limit_s: float | None = None,
+) -> int:
+    """Distill ``teacher`` into ``student`` in place; leaves the student in eval mode. Returns
+    the steps run.
 
     ``inputs``: the model's inputs as it takes them, tensors by position (a tuple) or by keyword
     (a dict), first dimension the samples. ``steps`` Adam steps on random batches of them,
@@ -82,25 +87,34 @@ def knowledge_distill(
     pre-hooks (``torch.nn.utils.prune``) stay applied. Deterministic for a given ``seed``: the
     batches come from their own generator, and the global RNG (dropout and the like inside the
     student) is seeded for the loop and restored after it.
+
+    ``time_limit_s``: the whole call stops within about this many seconds (final recovery). The
+    first :data:`CALIBRATION_STEPS` are timed and the cosine schedule is fitted to the steps the
+    time left allows (so the learning rate still decays to zero), and the loop stops at the
+    limit whatever happens; at least one step runs. Without it, exactly ``steps`` steps run.
     """
+    t0 = time.perf_counter()
     n = _count(inputs)
     if steps <= 0 or n == 0:
         student.eval()
-        return
+        return 0
     if targets is None:
         targets = teacher_outputs(teacher, inputs)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
 
+    horizon = steps  # the schedule's length: shortened once the step time is known
+
     def cosine(step: int) -> float:  # the learning rate decays from lr to 0 over the steps
-        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, horizon) / horizon))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     student.train()
+    step, loop_start = 0, time.perf_counter()
     try:
-        for _ in range(steps):
+        while step < horizon:
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
             out = _logits(student, _rows(inputs, idx))
             loss = F.kl_div(
@@ -113,7 +127,16 @@ def knowledge_distill(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            if time_limit_s is not None:
+                elapsed = time.perf_counter() - t0
+                if elapsed >= time_limit_s:
+                    break
+                if step == CALIBRATION_STEPS:  # fit the rest of the schedule to the time left
+                    per_step = max((time.perf_counter() - loop_start) / step, 1e-9)
+                    horizon = min(horizon, step + max(1, int((time_limit_s - elapsed) / per_step)))
             sched.step()
     finally:
         student.eval()
         torch.random.set_rng_state(rng_state)
+    return step

@@ -20,6 +20,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from autotune._interrupt import interrupts_outside_optuna
 from autotune._memory import MemoryBudget, PeakMeter, memory_failure, memory_limit, resolve
 from autotune._util import error_line
 from autotune.budget import format_ms
-from autotune.build import FINAL_RECOVERY, Artifact, ArtifactBuilder, Recovery
+from autotune.build import FINAL_RECOVERY, Artifact, ArtifactBuilder, Recovery, recovery_batches
 from autotune.devices import Device, device_for_profile
 from autotune.devices import Reference as TimingReference
 from autotune.errors import CandidateError, UserError
@@ -43,6 +44,7 @@ from autotune.space import Candidate, DeviceProfile, SearchSpace, build_space, l
 from autotune.study import (
     DB_NAME,
     FAILURES_DIR,
+    FinalRecovery,
     ResilientStorage,
     RunMeta,
     SearchConfig,
@@ -54,12 +56,13 @@ from autotune.study import (
     baselines_within,
     counted,
     enqueue_baselines,
-    enqueue_final,
+    final_recovery,
     infeasible_message,
     lost,
     make_sampler,
     measure_reference,
     open_storage,
+    recovery_of_final,
     save_confirmed,
     sensitivity_for_report,
     sensitivity_guidance,
@@ -178,8 +181,8 @@ def _search(
     # what each layer really runs in is read off onnxruntime's CPU optimiser: for CPU searches only
     inspect = profile.backend == "ort-cpu"
     builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=recovery, inspect=inspect)
-    final = Recovery(mode=FINAL_RECOVERY, steps=cfg.recover_final_steps)
-    final_builder = ArtifactBuilder(task, space, run_dir / "artifacts", recovery=final, inspect=inspect)
+    # final recovery distils on top of the trial's own recovery (a task's finetune included)
+    final = Recovery(mode=FINAL_RECOVERY, steps=cfg.recover_final_steps, after_finetune=True)
     inputs = _trial_inputs(task)
     started = time.time()
     try:
@@ -291,7 +294,8 @@ def _search(
         trial: optuna.Trial, candidate: Candidate, record: TrialRecord
     ) -> tuple[Artifact, Measurement, float]:
         """Build, measure and score one candidate, filling ``record`` as it goes."""
-        artifact = (final_builder if record.final_of is not None else builder).build(candidate)
+        # a final recovery trial distils, within its share of the time (study/_final.py)
+        artifact = builder.build(candidate, recovery_of_final(record, final))
         files.onnx(trial, artifact)  # stored once per sha256, linked to this trial
         timings = record.timings = artifact.timings
         record.artifact_path = str(artifact.path.relative_to(run_dir))
@@ -312,6 +316,7 @@ def _search(
             if artifact.unrecovered is not None:  # only when recovery ran
                 before = evaluate_artifact(task, artifact.unrecovered)
                 record.recovery = {"ran": artifact.recovery, "accuracy_before": before}
+                record.recovery.update(artifact.recovery_info)  # kd_steps, when distilled
         except Exception as exc:
             raise memory_failure("evaluate", exc) or CandidateError("evaluate", error_line(exc)) from exc
         finally:
@@ -375,9 +380,13 @@ def _search(
                 if meta.infeasible and not cfg.keep_going:
                     meta.stopped = "infeasible"
                     break
-        # more recovery for the finalists under the budget (guide.enqueue_final), as new trials
-        if cfg.recover_final_steps and not meta.stopped and (n := enqueue_final(study, budget_ms)):
-            run_trials(n, None, [progress])
+        # final recovery: distil the pruned finalists under the budget when they lose more than
+        # the floor, within a share of the search's wall time, as new trials (study/_final.py)
+        plan = FinalRecovery(cfg.recover_final_steps, cfg.final_share)
+        one = partial(run_trials, 1, None, [progress])
+        search_s = meta.wall_s + time.time() - started  # every run of the study so far
+        context = (search_s, one, bool(recovery_batches(task)), deadline, meta.stopped, reference.accuracy)
+        meta.search["final"] = final_recovery(study, budget_ms, floor, plan, *context).to_dict()
         # confirmation round: the candidates that decide the outcome, measured again for longer
         # (its measurements are counted apart from the trials')
         trial_stats = dict(measurer.stats)
