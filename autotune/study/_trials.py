@@ -34,14 +34,19 @@ def skipped(t: optuna.trial.FrozenTrial) -> bool:
 
 def counted(study: optuna.Study) -> int:
     """Trials that count toward the requested number: completed, failed by the candidate, or
-    skipped by the predictor (the sampler's proposal got its answer)."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
-        or skipped(t)
-        or (t.state == TrialState.FAIL and TrialRecord.from_trial(t).failed_by_candidate)
-    )
+    skipped by the predictor (the sampler's proposal got its answer). Final recovery's trials come
+    on top of the number (study/_final.py): one finished by a worker must not end another's search."""
+
+    def counts(t: optuna.trial.FrozenTrial) -> bool:
+        if t.state == TrialState.COMPLETE or skipped(t):
+            return TrialRecord.from_trial(t).final_of is None
+        return (
+            t.state == TrialState.FAIL
+            and (r := TrialRecord.from_trial(t)).failed_by_candidate
+            and r.final_of is None
+        )
+
+    return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace, greedy: list[dict[str, Any]]) -> None:
