@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,3 +47,32 @@ def cache_root() -> Path:
         return Path(os.environ["AUTOTUNE_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "autotune"
+
+
+class TimeLimit(Exception):
+    """Raised by :func:`time_limit` in the code it bounds."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`TimeLimit` in the block once ``seconds`` of wall time have passed.
+
+    For pure-Python analyses of a user's model that can run for hours (torch-pruning's grouping
+    is cubic in a group's size). A SIGALRM timer, so it bounds the main thread only: elsewhere,
+    or with a timer already set, the block runs unbounded."""
+    bounded = hasattr(signal, "setitimer") and seconds > 0  # no interval timers on Windows
+    bounded = bounded and threading.current_thread() is threading.main_thread()
+    if bounded and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+
+        def expire(signum: int, frame: object) -> None:
+            raise TimeLimit(f"over {seconds:g} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    else:
+        yield

@@ -194,3 +194,42 @@ def test_layers_sharing_an_exported_weight_are_found_and_lost_layers_are_named(c
     assert [n for n in space.notes if "not searched:" in n and "layers" in n] == [
         "1 layers not searched: not called in the forward pass (not in the ONNX graph): unused"
     ]
+
+
+def test_a_channel_grouping_over_its_time_limit_leaves_width_out_and_the_rest_searched(
+    cpu: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch-pruning's grouping can run for hours on a long residual stream: discovery gives it a
+    bounded time, then goes on without width and says why."""
+    import autotune.knobs._width as width
+
+    monkeypatch.setattr(width, "GROUPING_LIMIT_S", 1e-4)
+    space = build_space(conv_task(), load_preset(None), cpu)  # type: ignore[arg-type]
+    assert not any("width" in layer.knobs for layer in space.layers)
+    assert any("bits" in layer.knobs for layer in space.layers)
+    assert any(
+        n.startswith("width not searched: torch-pruning's channel grouping took over") for n in space.notes
+    )
+    monkeypatch.setattr(width, "GROUPING_LIMIT_S", 120.0)
+    assert any("width" in layer.knobs for layer in build_space(conv_task(), load_preset(None), cpu).layers)  # type: ignore[arg-type]
+
+
+def test_time_limit_bounds_the_main_thread_only() -> None:
+    import threading
+    import time
+
+    from autotune._util import TimeLimit, time_limit
+
+    with pytest.raises(TimeLimit), time_limit(0.05):
+        time.sleep(5)  # interrupted, not slept through
+    done: list[bool] = []
+
+    def elsewhere() -> None:
+        with time_limit(0.01):  # no SIGALRM off the main thread: runs to the end
+            time.sleep(0.05)
+        done.append(True)
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join()
+    assert done == [True]

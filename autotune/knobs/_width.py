@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch_pruning as tp
 from torch import nn
 
-from autotune._util import error_line
+from autotune._util import TimeLimit, error_line, time_limit
 from autotune.knobs._attention import (
     attention_units,
     head_counts,
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from autotune.inputs import ModelInputs
 
 ROUND_TO = 8  # channel counts stay multiples of 8: vector units and tensor cores want them
+#: wall-time bound on torch-pruning's grouping in discovery: past it, width is left out with a note
+GROUPING_LIMIT_S = 120.0
 
 
 class Width(TorchKnob):
@@ -172,7 +174,13 @@ def width_roots(
     A failure of torch-pruning rules width out with a note; it never reaches the user.
     """
     try:
-        roots = [r for r in width_groups(model, example_inputs, ignored) if r in candidates]
+        with time_limit(GROUPING_LIMIT_S):
+            roots = [r for r in width_groups(model, example_inputs, ignored) if r in candidates]
+    except TimeLimit:
+        return [], [
+            f"width not searched: torch-pruning's channel grouping took over {GROUPING_LIMIT_S:g} s "
+            "(its cost grows with the cube of a coupled group's size: long residual streams)"
+        ]
     except Exception as exc:  # noqa: BLE001 - a tracing failure rules width out, nothing more
         return [], [f"width not searched: torch-pruning cannot trace the model ({error_line(exc, 160)})"]
     try:
