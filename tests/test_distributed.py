@@ -237,14 +237,24 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat_and_retried(
             and counted(study) >= 3
         )
 
-    _wait_for(victim_running, 600, "the second worker to be mid-trial")
+    def running_trials() -> list[int]:
+        return [
+            t.number
+            for t in optuna.load_study(study_name="kill", storage=pg.url).get_trials()
+            if t.state == TrialState.RUNNING and str(t.user_attrs.get("worker", "")).endswith(tag)
+        ]
+
+    # freeze the worker, then look: a trial it was running then is still running when it dies
+    # (a plain kill could land between two trials: the check and the kill are not atomic)
+    killed: list[int] = []
+    for _ in range(20):
+        _wait_for(victim_running, 600, "the second worker to be mid-trial")
+        victim.send_signal(signal.SIGSTOP)
+        if killed := running_trials():
+            break
+        victim.send_signal(signal.SIGCONT)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
-    killed = [
-        t.number
-        for t in optuna.load_study(study_name="kill", storage=pg.url).get_trials()
-        if t.state == TrialState.RUNNING and str(t.user_attrs.get("worker", "")).endswith(tag)
-    ]
     assert len(killed) == 1
     for rc, err in _finish([procs[0], procs[2]]):
         assert rc == 0, err
