@@ -49,8 +49,9 @@ def cache_root() -> Path:
     return Path(base) / "autotune"
 
 
-class TimeLimit(Exception):
-    """Raised by :func:`time_limit` in the code it bounds."""
+class TimeLimit(BaseException):
+    """Raised by :func:`time_limit` in the code it bounds; a BaseException, as KeyboardInterrupt
+    is, so that the bounded code's own ``except Exception`` handlers let it through."""
 
 
 @contextlib.contextmanager

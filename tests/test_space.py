@@ -208,7 +208,7 @@ def test_a_channel_grouping_over_its_time_limit_leaves_width_out_and_the_rest_se
     assert not any("width" in layer.knobs for layer in space.layers)
     assert any("bits" in layer.knobs for layer in space.layers)
     assert any(
-        n.startswith("width not searched: torch-pruning's channel grouping took over") for n in space.notes
+        n.startswith("width not searched: torch-pruning's channel analysis took over") for n in space.notes
     )
     monkeypatch.setattr(width, "GROUPING_LIMIT_S", 120.0)
     assert any("width" in layer.knobs for layer in build_space(conv_task(), load_preset(None), cpu).layers)  # type: ignore[arg-type]

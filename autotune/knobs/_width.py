@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from autotune.inputs import ModelInputs
 
 ROUND_TO = 8  # channel counts stay multiples of 8: vector units and tensor cores want them
-#: wall-time bound on torch-pruning's grouping in discovery: past it, width is left out with a note
+#: wall-time bound on torch-pruning's analysis in discovery: past it, width is left out with a note
 GROUPING_LIMIT_S = 120.0
 
 
@@ -174,19 +174,23 @@ def width_roots(
     A failure of torch-pruning rules width out with a note; it never reaches the user.
     """
     try:
+        # one bound on the whole analysis: past it, every build that narrows would pay it again
         with time_limit(GROUPING_LIMIT_S):
-            roots = [r for r in width_groups(model, example_inputs, ignored) if r in candidates]
-    except TimeLimit:
+            try:
+                roots = [r for r in width_groups(model, example_inputs, ignored) if r in candidates]
+            except Exception as exc:  # noqa: BLE001 - a tracing failure rules width out, nothing more
+                return [], [
+                    f"width not searched: torch-pruning cannot trace the model ({error_line(exc, 160)})"
+                ]
+            try:
+                good, bad = check_width_roots(model, example_inputs, roots, ignored, widths)
+            except Exception as exc:  # noqa: BLE001
+                return [], [f"width not searched: torch-pruning fails on this model ({error_line(exc, 160)})"]
+    except TimeLimit:  # a BaseException: the handlers above let it through
         return [], [
-            f"width not searched: torch-pruning's channel grouping took over {GROUPING_LIMIT_S:g} s "
-            "(its cost grows with the cube of a coupled group's size: long residual streams)"
+            f"width not searched: torch-pruning's channel analysis took over {GROUPING_LIMIT_S:g} s "
+            "(its grouping grows with the cube of a coupled group's size; every build would pay it)"
         ]
-    except Exception as exc:  # noqa: BLE001 - a tracing failure rules width out, nothing more
-        return [], [f"width not searched: torch-pruning cannot trace the model ({error_line(exc, 160)})"]
-    try:
-        good, bad = check_width_roots(model, example_inputs, roots, ignored, widths)
-    except Exception as exc:  # noqa: BLE001
-        return [], [f"width not searched: torch-pruning fails on this model ({error_line(exc, 160)})"]
     by_reason: dict[str, list[str]] = {}
     for root, why in bad.items():
         by_reason.setdefault(why, []).append(root)
