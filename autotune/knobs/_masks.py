@@ -10,7 +10,7 @@ whose sentinels read ``+-1e3``: the Softmax after it gives the same probabilitie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,53 +25,54 @@ SENTINEL = 1e30
 FINITE = 1e3
 
 
-def mask_path(prepared: Path, feed: Mapping[str, np.ndarray], scratch: Path) -> tuple[list[str], Path | None]:
+def mask_path(
+    prepared: Path, graph: onnx.ModelProto, feed: Mapping[str, np.ndarray], scratch: Path
+) -> tuple[list[str], Path | None]:
     """The nodes that make or read sentinel values on ``feed`` (to keep float) and a copy of
-    ``prepared`` with finite sentinels for the calibrators; ``([], None)`` for a graph with none
-    (every CNN: the check costs nothing there)."""
-    model = onnx.load(str(prepared))
-    if not _replace_sentinels(model):
+    ``prepared`` with finite sentinels for the calibrators; ``([], None)`` for a graph with none.
+    ``graph``: ``prepared`` as already loaded (external data left out): a graph with no sentinel
+    constant, every CNN, costs one pass over its constants and nothing more."""
+    if all(_clamped(t) is None for t in _constants(graph)):
         return [], None
+    model = onnx.load(str(prepared))
+    carrying = _sentinel_tensors(model, feed)
+    for t in _constants(model):
+        if (new := _clamped(t)) is not None:
+            t.CopyFrom(new)  # in place: the tensor is the graph's own
     finite = scratch / "calibration.onnx"
     onnx.save(model, str(finite))
-    carrying = _sentinel_tensors(onnx.load(str(prepared)), feed)
     nodes = [
         n.name for n in model.graph.node if carrying & set(n.output) or carrying & set(n.input)
     ]  # fmt: skip
     return nodes, finite
 
 
-def _replace_sentinels(model: onnx.ModelProto) -> bool:
-    """Clamp every sentinel constant (initializer or Constant node) to ``+-FINITE`` in place."""
-    found = False
+def _constants(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Float initializers and Constant values held in the graph (external data: weights)."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    tensors = [*model.graph.initializer]
+    tensors += [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
+    for t in tensors:
+        if t.data_type in floats and t.data_location != onnx.TensorProto.EXTERNAL:
+            yield t
 
-    def clamp(t: onnx.TensorProto) -> onnx.TensorProto | None:
-        if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
-            return None
-        a = numpy_helper.to_array(t)
-        big = ~np.isfinite(a) | (np.abs(a) >= SENTINEL)
-        if not big.any() or np.isnan(a).any():
-            return None
-        fixed = np.where(big, np.sign(a) * FINITE, a).astype(a.dtype)
-        return numpy_helper.from_array(fixed, t.name)
 
-    for i, init in enumerate(model.graph.initializer):
-        if (new := clamp(init)) is not None:
-            model.graph.initializer[i].CopyFrom(new)
-            found = True
-    for node in model.graph.node:
-        if node.op_type != "Constant":
-            continue
-        for attr in node.attribute:
-            if attr.name == "value" and (new := clamp(attr.t)) is not None:
-                attr.t.CopyFrom(new)
-                found = True
-    return found
+def _clamped(t: onnx.TensorProto) -> onnx.TensorProto | None:
+    """``t`` with its sentinels at ``+-FINITE``; None when it holds none."""
+    a = numpy_helper.to_array(t)
+    big = ~np.isfinite(a) | (np.abs(a) >= SENTINEL)
+    if not big.any() or np.isnan(a).any():
+        return None
+    return numpy_helper.from_array(np.where(big, np.sign(a) * FINITE, a).astype(a.dtype), t.name)
 
 
 def _sentinel_tensors(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> set[str]:
     """Float tensors holding a value that is not finite or at least ``SENTINEL`` on ``feed``."""
-    graph = model.graph
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)  # every tensor becomes an output of the probe only
+    graph = probe.graph
     have = {o.name for o in graph.output}
     made = {o for n in graph.node for o in n.output}  # value_info may still name folded constants
     floats = [
@@ -82,7 +83,7 @@ def _sentinel_tensors(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) ->
     names = [o.name for o in graph.output]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # see every tensor
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     values = session.run(names, {k: v for k, v in feed.items() if k in wanted})
     out = set()

@@ -296,14 +296,14 @@ def _int8(
         quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=not symbolic)
     prepared_model = onnx.load(str(prepared), load_external_data=False)
     specs, rows = graph_inputs(prepared_model), calibration_rows(prepared_model)
-    del prepared_model
     cache = calibration_cache(prepared, recipe.calibration, calibration)
     scratch = cache.with_suffix(f".tmp{os.getpid()}")
     out = tmp / "int8.onnx"
-    # the histogram calibrators print their progress: keep the CLI's output clean
     batches = _Batches(specs, calibration, rows)
-    masked, finite = mask_path(prepared, batches.first(), tmp) if len(batches) else ([], None)
+    masked, finite = mask_path(prepared, prepared_model, batches.first(), tmp) if len(batches) else ([], None)
+    del prepared_model
     excluded = excluded + [n for n in masked if n not in excluded]
+    # the histogram calibrators print their progress: keep the CLI's output clean
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             if finite is not None and not cache.is_file():  # ranges from the finite copy first
